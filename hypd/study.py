@@ -1,0 +1,705 @@
+"""The study spec: parsing and validating a study file, rendering a trial's commands.
+
+Pure: no I/O beyond reading the file in `load_study`. Every refusal is a `StudyError`
+whose message is one line naming the file, the key and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+import string
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+ALGORITHMS = ("ax", "sobol", "random", "grid")
+DEFAULT_ALGORITHM = "ax"
+DEFAULT_MAX_TRIALS = 20
+GOALS = ("minimize", "maximize")
+# Placeholders every command may use besides the study's parameters.
+BUILTIN_PLACEHOLDERS = ("run_dir", "run", "run_no", "trial", "study", "stage")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class StudyError(ValueError):
+    """A study file that cannot be accepted; str() is one line: file: key: what and fix."""
+
+    def __init__(self, source: str, key: str, message: str) -> None:
+        self.source = source
+        self.key = key
+        self.message = message
+        super().__init__(f"{source}: {key}: {message}" if key else f"{source}: {message}")
+
+
+@dataclass(frozen=True)
+class FloatParam:
+    name: str
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None  # makes the range discrete (and griddable)
+
+
+@dataclass(frozen=True)
+class IntParam:
+    name: str
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+
+
+@dataclass(frozen=True)
+class ChoiceParam:
+    name: str
+    values: tuple[Any, ...]
+    ordered: bool = False
+
+
+@dataclass(frozen=True)
+class FixedParam:
+    name: str
+    value: Any
+
+
+Param = Union[FloatParam, IntParam, ChoiceParam, FixedParam]
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    goal: str = "minimize"  # or "maximize"
+    use: str = "last"  # "last" reported value is the result, or the "best" one
+
+    @property
+    def minimize(self) -> bool:
+        return self.goal == "minimize"
+
+    def better(self, a: float, b: float) -> bool:
+        """True when a is strictly better than b under this objective."""
+        return a < b if self.minimize else a > b
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    command: str
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    metric: str
+    min_step: int = 0
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    objectives: tuple[Objective, ...]
+    algorithm: str
+    max_trials: int | None  # None only for grid: the grid's size
+    parallel: int
+    gpus: int  # per run; 0 = a CPU slot
+    timeout: float | None  # seconds per run
+    retries: int
+    priority: int
+    seed: int | None
+    params: tuple[Param, ...]
+    workdir: str  # absolute
+    env: Mapping[str, str]
+    stages: tuple[Stage, ...]
+    metrics_regex: Mapping[str, str]
+    output_dir: str | None  # absolute; None: $HYPD_HOME/studies/<name>
+    constraints: tuple[str, ...] = ()
+    param_constraints: tuple[str, ...] = ()
+    early_stop: EarlyStop | None = None
+    source: str = "<study>"
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def objective(self) -> Objective:
+        return self.objectives[0]
+
+    @property
+    def searched(self) -> tuple[Param, ...]:
+        return tuple(p for p in self.params if not isinstance(p, FixedParam))
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def fixed_values(self) -> dict[str, Any]:
+        return {p.name: p.value for p in self.params if isinstance(p, FixedParam)}
+
+
+# ---------------------------------------------------------------- durations
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|s|ms)")
+_DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def parse_duration(value: Any) -> float:
+    """'10m', '1h30m', '90s', '2.5h', or a number of seconds -> seconds. ValueError if not."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, (int, float)):
+        if value <= 0:
+            raise ValueError(f"duration must be positive, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"not a duration: {value!r}")
+    text = value.strip().replace(" ", "")
+    if not text:
+        raise ValueError("empty duration")
+    try:
+        seconds = float(text)
+    except ValueError:
+        pos, seconds = 0, 0.0
+        for m in _DURATION_RE.finditer(text):
+            if m.start() != pos:
+                break
+            seconds += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+            pos = m.end()
+        if pos != len(text):
+            raise ValueError(f"not a duration: {value!r} (write e.g. '90s', '10m', '1h30m')") from None
+    if seconds <= 0:
+        raise ValueError(f"duration must be positive, got {value!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    if h:
+        return f"{h}h{m:02d}m" if m else f"{h}h"
+    if m:
+        return f"{m}m{s:02d}s" if s else f"{m}m"
+    return f"{s}s"
+
+
+# ---------------------------------------------------------------- parsing
+
+_STUDY_KEYS = {
+    "name", "objective", "algorithm", "max_trials", "parallel", "gpus", "timeout",
+    "retries", "priority", "seed", "constraints", "param_constraints", "early_stop",
+}
+_RUN_KEYS = {"workdir", "env", "command", "stages", "output_dir"}
+_METRICS_KEYS = {"regex"}
+_TOP_KEYS = {"study", "params", "run", "metrics"}
+
+
+class _Parser:
+    def __init__(self, source: str, base_dir: Path) -> None:
+        self.source = source
+        self.base_dir = base_dir
+        self.warnings: list[str] = []
+
+    def fail(self, key: str, message: str) -> StudyError:
+        return StudyError(self.source, key, message)
+
+    def table(self, doc: Mapping[str, Any], key: str, required: bool) -> dict[str, Any]:
+        value = doc.get(key)
+        if value is None:
+            if required:
+                raise self.fail(f"[{key}]", f"missing table; add a [{key}] section")
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(key, f"must be a table ([{key}]), got {type(value).__name__}")
+        return value
+
+    def no_unknown(self, table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+        for key in table:
+            if key not in allowed:
+                known = ", ".join(sorted(allowed))
+                raise self.fail(f"{where}.{key}" if where else key,
+                                f"unknown key; known keys here: {known}")
+
+    def integer(self, table: Mapping[str, Any], key: str, where: str, default: int | None,
+                minimum: int) -> int | None:
+        value = table.get(key, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(f"{where}.{key}", f"must be a whole number, got {value!r}")
+        if value < minimum:
+            raise self.fail(f"{where}.{key}", f"must be at least {minimum}, got {value}")
+        return value
+
+    def string(self, table: Mapping[str, Any], key: str, where: str,
+               default: str | None = None) -> str | None:
+        value = table.get(key, default)
+        if value is not None and not isinstance(value, str):
+            raise self.fail(f"{where}.{key}", f"must be a string, got {value!r}")
+        return value
+
+    # -- sections
+
+    def objectives(self, raw: Any) -> tuple[Objective, ...]:
+        key = "study.objective"
+        if raw is None:
+            raise self.fail(key, 'missing; add objective = { metric = "loss", goal = "minimize" }')
+        items = raw if isinstance(raw, list) else [raw]
+        if not items:
+            raise self.fail(key, "empty list; name at least one metric")
+        out = []
+        for item in items:
+            if isinstance(item, str):
+                item = {"metric": item}
+            if not isinstance(item, dict):
+                raise self.fail(key, 'must be { metric = "loss", goal = "minimize" }')
+            self.no_unknown(item, {"metric", "goal", "use"}, key)
+            metric = item.get("metric")
+            if not isinstance(metric, str) or not metric:
+                raise self.fail(f"{key}.metric", 'missing; name the metric, e.g. metric = "loss"')
+            goal = item.get("goal", "minimize")
+            if goal not in GOALS:
+                raise self.fail(f"{key}.goal", f'must be "minimize" or "maximize", got {goal!r}')
+            use = item.get("use", "last")
+            if use not in ("last", "best"):
+                raise self.fail(f"{key}.use", f'must be "last" or "best", got {use!r}')
+            out.append(Objective(metric, goal, use))
+        names = [o.metric for o in out]
+        if len(set(names)) != len(names):
+            raise self.fail(key, "the same metric is named twice")
+        return tuple(out)
+
+    def number(self, spec: Mapping[str, Any], key: str, where: str, kind: type) -> Any:
+        if key not in spec:
+            raise self.fail(f"{where}.{key}", f"missing; give {key} = <number>")
+        value = spec[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(f"{where}.{key}", f"must be a number, got {value!r}")
+        if kind is int and not isinstance(value, int):
+            if float(value).is_integer():
+                return int(value)
+            raise self.fail(f"{where}.{key}", f"must be a whole number for an int range, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.fail(f"{where}.{key}", f"must be finite, got {value!r}")
+        return kind(value)
+
+    def param(self, name: str, spec: Any) -> Param:
+        where = f"params.{name}"
+        if not NAME_RE.match(name) or not name.isidentifier():
+            raise self.fail(where, "parameter names must be identifiers (letters, digits, _)")
+        if name in BUILTIN_PLACEHOLDERS:
+            raise self.fail(where, f"'{name}' is a reserved placeholder; rename the parameter")
+        if not isinstance(spec, dict):
+            if isinstance(spec, (str, int, float, bool)):
+                return FixedParam(name, spec)
+            raise self.fail(where, "give a fixed value or a table such as "
+                                   '{ type = "float", low = 0.0, high = 1.0 }')
+        ptype = spec.get("type")
+        if ptype is None:
+            if "values" in spec:
+                ptype = "choice"
+            elif "value" in spec:
+                ptype = "fixed"
+            else:
+                raise self.fail(f"{where}.type", 'missing; use "float", "int", "choice" or "fixed"')
+        if ptype == "fixed":
+            self.no_unknown(spec, {"type", "value"}, where)
+            if "value" not in spec:
+                raise self.fail(f"{where}.value", "missing; give value = ...")
+            return FixedParam(name, spec["value"])
+        if ptype == "choice":
+            self.no_unknown(spec, {"type", "values", "ordered"}, where)
+            values = spec.get("values")
+            if not isinstance(values, list) or not values:
+                raise self.fail(f"{where}.values", 'must be a non-empty list, e.g. values = ["adam", "sgd"]')
+            for v in values:
+                if not isinstance(v, (str, int, float, bool)):
+                    raise self.fail(f"{where}.values", f"values must be strings, numbers or booleans, got {v!r}")
+            if len({repr(v) for v in values}) != len(values):
+                raise self.fail(f"{where}.values", "a value is listed twice")
+            ordered = spec.get("ordered")
+            if ordered is None:
+                ordered = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+            elif not isinstance(ordered, bool):
+                raise self.fail(f"{where}.ordered", "must be true or false")
+            if len(values) == 1:
+                return FixedParam(name, values[0])
+            return ChoiceParam(name, tuple(values), ordered)
+        if ptype in ("float", "int"):
+            self.no_unknown(spec, {"type", "low", "high", "log", "step"}, where)
+            kind = float if ptype == "float" else int
+            low = self.number(spec, "low", where, kind)
+            high = self.number(spec, "high", where, kind)
+            if low >= high:
+                raise self.fail(where, f"low ({low}) must be below high ({high}); "
+                                       "swap them, or use a fixed value")
+            log = spec.get("log", False)
+            if not isinstance(log, bool):
+                raise self.fail(f"{where}.log", "must be true or false")
+            if log and low <= 0:
+                raise self.fail(f"{where}.low", f"a log-scale range needs low > 0, got {low}")
+            step = spec.get("step")
+            if step is not None:
+                if log:
+                    raise self.fail(f"{where}.step", "step and log = true do not mix; drop one")
+                step = self.number(spec, "step", where, kind)
+                if step <= 0 or step > high - low:
+                    raise self.fail(f"{where}.step", f"must be in (0, high - low], got {step}")
+            if kind is int:
+                return IntParam(name, low, high, log, step or 1)
+            return FloatParam(name, low, high, log, step)
+        raise self.fail(f"{where}.type", f'unknown type {ptype!r}; use "float", "int", "choice" or "fixed"')
+
+    def stages(self, run: Mapping[str, Any]) -> tuple[Stage, ...]:
+        command, stages = run.get("command"), run.get("stages")
+        if command is not None and stages is not None:
+            raise self.fail("run", "give either command or [[run.stages]], not both")
+        if command is not None:
+            if not isinstance(command, str) or not command.strip():
+                raise self.fail("run.command", "must be a non-empty string")
+            return (Stage("main", command),)
+        if stages is None:
+            raise self.fail("run.command", 'missing; add command = "python train.py --lr {lr} --out {run_dir}"')
+        if not isinstance(stages, list) or not stages:
+            raise self.fail("run.stages", "must be a non-empty list of [[run.stages]] tables")
+        out = []
+        for i, stage in enumerate(stages):
+            where = f"run.stages[{i}]"
+            if not isinstance(stage, dict):
+                raise self.fail(where, 'must be a table with name = "..." and command = "..."')
+            self.no_unknown(stage, {"name", "command"}, where)
+            name = stage.get("name", f"stage{i + 1}")
+            if not isinstance(name, str) or not NAME_RE.match(name):
+                raise self.fail(f"{where}.name", "must be a short name of letters, digits, _ . -")
+            cmd = stage.get("command")
+            if not isinstance(cmd, str) or not cmd.strip():
+                raise self.fail(f"{where}.command", "missing; give the stage's command line")
+            out.append(Stage(name, cmd))
+        names = [s.name for s in out]
+        if len(set(names)) != len(names):
+            raise self.fail("run.stages", "two stages have the same name")
+        return tuple(out)
+
+    def check_placeholders(self, stages: tuple[Stage, ...], params: tuple[Param, ...]) -> None:
+        known = {p.name for p in params} | set(BUILTIN_PLACEHOLDERS)
+        for i, stage in enumerate(stages):
+            where = "run.command" if stage.name == "main" and len(stages) == 1 else f"run.stages[{i}].command"
+            try:
+                fields = [f for _, f, _, _ in string.Formatter().parse(stage.command) if f is not None]
+            except ValueError as exc:
+                raise self.fail(where, f"bad placeholder syntax ({exc}); write {{{{ and }}}} for literal braces") from None
+            for f in fields:
+                base = re.split(r"[.\[!:]", f, maxsplit=1)[0]
+                if base == "":
+                    raise self.fail(where, "empty placeholder {}; name a parameter, e.g. {lr}")
+                if base not in known:
+                    raise self.fail(where, f"placeholder {{{base}}} has no parameter; add it under "
+                                           f"[params] or fix the name (known: {', '.join(sorted(known))})")
+
+    def grid_check(self, params: tuple[Param, ...], max_trials: int | None) -> None:
+        continuous = [p for p in params if isinstance(p, FloatParam) and p.step is None]
+        if continuous and max_trials is None:
+            p = continuous[0]
+            raise self.fail(f"params.{p.name}", "a grid cannot cover a continuous range; give step = ..., "
+                                                "values = [...], or max_trials to size the grid")
+        axes = grid_axes(params, max_trials)
+        size = math.prod(len(a) for a in axes)
+        if continuous:
+            names = ", ".join(p.name for p in continuous)
+            self.warnings.append(f"grid: {len(axes[params.index(continuous[0])])} points along the "
+                                 f"continuous range(s) {names}, sized to max_trials = {max_trials}")
+        if max_trials is not None and size > max_trials:
+            self.warnings.append(f"grid has {size} points; max_trials = {max_trials} runs the first {max_trials}")
+
+    def parse(self, doc: Mapping[str, Any]) -> StudySpec:
+        self.no_unknown(doc, _TOP_KEYS, "")
+        study = self.table(doc, "study", required=True)
+        self.no_unknown(study, _STUDY_KEYS, "study")
+        name = study.get("name")
+        if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > 64:
+            raise self.fail("study.name", "missing or not a short name (letters, digits, _ . -)")
+        objectives = self.objectives(study.get("objective"))
+        algorithm = study.get("algorithm", DEFAULT_ALGORITHM)
+        if algorithm not in ALGORITHMS:
+            raise self.fail("study.algorithm", f"unknown {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
+        parallel = self.integer(study, "parallel", "study", 1, 1)
+        gpus = self.integer(study, "gpus", "study", 0, 0)
+        retries = self.integer(study, "retries", "study", 0, 0)
+        priority = self.integer(study, "priority", "study", 1, 1)
+        seed = study.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise self.fail("study.seed", f"must be a whole number, got {seed!r}")
+        timeout = None
+        if "timeout" in study:
+            try:
+                timeout = parse_duration(study["timeout"])
+            except ValueError as exc:
+                raise self.fail("study.timeout", str(exc)) from None
+
+        raw_params = self.table(doc, "params", required=True)
+        params = tuple(self.param(n, s) for n, s in raw_params.items())
+        if not any(not isinstance(p, FixedParam) for p in params) and algorithm != "grid":
+            self.warnings.append("no parameter varies: every trial runs the same configuration")
+
+        max_trials = self.integer(study, "max_trials", "study", None, 1)
+        if algorithm == "grid":
+            self.grid_check(params, max_trials)
+        elif max_trials is None:
+            max_trials = DEFAULT_MAX_TRIALS
+
+        run = self.table(doc, "run", required=True)
+        self.no_unknown(run, _RUN_KEYS, "run")
+        stages = self.stages(run)
+        self.check_placeholders(stages, params)
+        workdir_raw = self.string(run, "workdir", "run", ".")
+        assert workdir_raw is not None
+        workdir = (self.base_dir / Path(workdir_raw).expanduser()).resolve()
+        output_raw = self.string(run, "output_dir", "run")
+        output_dir = str((workdir / Path(output_raw).expanduser()).resolve()) if output_raw else None
+        env_raw = run.get("env", {})
+        if not isinstance(env_raw, dict):
+            raise self.fail("run.env", 'must be a table, e.g. env = { PYTHONUNBUFFERED = "1" }')
+        env: dict[str, str] = {}
+        for k, v in env_raw.items():
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
+                raise self.fail(f"run.env.{k}", "not a valid environment variable name")
+            if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+                raise self.fail(f"run.env.{k}", f"must be a string or number, got {v!r}")
+            env[k] = str(v)
+
+        metrics = self.table(doc, "metrics", required=False)
+        self.no_unknown(metrics, _METRICS_KEYS, "metrics")
+        regex_raw = metrics.get("regex", {})
+        if not isinstance(regex_raw, dict):
+            raise self.fail("metrics.regex", "must be a table of metric = 'regular expression'")
+        metrics_regex: dict[str, str] = {}
+        for k, pattern in regex_raw.items():
+            if not isinstance(pattern, str):
+                raise self.fail(f"metrics.regex.{k}", "must be a regular expression string")
+            try:
+                compiled = re.compile(pattern)
+            except re.error as exc:
+                raise self.fail(f"metrics.regex.{k}", f"bad regular expression: {exc}") from None
+            if compiled.groups < 1:
+                raise self.fail(f"metrics.regex.{k}", "needs one capturing group around the number, "
+                                                      "e.g. 'val_loss ([0-9.eE+-]+)'")
+            metrics_regex[k] = pattern
+
+        constraints = self.string_list(study, "constraints")
+        param_constraints = self.string_list(study, "param_constraints")
+        early_stop = None
+        if "early_stop" in study:
+            es = study["early_stop"]
+            if not isinstance(es, dict):
+                raise self.fail("study.early_stop", 'must be { metric = "loss", min_step = 3 }')
+            self.no_unknown(es, {"metric", "min_step"}, "study.early_stop")
+            metric = es.get("metric", objectives[0].metric)
+            if not isinstance(metric, str):
+                raise self.fail("study.early_stop.metric", "must be a metric name")
+            min_step = self.integer(es, "min_step", "study.early_stop", 0, 0)
+            early_stop = EarlyStop(metric, min_step or 0)
+
+        return StudySpec(
+            name=name, objectives=objectives, algorithm=algorithm, max_trials=max_trials,
+            parallel=parallel or 1, gpus=gpus or 0, timeout=timeout, retries=retries or 0,
+            priority=priority or 1, seed=seed, params=params, workdir=str(workdir), env=env,
+            stages=stages, metrics_regex=metrics_regex, output_dir=output_dir,
+            constraints=constraints, param_constraints=param_constraints, early_stop=early_stop,
+            source=self.source, warnings=tuple(self.warnings),
+        )
+
+    def string_list(self, table: Mapping[str, Any], key: str) -> tuple[str, ...]:
+        value = table.get(key, [])
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(f"study.{key}", 'must be a list of strings, e.g. ["x + y <= 1.0"]')
+        return tuple(value)
+
+
+def parse_study(text: str, source: str = "<study>", base_dir: str | Path | None = None) -> StudySpec:
+    """Parse a study file's text. base_dir resolves a relative workdir (default: the file's folder)."""
+    if base_dir is None:
+        base_dir = Path(source).parent if source != "<study>" else Path.cwd()
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise StudyError(source, "", f"not valid TOML: {exc}") from None
+    return _Parser(source, Path(base_dir)).parse(doc)
+
+
+def load_study(path: str | Path) -> tuple[StudySpec, str]:
+    """Read and parse a study file; returns the spec and the file's text."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise StudyError(str(path), "", f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise StudyError(str(path), "", "not a UTF-8 text file") from None
+    return parse_study(text, str(path), p.resolve().parent), text
+
+
+# ---------------------------------------------------------------- grids
+
+def grid_axes(params: tuple[Param, ...], max_trials: int | None) -> list[list[Any]]:
+    """The points a grid takes along each parameter. A continuous range (a float with no
+    step) gets as many evenly spaced points (log-spaced on a log scale) as let the whole
+    grid fit in max_trials, and at least its two ends."""
+    discrete = [_discrete_values(p) for p in params]
+    continuous = [i for i, v in enumerate(discrete) if v is None]
+    if continuous:
+        if max_trials is None:
+            raise ValueError("a grid over a continuous range needs max_trials or a step")
+        fixed_size = math.prod(len(v) for v in discrete if v is not None)
+        per_range = max(2, int((max_trials / fixed_size) ** (1 / len(continuous)) + 1e-9))
+        for i in continuous:
+            discrete[i] = _spaced(params[i], per_range)  # type: ignore[arg-type]
+    return discrete  # type: ignore[return-value]
+
+
+def _discrete_values(param: Param) -> list[Any] | None:
+    if isinstance(param, FixedParam):
+        return [param.value]
+    if isinstance(param, ChoiceParam):
+        return list(param.values)
+    if isinstance(param, IntParam):
+        return list(range(param.low, param.high + 1, 1 if param.log else param.step))
+    if param.step is None:
+        return None
+    count = int(math.floor((param.high - param.low) / param.step + 1e-9)) + 1
+    return [round(param.low + i * param.step, 12) for i in range(count)]
+
+
+def _spaced(param: FloatParam, n: int) -> list[float]:
+    if param.log:
+        ratio = param.high / param.low
+        return [float(f"{param.low * ratio ** (i / (n - 1)):.6g}") for i in range(n)]
+    return [float(f"{param.low + (param.high - param.low) * i / (n - 1):.6g}") for i in range(n)]
+
+
+# ---------------------------------------------------------------- values
+
+def coerce_value(param: Param, raw: str) -> Any:
+    """A parameter value typed on a command line (`lr=0.01`) as the parameter's type."""
+    if isinstance(param, FloatParam):
+        return float(raw)
+    if isinstance(param, IntParam):
+        return int(raw)
+    candidates = param.values if isinstance(param, ChoiceParam) else (param.value,)
+    for v in candidates:
+        if str(v) == raw or (isinstance(v, (int, float)) and not isinstance(v, bool) and _num_eq(raw, v)):
+            return v
+    if isinstance(param, ChoiceParam):
+        raise ValueError(f"{param.name}: {raw!r} is not one of {list(param.values)}")
+    raise ValueError(f"{param.name} is fixed at {param.value!r}")
+
+
+def _num_eq(raw: str, v: float) -> bool:
+    try:
+        return float(raw) == float(v)
+    except ValueError:
+        return False
+
+
+def check_value(param: Param, value: Any) -> None:
+    """ValueError unless value lies in the parameter's space."""
+    if isinstance(param, FixedParam):
+        if value != param.value:
+            raise ValueError(f"{param.name} is fixed at {param.value!r}")
+    elif isinstance(param, ChoiceParam):
+        if value not in param.values:
+            raise ValueError(f"{param.name}: {value!r} is not one of {list(param.values)}")
+    else:
+        if not (param.low <= value <= param.high):
+            raise ValueError(f"{param.name}: {value!r} is outside [{param.low}, {param.high}]")
+
+
+def format_value(value: Any) -> str:
+    """How a parameter value is written into a command and a folder name."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < 1e15:
+            return repr(value)  # keep the '.0': a float parameter stays a float for the program
+        return f"{value:.6g}" if abs(value) >= 1e-4 else f"{value:.4g}"
+    return str(value)
+
+
+def complete_params(spec: StudySpec, given: Mapping[str, Any]) -> dict[str, Any]:
+    """All of a trial's parameters: fixed ones added, unknown names refused."""
+    names = {p.name for p in spec.params}
+    for k in given:
+        if k not in names:
+            raise ValueError(f"unknown parameter {k!r}; the study has {', '.join(sorted(names))}")
+    values = dict(given)
+    for p in spec.params:
+        if isinstance(p, FixedParam):
+            values.setdefault(p.name, p.value)
+        if p.name not in values:
+            raise ValueError(f"missing a value for parameter {p.name!r}")
+        check_value(p, values[p.name])
+    return {p.name: values[p.name] for p in spec.params}
+
+
+def example_value(param: Param) -> Any:
+    """A representative value (the middle of a range, the first choice) for `hypd render`."""
+    if isinstance(param, FixedParam):
+        return param.value
+    if isinstance(param, ChoiceParam):
+        return param.values[0]
+    if param.log:
+        mid = math.sqrt(param.low * param.high)
+    else:
+        mid = (param.low + param.high) / 2
+    if isinstance(param, IntParam):
+        return int(round(mid))
+    if param.step:
+        return param.low + round((mid - param.low) / param.step) * param.step
+    return float(f"{mid:.3g}")
+
+
+# ---------------------------------------------------------------- rendering
+
+_UNSAFE_DIR_CHARS = re.compile(r"[^A-Za-z0-9_.+-]+")
+
+
+def run_dir_name(run_no: int, params: Mapping[str, Any], spec: StudySpec) -> str:
+    """A folder name a person can read: run number, then the varying parameters."""
+    parts = [f"{run_no:04d}"]
+    for p in spec.searched:
+        if p.name in params:
+            value = _UNSAFE_DIR_CHARS.sub("_", format_value(params[p.name]))[:24]
+            parts.append(f"{p.name}={value}")
+    return "_".join(parts)[:200]
+
+
+def render_stage(command: str, values: Mapping[str, Any]) -> str:
+    """Fill a command template; every value is shell-quoted so it stays one argument."""
+    out = []
+    formatter = string.Formatter()
+    for literal, field_name, format_spec, conversion in formatter.parse(command):
+        out.append(literal)
+        if field_name is None:
+            continue
+        value, _ = formatter.get_field(field_name, (), values)
+        if conversion:
+            value = formatter.convert_field(value, conversion)
+        text = format(value, format_spec) if format_spec else format_value(value)
+        out.append(shlex.quote(text))
+    return "".join(out)
+
+
+def render_commands(spec: StudySpec, params: Mapping[str, Any], *, run_dir: str,
+                    run: str = "", run_no: int = 0, trial: int = 0) -> list[tuple[str, str]]:
+    """The shell command line of each stage, in order, for one run of a trial."""
+    values = dict(params)
+    values.update(run_dir=run_dir, run=run or f"{spec.name}:{run_no}", run_no=run_no,
+                  trial=trial, study=spec.name)
+    return [(s.name, render_stage(s.command, {**values, "stage": s.name})) for s in spec.stages]
