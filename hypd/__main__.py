@@ -1,0 +1,5 @@
+import sys
+
+from hypd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,568 @@
+"""`hypd`: the command line. A thin client of the daemon's socket.
+
+It imports the standard library, hypd.ipc and hypd.study only (never Ax, torch or
+Textual), so `hypd ls` starts fast; `serve` and `tui` import their parts on demand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from hypd import __version__
+from hypd.ipc import Client, DaemonError, ExitCode, hypd_home, socket_path
+
+STATES = ("pending", "running", "completed", "failed", "killed", "stopped", "lost")
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: ExitCode = ExitCode.ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ------------------------------------------------------------------ formatting
+
+def fmt_number(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def fmt_params(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={fmt_number(v)}" for k, v in params.items())
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    if h:
+        return f"{h}h{m:02d}m"
+    if m:
+        return f"{m}m{s:02d}s"
+    return f"{s}s"
+
+
+def runtime(run: dict[str, Any]) -> float | None:
+    if not run.get("started"):
+        return None
+    return (run.get("ended") or time.time()) - run["started"]
+
+
+def fmt_time(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def where(run: dict[str, Any]) -> str:
+    if not run.get("host"):
+        return "-"
+    gpus = run.get("gpus") or []
+    return f"{run['host']}:{','.join(map(str, gpus))}" if gpus else f"{run['host']}:cpu"
+
+
+def table(rows: list[list[str]], header: list[str], last_free: bool = True) -> str:
+    """Columns padded to their widest cell; the last column is left as it is (a log line)."""
+    if not rows:
+        return ""
+    cols = len(header)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(cols)]
+    out = []
+    for r in [header, *rows]:
+        cells = [c.ljust(widths[i]) if (i < cols - 1 or not last_free) else c for i, c in enumerate(r)]
+        out.append("  ".join(cells).rstrip())
+    return "\n".join(out)
+
+
+def run_json(run: dict[str, Any]) -> dict[str, Any]:
+    """One run as `ls --json` shows it."""
+    return {
+        "id": run["name"], "study": run["study"], "run_no": run["run_no"], "trial": run["trial"],
+        "attempt": run["attempt"], "state": run["state"], "reason": run["reason"], "params": run["params"],
+        "metrics": run["metrics"], "objective": run["objective"], "host": run["host"], "gpus": run["gpus"],
+        "created": run["created"], "started": run["started"], "ended": run["ended"],
+        "runtime": runtime(run), "last_line": run["last_line"], "run_dir": run["run_dir"],
+    }
+
+
+# ------------------------------------------------------------------ commands
+
+def connect() -> Client:
+    return Client(socket_path())
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    with connect() as c:
+        runs = c.call("ls", state=args.state, study=args.study, limit=args.limit)
+    out = sys.stdout
+    if args.json:
+        json.dump([run_json(r) for r in runs], out, separators=(",", ":"))
+        out.write("\n")
+        return 0
+    if args.tsv:
+        cols = ["id", "study", "trial", "state", "host", "gpus", "started", "ended", "objective", "params",
+                "metrics", "last_line"]
+        lines = ["\t".join(cols)]
+        for r in runs:
+            j = run_json(r)
+            lines.append("\t".join([
+                j["id"], j["study"], str(j["trial"]), j["state"], j["host"] or "",
+                ",".join(map(str, j["gpus"] or [])), str(j["started"] or ""), str(j["ended"] or ""),
+                "" if j["objective"] is None else repr(j["objective"]), json.dumps(j["params"]),
+                json.dumps(j["metrics"]), j["last_line"].replace("\t", " "),
+            ]))
+        out.write("\n".join(lines) + "\n")
+        return 0
+    rows = [[r["name"], r["state"], where(r), fmt_seconds(runtime(r)), fmt_number(r["objective"]),
+             fmt_params(r["params"]), r["last_line"]] for r in runs]
+    if rows:
+        out.write(table(rows, ["RUN", "STATE", "WHERE", "TIME", "OBJECTIVE", "PARAMS", "LAST LINE"]) + "\n")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    with connect() as c:
+        r = c.call("info", run=args.run)
+    lines = [
+        f"run        {r['name']}  (trial {r['trial']}, attempt {r['attempt']}; retries allowed {r['retries']})",
+        f"state      {r['state']}  {r['reason']}",
+        f"params     {fmt_params(r['params'])}",
+        f"where      {where(r)}",
+        f"created    {fmt_time(r['created'])}",
+        f"started    {fmt_time(r['started'])}",
+        f"ended      {fmt_time(r['ended'])}",
+        f"runtime    {fmt_seconds(runtime(r))}" + (f"  (timeout {fmt_seconds(r['timeout'])})" if r.get("timeout") else ""),
+        f"objective  {r['objective_metric']} ({r['goal']}) = {fmt_number(r['objective'])}",
+        f"metrics    {fmt_params(r['metrics']) or '-'}  ({len(r['reports'])} reports)",
+        f"attempts   {' '.join(r['attempts'])}",
+        f"run_dir    {r['run_dir'] or '-'}",
+        f"log        {r['log_path'] or '-'}",
+    ]
+    if r.get("exit_code") is not None:
+        lines.append(f"exit       {r['exit_code']}")
+    if r["last_line"]:
+        lines.append(f"last line  {r['last_line']}")
+    if args.verbose:
+        lines.append("commands")
+        for stage, command in r["commands"]:
+            lines.append(f"  [{stage}] {command}")
+        lines.append("history")
+        for t in r["transitions"]:
+            lines.append(f"  {fmt_time(t['at'])}  {t['from'] or '-':>9} -> {t['to']:<9}  {t['reason']}")
+        if r["reports"]:
+            lines.append("metrics")
+            lines.extend("  " + line for line in metrics_tsv(r["reports"]).splitlines())
+    print("\n".join(lines))
+    return 0
+
+
+def metrics_tsv(reports: list[dict[str, Any]]) -> str:
+    names: list[str] = []
+    for rep in reports:
+        for k in rep["values"]:
+            if k not in names:
+                names.append(k)
+    lines = ["\t".join(["step", *names])]
+    for rep in reports:
+        lines.append("\t".join([str(rep["step"]), *(repr(rep["values"][n]) if n in rep["values"] else ""
+                                                     for n in names)]))
+    return "\n".join(lines) + "\n"
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    with connect() as c:
+        result = c.call("metrics", run=args.run)
+    sys.stdout.write(metrics_tsv(result["reports"]))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    offset = 0
+    out = sys.stdout.buffer
+    with connect() as c:
+        while True:
+            chunk = c.call("logs", run=args.run, offset=offset, limit=1 << 20)
+            if chunk["text"]:
+                out.write(chunk["text"].encode())
+                out.flush()
+            offset = chunk["offset"]
+            if chunk["text"] and len(chunk["text"]) >= 1 << 19:
+                continue  # more to read right away
+            if not args.follow or not chunk["live"]:
+                if args.follow and chunk["text"]:
+                    continue
+                return 0
+            time.sleep(0.25)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from hypd.study import (
+        StudyError,
+        coerce_value,
+        complete_params,
+        example_value,
+        load_study,
+        render_commands,
+        run_dir_name,
+    )
+
+    try:
+        spec, _ = load_study(args.study_file)
+    except StudyError as exc:
+        raise CliError(str(exc), ExitCode.INVALID) from None
+    given: dict[str, Any] = {}
+    for item in args.values:
+        name, sep, raw = item.partition("=")
+        if not sep:
+            raise CliError(f"{item!r}: give values as NAME=VALUE, e.g. lr=0.01", ExitCode.USAGE)
+        try:
+            given[name] = coerce_value(spec.param(name), raw)
+        except KeyError:
+            raise CliError(f"unknown parameter {name!r}; the study has {', '.join(p.name for p in spec.params)}",
+                           ExitCode.INVALID) from None
+        except ValueError as exc:
+            raise CliError(str(exc), ExitCode.INVALID) from None
+    defaulted = [p.name for p in spec.searched if p.name not in given]
+    for p in spec.params:
+        given.setdefault(p.name, example_value(p))
+    try:
+        params = complete_params(spec, given)
+    except ValueError as exc:
+        raise CliError(str(exc), ExitCode.INVALID) from None
+    study_dir = Path(spec.output_dir) if spec.output_dir else hypd_home() / "studies" / spec.name
+    run_dir = str(study_dir / run_dir_name(1, params, spec))
+    if defaulted:
+        print(f"# not given, so a middle value: {', '.join(f'{n}={params[n]}' for n in defaulted)}", file=sys.stderr)
+    stages = render_commands(spec, params, run_dir=run_dir, run=f"{spec.name}:1", run_no=1, trial=0)
+    print(f"# workdir: {spec.workdir}", file=sys.stderr)
+    for name, command in stages:
+        if len(stages) > 1:
+            print(f"# stage {name}")
+        print(command)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    path = Path(args.study_file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"{path}: cannot read: {exc.strerror or exc}", ExitCode.INVALID) from None
+    except UnicodeDecodeError:
+        raise CliError(f"{path}: not a UTF-8 text file", ExitCode.INVALID) from None
+    with connect() as c:
+        result = c.call("submit", path=str(path.resolve()), text=text, as_name=args.as_name)
+    for warning in result["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    if result["continued"]:
+        print(f"study {result['study']} continues (same search space)")
+    elif result["queued"]:
+        print(f"study {result['study']} submitted: {result['queued']} trials queued")
+    else:
+        print(f"study {result['study']} submitted")
+    return 0
+
+
+def _simple(op: str, key: str, message: Callable[[dict[str, Any]], str]) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        with connect() as c:
+            result = c.call(op, **{key: getattr(args, key)})
+        print(message(result))
+        return 0
+    return command
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    with connect() as c:
+        result = c.call("kill", target=args.target)
+    if result["killed"]:
+        print("killing " + " ".join(result["killed"]))
+    else:
+        print("nothing to kill")
+    if result["paused"]:
+        print(f"study {args.target} paused: `hypd resume {args.target}` starts new runs again")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    with connect() as c:
+        result = c.call("retry", target=args.target, state=args.state)
+    print("queued " + " ".join(result["retried"]) if result["retried"] else "nothing to retry")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    with connect() as c:
+        board = c.call("leaderboard", study=args.study, limit=args.limit)
+    if args.json:
+        print(json.dumps(board))
+        return 0
+    rows = [[str(i + 1), r["name"], fmt_number(r["objective"]), r["state"], fmt_seconds(runtime(r)),
+             fmt_params(r["params"])] for i, r in enumerate(board["runs"])]
+    if not rows:
+        print(f"no results yet in study {args.study}")
+        return 0
+    print(table(rows, ["#", "RUN", f"{board['metric'].upper()} ({board['goal'][:3]})", "STATE", "TIME", "PARAMS"]))
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    with connect() as c:
+        best = c.call("best", study=args.study)
+    if args.json:
+        print(json.dumps(best))
+        return 0
+    obs = best["observed"]
+    if obs:
+        print(f"observed best  {obs['name']}  {best['metric']}={fmt_number(obs['objective'])}  {fmt_params(obs['params'])}")
+    else:
+        print("observed best  - (no results yet)")
+    predicted = best["predicted"]
+    if not predicted:
+        print("predicted best - (this search has no model, or not enough data yet)")
+    else:
+        for item in predicted.get("pareto") or [predicted]:
+            preds = "  ".join(f"{k}={fmt_number(v[0])}±{fmt_number(v[1])}" for k, v in item.get("prediction", {}).items())
+            print(f"predicted best {fmt_params(item.get('params', {}))}  {preds}")
+    return 0
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    params = {}
+    for item in args.values:
+        name, sep, raw = item.partition("=")
+        if not sep:
+            raise CliError(f"{item!r}: give values as NAME=VALUE, e.g. lr=0.01", ExitCode.USAGE)
+        params[name] = raw
+    with connect() as c:
+        result = c.call("suggest", study=args.study, params=params)
+    print(f"queued {result['run']} (trial {result['trial']}): {fmt_params(result['params'])}")
+    return 0
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    with connect() as c:
+        studies = c.call("studies")
+    if args.json:
+        print(json.dumps(studies))
+        return 0
+    rows = []
+    for s in studies:
+        if "error" in s:
+            rows.append([s["name"], "-", "broken", "-", "-", "-", "-", "-", s["error"]])
+            continue
+        n = s["counts"]
+        state = "paused" if s["paused"] else ("finished" if s["finished"] else "active")
+        total = s["max_trials"] if s["max_trials"] is not None else s["trials"]
+        best = f"{fmt_number(s['best'])} ({s['best_run']})" if s["best_run"] else "-"
+        rows.append([s["name"], s["algorithm"], state, f"{n['completed'] + n['stopped']}/{total}",
+                     str(n["running"]), str(n["pending"]), str(n["failed"] + n["lost"]), str(n["killed"]),
+                     f"{s['metric']} {best}"])
+    if rows:
+        print(table(rows, ["STUDY", "ALGORITHM", "STATE", "DONE", "RUNNING", "PENDING", "FAILED", "KILLED", "BEST"]))
+    else:
+        print("no studies yet: hypd submit STUDY.toml")
+    return 0
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    """Block until the study has nothing pending or running and its search is done."""
+    deadline = time.time() + args.timeout if args.timeout else None
+    with connect() as c:
+        while True:
+            studies = {s["name"]: s for s in c.call("studies")}
+            study = studies.get(args.study)
+            if study is None:
+                raise CliError(f"no study {args.study!r}", ExitCode.NOT_FOUND)
+            if study.get("finished"):
+                n = study["counts"]
+                print(f"study {args.study} finished: {n['completed']} completed, {n['failed']} failed, "
+                      f"{n['killed']} killed, {n['stopped']} stopped")
+                return 0
+            if deadline is not None and time.time() > deadline:
+                raise CliError(f"study {args.study} not finished after {args.timeout:g} s")
+            time.sleep(0.5)
+
+
+def cmd_hosts(args: argparse.Namespace) -> int:
+    with connect() as c:
+        hosts = c.call("hosts")
+    if args.json:
+        print(json.dumps(hosts))
+        return 0
+    for h in hosts:
+        why = f" ({h['why']})" if h.get("why") else ""
+        print(f"{h['name']}  {h['state']}{why}  cpu slots {h['cpu_used']}/{h['cpu_slots']}"
+              + (f"  [{' '.join(h['cpu_runs'])}]" if h["cpu_runs"] else ""))
+        if not h["gpus"]:
+            note = h.get("gpu_error") or "no GPUs"
+            print(f"  no GPUs ({note}): runs with gpus = 0 use CPU slots")
+        for g in h["gpus"]:
+            if g["runs"]:
+                user = " ".join(g["runs"])
+            elif not g["allowed"]:
+                user = "not for hypd"
+            elif g["foreign"]:
+                user = "busy (someone else)"
+            else:
+                user = "free"
+            util = "-" if g["utilization_pct"] is None else f"{g['utilization_pct']}%"
+            print(f"  gpu {g['index']}  {g['name']}  util {util:>4}  mem {g['memory_used_mib']}/{g['memory_total_mib']} MiB  {user}")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    with connect() as c:
+        result = c.call("stop", kill_runs=args.kill_runs)
+    if result["killed"]:
+        print(f"killed {len(result['killed'])} run(s); daemon stopping")
+    elif result["left_running"]:
+        print(f"daemon stopping; {len(result['left_running'])} run(s) keep going and are adopted by the next `hypd serve`")
+    else:
+        print("daemon stopping")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    home = hypd_home()
+    if args.detach:
+        return detach(home)
+    from hypd.daemon import serve
+
+    return serve(home, foreground=not args.quiet)
+
+
+def detach(home: Path) -> int:
+    """Start the daemon in the background (its own session) and wait until it answers."""
+    import subprocess
+
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        with Client(socket_path(home), timeout=2) as c:
+            print(f"a hypd daemon already runs (pid {c.hello['pid']})")
+            return 0
+    except DaemonError:
+        pass
+    with open(home / "daemon.out", "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "hypd", "serve", "--quiet"], stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=out, start_new_session=True, close_fds=True)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise CliError(f"the daemon exited at start (status {proc.returncode}); see {home / 'daemon.log'}")
+        try:
+            with Client(socket_path(home), timeout=2) as c:
+                print(f"hypd daemon started (pid {c.hello['pid']}); log: {home / 'daemon.log'}")
+                return 0
+        except DaemonError:
+            time.sleep(0.1)
+    raise CliError(f"the daemon did not answer within 30 s; see {home / 'daemon.log'}")
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    try:
+        Client(socket_path(), timeout=5).close()
+    except DaemonError as exc:
+        raise CliError(exc.message, exc.exit_code) from None
+    from hypd.tui import run_tui
+
+    return run_tui(socket_path())
+
+
+# ------------------------------------------------------------------ parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hypd", description="Hyperparameter search on your own GPU machines.")
+    p.add_argument("--version", action="version", version=f"hypd {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = add("serve", cmd_serve, "run the daemon (foreground; --detach to background it)")
+    sp.add_argument("--detach", action="store_true", help="start in the background and return")
+    sp.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
+    add("tui", cmd_tui, "the live dashboard")
+    sp = add("submit", cmd_submit, "submit a study file")
+    sp.add_argument("study_file")
+    sp.add_argument("--as", dest="as_name", metavar="NAME", help="submit under another study name")
+    sp = add("ls", cmd_ls, "list runs")
+    sp.add_argument("--state", choices=STATES)
+    sp.add_argument("--study")
+    sp.add_argument("--limit", type=int)
+    fmt = sp.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="one JSON array of runs")
+    fmt.add_argument("--tsv", action="store_true", help="tab-separated, with a header line")
+    sp = add("info", cmd_info, "a run's parameters, state, host, times, metrics")
+    sp.add_argument("run", metavar="STUDY:N")
+    sp.add_argument("-v", "--verbose", action="store_true", help="all metrics, commands and history")
+    sp = add("logs", cmd_logs, "a run's log")
+    sp.add_argument("run", metavar="STUDY:N")
+    sp.add_argument("-f", "--follow", action="store_true", help="keep printing as the run writes")
+    sp = add("metrics", cmd_metrics, "every metrics report of a run, as TSV")
+    sp.add_argument("run", metavar="STUDY:N")
+    sp = add("render", cmd_render, "print the command(s) a trial would run")
+    sp.add_argument("study_file")
+    sp.add_argument("values", nargs="*", metavar="NAME=VALUE")
+    sp = add("kill", cmd_kill, "kill a run (STUDY:N) or a whole study (STUDY, which is also paused)")
+    sp.add_argument("target", metavar="STUDY[:N]")
+    sp = add("retry", cmd_retry, "a new attempt of a run's trial, or of a study's runs in a state")
+    sp.add_argument("target", metavar="STUDY[:N]")
+    sp.add_argument("--state", choices=STATES, help="with a study: retry its runs in this state")
+    sp = add("pause", _simple("pause", "study", lambda r: f"study {r['study']} paused: nothing new starts"),
+             "start nothing new in a study")
+    sp.add_argument("study")
+    sp = add("resume", _simple("resume", "study", lambda r: f"study {r['study']} resumed"), "carry on a paused study")
+    sp.add_argument("study")
+    sp = add("leaderboard", cmd_leaderboard, "a study's best runs, best first")
+    sp.add_argument("study")
+    sp.add_argument("--limit", type=int)
+    sp.add_argument("--json", action="store_true")
+    sp = add("best", cmd_best, "observed best run, and the model's predicted best parameters")
+    sp.add_argument("study")
+    sp.add_argument("--json", action="store_true")
+    sp = add("suggest", cmd_suggest, "queue a hand-picked trial (NAME=VALUE ...)")
+    sp.add_argument("study")
+    sp.add_argument("values", nargs="+", metavar="NAME=VALUE")
+    sp = add("studies", cmd_studies, "progress of each study")
+    sp.add_argument("--json", action="store_true")
+    sp = add("wait", cmd_wait, "wait until a study has finished (for scripts)")
+    sp.add_argument("study")
+    sp.add_argument("--timeout", type=float, help="give up after this many seconds (exit 1)")
+    sp = add("hosts", cmd_hosts, "hosts, their GPUs or CPU slots, and what runs where")
+    sp.add_argument("--json", action="store_true")
+    sp = add("stop", cmd_stop, "stop the daemon (runs keep going unless --kill-runs)")
+    sp.add_argument("--kill-runs", action="store_true", help="kill every run first")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except DaemonError as exc:
+        print(f"hypd: {exc.message}", file=sys.stderr)
+        return int(ExitCode.NO_DAEMON if exc.code == "no_daemon" else exc.exit_code)
+    except CliError as exc:
+        print(f"hypd: {exc}", file=sys.stderr)
+        return int(exc.code)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `hypd ls | head`: the reader went away; that is fine.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+

@@ -1,0 +1,360 @@
+"""The socket protocol: one declared schema of versioned JSON lines, and its clients.
+
+Every line is one JSON object with "v": PROTOCOL_VERSION.
+
+    server -> client, first:  {"v":1, "hello":"hypd", "version":"0.1.0", "pid":123}
+    client -> server:         {"v":1, "id":7, "op":"ls", "args":{"state":"pending"}}
+    server -> client:         {"v":1, "id":7, "ok":true, "result":...}
+                              {"v":1, "id":7, "ok":false, "error":{"code":"not_found", "message":"..."}}
+    after op "subscribe":     {"v":1, "event":"run", "data":{...}}   (until the connection closes)
+
+A request whose op, argument names or types are not declared below is refused with a
+"bad_request" error; the connection carries on. A line over MAX_LINE bytes is refused and
+the connection closed. Standard library only: the CLI imports this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+PROTOCOL_VERSION = 1
+MAX_LINE = 1 << 20  # requests; responses may be larger (a long `ls`)
+MAX_RESPONSE = 1 << 31
+
+
+class ExitCode(IntEnum):
+    """The CLI's exit status for each error code; stable, so scripts can rely on them."""
+
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    NO_DAEMON = 3
+    NOT_FOUND = 4
+    INVALID = 5  # a study file or a value refused
+    CONFLICT = 6  # e.g. a study of that name with another space
+    PROTOCOL = 7
+
+
+ERROR_EXIT = {
+    "error": ExitCode.ERROR,
+    "bad_request": ExitCode.PROTOCOL,
+    "too_large": ExitCode.PROTOCOL,
+    "version": ExitCode.PROTOCOL,
+    "not_found": ExitCode.NOT_FOUND,
+    "invalid": ExitCode.INVALID,
+    "conflict": ExitCode.CONFLICT,
+    "denied": ExitCode.ERROR,
+}
+
+_OPTIONAL = object()
+
+
+@dataclass(frozen=True)
+class Arg:
+    kind: type | tuple[type, ...]
+    default: Any = _OPTIONAL  # _OPTIONAL: required
+
+    @property
+    def required(self) -> bool:
+        return self.default is _OPTIONAL
+
+
+_opt_str = Arg((str, type(None)), None)
+_opt_int = Arg((int, type(None)), None)
+
+# op -> argument name -> declaration. The one place the request shapes are written.
+OPS: dict[str, dict[str, Arg]] = {
+    "ping": {},
+    "submit": {"path": Arg(str), "text": Arg(str), "as_name": _opt_str},
+    "ls": {"state": _opt_str, "study": _opt_str, "limit": _opt_int},
+    "info": {"run": Arg(str)},
+    "logs": {"run": Arg(str), "offset": Arg(int, 0), "limit": Arg(int, 1 << 20)},
+    "metrics": {"run": Arg(str)},
+    "kill": {"target": Arg(str)},
+    "retry": {"target": Arg(str), "state": _opt_str},
+    "pause": {"study": Arg(str)},
+    "resume": {"study": Arg(str)},
+    "leaderboard": {"study": Arg(str), "limit": _opt_int},
+    "best": {"study": Arg(str)},
+    "suggest": {"study": Arg(str), "params": Arg(dict)},
+    "studies": {},
+    "hosts": {},
+    "stop": {"kill_runs": Arg(bool, False)},
+    # A stream of events until the connection closes. topics: any of "run", "study",
+    # "host", "log"; run: only events of that run ("study:N").
+    "subscribe": {"topics": Arg(list, ["run", "study", "host"]), "run": _opt_str},
+}
+TOPICS = ("run", "study", "host", "log")
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Request:
+    id: Any
+    op: str
+    args: dict[str, Any]
+
+
+def parse_request(line: bytes) -> Request:
+    """Decode and validate one request line; ProtocolError says what is wrong."""
+    try:
+        msg = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError("bad_request", f"not a JSON line: {exc}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError("bad_request", "a request must be a JSON object")
+    unknown = set(msg) - {"v", "id", "op", "args"}
+    if unknown:
+        raise ProtocolError("bad_request", f"unknown field(s): {', '.join(sorted(unknown))}")
+    if msg.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError("version", f"protocol version {msg.get('v')!r} not spoken; this daemon speaks {PROTOCOL_VERSION}")
+    op = msg.get("op")
+    if op not in OPS:
+        raise ProtocolError("bad_request", f"unknown op {op!r}")
+    args = msg.get("args", {})
+    if not isinstance(args, dict):
+        raise ProtocolError("bad_request", "args must be an object")
+    decl = OPS[op]
+    unknown = set(args) - set(decl)
+    if unknown:
+        raise ProtocolError("bad_request", f"{op}: unknown argument(s): {', '.join(sorted(unknown))}")
+    out = {}
+    for name, arg in decl.items():
+        if name not in args:
+            if arg.required:
+                raise ProtocolError("bad_request", f"{op}: missing argument {name!r}")
+            out[name] = arg.default
+            continue
+        value = args[name]
+        kinds = arg.kind if isinstance(arg.kind, tuple) else (arg.kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            raise ProtocolError("bad_request", f"{op}: argument {name!r} has the wrong type")
+        if not isinstance(value, kinds):
+            raise ProtocolError("bad_request", f"{op}: argument {name!r} has the wrong type")
+        out[name] = value
+    request_id = msg.get("id")
+    if request_id is not None and (isinstance(request_id, bool) or not isinstance(request_id, (int, str))):
+        raise ProtocolError("bad_request", "id must be a number or a string")
+    return Request(request_id, op, out)
+
+
+def encode(msg: Mapping[str, Any]) -> bytes:
+    return json.dumps({"v": PROTOCOL_VERSION, **msg}, separators=(",", ":"), default=str).encode() + b"\n"
+
+
+def ok(request_id: Any, result: Any) -> bytes:
+    return encode({"id": request_id, "ok": True, "result": result})
+
+
+def error(request_id: Any, code: str, message: str) -> bytes:
+    return encode({"id": request_id, "ok": False, "error": {"code": code, "message": message}})
+
+
+def event(topic: str, data: Any) -> bytes:
+    return encode({"event": topic, "data": data})
+
+
+# ------------------------------------------------------------------ paths
+
+def hypd_home() -> Path:
+    return Path(os.environ.get("HYPD_HOME") or Path.home() / ".hypd").expanduser().absolute()
+
+
+def socket_path(home: Path | None = None) -> Path:
+    """Where the daemon listens: $HYPD_HOME/run/hypd.sock, in a 0700 folder. A home too
+    deep for a socket path (108 bytes) gets a 0700 folder under /tmp named by its hash."""
+    home = home or hypd_home()
+    path = home / "run" / "hypd.sock"
+    if len(os.fsencode(path)) < 100:
+        return path
+    import hashlib
+
+    digest = hashlib.sha256(os.fsencode(home)).hexdigest()[:16]
+    return Path(f"/tmp/hypd-{os.getuid()}-{digest}") / "hypd.sock"
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The uid of the process at the other end of a Unix socket (Linux SO_PEERCRED)."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid
+
+
+# ------------------------------------------------------------------ clients
+
+class DaemonError(Exception):
+    """An error reply from the daemon, or no daemon at all."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ERROR_EXIT.get(self.code, ExitCode.ERROR)
+
+
+def _no_daemon(path: Path, why: str) -> DaemonError:
+    return DaemonError("no_daemon", f"no hypd daemon is running ({why} at {path}); start one with `hypd serve` "
+                                    "(or `hypd serve --detach`)")
+
+
+def _check_hello(line: bytes) -> dict[str, Any]:
+    try:
+        hello = json.loads(line)
+    except json.JSONDecodeError:
+        raise DaemonError("version", "the socket did not greet as a hypd daemon") from None
+    if not isinstance(hello, dict) or hello.get("hello") != "hypd":
+        message = hello.get("error", {}).get("message") if isinstance(hello, dict) else None
+        raise DaemonError("denied", message or "the socket did not greet as a hypd daemon")
+    if hello.get("v") != PROTOCOL_VERSION:
+        raise DaemonError("version", f"the daemon speaks protocol {hello.get('v')}, this client {PROTOCOL_VERSION}; "
+                                     "restart the daemon with this version of hypd")
+    return hello
+
+
+def _result(msg: Mapping[str, Any]) -> Any:
+    if msg.get("ok"):
+        return msg.get("result")
+    err = msg.get("error") or {}
+    raise DaemonError(err.get("code", "error"), err.get("message", "unknown error"))
+
+
+class Client:
+    """A blocking client (the CLI's): one request at a time."""
+
+    def __init__(self, path: Path | None = None, timeout: float | None = 30.0) -> None:
+        self.path = path or socket_path()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(str(self.path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            self.sock.close()
+            raise _no_daemon(self.path, "no socket" if isinstance(exc, FileNotFoundError) else "nobody listening") from None
+        except PermissionError:
+            self.sock.close()
+            raise DaemonError("denied", f"permission denied on {self.path}: the daemon belongs to another user") from None
+        self.file = self.sock.makefile("rb")
+        self.next_id = 0
+        self.hello = _check_hello(self._readline())
+
+    def _readline(self) -> bytes:
+        line = self.file.readline(MAX_RESPONSE)
+        if not line:
+            raise DaemonError("error", "the daemon closed the connection")
+        return line
+
+    def call(self, op: str, **args: Any) -> Any:
+        self.next_id += 1
+        self.sock.sendall(encode({"id": self.next_id, "op": op, "args": args}))
+        while True:
+            msg = json.loads(self._readline())
+            if msg.get("id") == self.next_id:
+                return _result(msg)
+
+    def subscribe(self, topics: list[str], run: str | None = None) -> Iterator[dict[str, Any]]:
+        """Events as they come, until the daemon goes away."""
+        self.sock.settimeout(None)
+        self.call("subscribe", topics=topics, run=run)
+        while True:
+            line = self.file.readline(MAX_RESPONSE)
+            if not line:
+                return
+            msg = json.loads(line)
+            if "event" in msg:
+                yield msg
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """An asyncio client (the TUI's): requests and an event stream on two connections."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or socket_path()
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.next_id = 0
+        self.lock = asyncio.Lock()
+        self.hello: dict[str, Any] = {}
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(self.path), limit=MAX_RESPONSE)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise _no_daemon(self.path, "no socket" if isinstance(exc, FileNotFoundError) else "nobody listening") from None
+        self.hello = _check_hello(await reader.readline())
+        return reader, writer
+
+    async def connect(self) -> None:
+        self.reader, self.writer = await self._open()
+
+    async def call(self, op: str, **args: Any) -> Any:
+        async with self.lock:
+            if self.writer is None or self.writer.is_closing():
+                await self.connect()
+            assert self.reader is not None and self.writer is not None
+            self.next_id += 1
+            try:
+                self.writer.write(encode({"id": self.next_id, "op": op, "args": args}))
+                await self.writer.drain()
+                while True:
+                    line = await self.reader.readline()
+                    if not line:
+                        raise DaemonError("no_daemon", "the daemon closed the connection")
+                    msg = json.loads(line)
+                    if msg.get("id") == self.next_id:
+                        return _result(msg)
+            except (ConnectionError, OSError) as exc:
+                self.writer = None
+                raise DaemonError("no_daemon", f"lost the daemon: {exc}") from None
+
+    async def events(self, topics: list[str] | None = None, run: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Events on a connection of their own; ends when the daemon goes away."""
+        reader, writer = await self._open()
+        try:
+            writer.write(encode({"id": 0, "op": "subscribe",
+                                 "args": {"topics": topics or ["run", "study", "host"], "run": run}}))
+            await writer.drain()
+            _result(json.loads(await reader.readline()))
+            while True:
+                line = await reader.readline()
+                if not line:
+                    return
+                msg = json.loads(line)
+                if "event" in msg:
+                    yield msg
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

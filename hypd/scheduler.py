@@ -1,0 +1,127 @@
+"""Placement of runs onto free GPUs and CPU slots. Pure: snapshots in, decisions out.
+
+Fairness: every study gets up to its `parallel`; free slots go to the study with the
+fewest runs per unit of `priority` (weighted fair share), ties to the one served least
+recently, so a study with a high priority gets more slots but never all of them while
+another study has work waiting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class HostCapacity:
+    """What one host can take right now."""
+
+    host: str
+    free_gpus: tuple[int, ...] = ()  # GPU indexes hypd may hand out now (an index repeats
+    #                                  when a GPU may take several runs)
+    free_cpu_slots: int = 0
+    accepting: bool = True  # False while the host is down or draining
+
+
+@dataclass(frozen=True)
+class StudyDemand:
+    """A study's work waiting to be placed."""
+
+    study: str
+    waiting: tuple[int, ...] = ()  # pending run ids, oldest first
+    can_create: int = 0  # new trials the search may still propose now
+    running: int = 0
+    parallel: int = 1
+    gpus_per_run: int = 0  # 0: a CPU slot
+    priority: int = 1
+    paused: bool = False
+    last_served: float = 0.0  # when it last got a slot; older first on ties
+
+
+@dataclass(frozen=True)
+class Placement:
+    study: str
+    run_id: int | None  # None: a new trial, to be asked of the study's search
+    host: str
+    gpus: tuple[int, ...] = ()  # empty: a CPU slot
+
+
+@dataclass
+class _Host:
+    name: str
+    gpus: list[int]
+    cpu: int
+    order: int
+
+    def fits(self, k: int) -> bool:
+        return len(set(self.gpus)) >= k if k else self.cpu > 0
+
+    def take(self, k: int) -> tuple[int, ...]:
+        if k == 0:
+            self.cpu -= 1
+            return ()
+        # The least-loaded distinct GPUs, lowest index first.
+        chosen: list[int] = []
+        for idx in sorted(set(self.gpus), key=lambda i: (-self.gpus.count(i), i)):
+            chosen.append(idx)
+            if len(chosen) == k:
+                break
+        for idx in chosen:
+            self.gpus.remove(idx)
+        return tuple(sorted(chosen))
+
+
+@dataclass
+class _Study:
+    demand: StudyDemand
+    waiting: list[int] = field(default_factory=list)
+    create: int = 0
+    placed: int = 0
+
+    def load(self) -> float:
+        return (self.demand.running + self.placed) / self.demand.priority
+
+    def wants(self) -> bool:
+        d = self.demand
+        return (not d.paused and (bool(self.waiting) or self.create > 0)
+                and d.running + self.placed < d.parallel)
+
+
+def _best_host(hosts: list[_Host], k: int) -> _Host | None:
+    fitting = [h for h in hosts if h.fits(k)]
+    if not fitting:
+        return None
+    if k == 0:
+        # CPU work spreads: the host with the most free slots.
+        return min(fitting, key=lambda h: (-h.cpu, h.order))
+    # GPU work packs: the host with the fewest free GPUs that still fit, so that large
+    # free blocks stay whole for runs that need several GPUs.
+    return min(fitting, key=lambda h: (len(set(h.gpus)), h.order))
+
+
+def place(hosts: list[HostCapacity], demands: list[StudyDemand]) -> list[Placement]:
+    """Decide which waiting runs (or new trials) start where, now."""
+    free = [_Host(h.host, list(h.free_gpus), h.free_cpu_slots, i)
+            for i, h in enumerate(hosts) if h.accepting]
+    studies = [_Study(d, list(d.waiting), d.can_create) for d in demands]
+    out: list[Placement] = []
+    while True:
+        candidates = [s for s in studies if s.wants()]
+        if not candidates:
+            return out
+        # Weighted fair share; then the study served least recently; then name, for a
+        # deterministic order.
+        candidates.sort(key=lambda s: (s.load(), s.demand.last_served, s.demand.study))
+        for s in candidates:
+            host = _best_host(free, s.demand.gpus_per_run)
+            if host is None:
+                s.create = 0  # nothing of this study fits anywhere this round
+                s.waiting.clear()
+                continue
+            gpus = host.take(s.demand.gpus_per_run)
+            run_id = s.waiting.pop(0) if s.waiting else None
+            if run_id is None:
+                s.create -= 1
+            s.placed += 1
+            out.append(Placement(s.demand.study, run_id, host.name, gpus))
+            break
+

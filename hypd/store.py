@@ -1,0 +1,417 @@
+"""The SQLite store (aiosqlite, WAL): studies, trials, runs, their transitions and metrics.
+
+Every state change of a run is written with a row in `transitions` in the same
+transaction, and a run's log offset moves in the same transaction as the metrics read
+from that part of the log, so a restart neither loses nor doubles a report.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from hypd.runstate import RunState, check_transition
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS studies (
+    name TEXT PRIMARY KEY,
+    source TEXT NOT NULL,          -- the study file's path when submitted
+    text TEXT NOT NULL,            -- the study file's text, as submitted
+    base_dir TEXT NOT NULL,        -- what a relative workdir is relative to
+    created REAL NOT NULL,
+    paused INTEGER NOT NULL DEFAULT 0,
+    search_state TEXT,             -- the suggester's dump()
+    next_run_no INTEGER NOT NULL DEFAULT 1,
+    last_served REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS trials (
+    study TEXT NOT NULL REFERENCES studies(name),
+    trial INTEGER NOT NULL,
+    params TEXT NOT NULL,
+    created REAL NOT NULL,
+    source TEXT NOT NULL DEFAULT 'search',   -- 'search' or 'user' (hypd suggest)
+    told TEXT,                     -- what the search was told: completed/failed/abandoned/stopped
+    PRIMARY KEY (study, trial)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    study TEXT NOT NULL REFERENCES studies(name),
+    run_no INTEGER NOT NULL,
+    trial INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    params TEXT NOT NULL,
+    host TEXT,
+    gpus TEXT,                     -- JSON list of GPU indexes; [] for a CPU slot
+    pid INTEGER,
+    proc_start TEXT,               -- identifies the process beyond its pid
+    run_dir TEXT,
+    ctl_dir TEXT,
+    log_path TEXT,
+    log_offset INTEGER NOT NULL DEFAULT 0,
+    reports INTEGER NOT NULL DEFAULT 0,
+    exit_code INTEGER,
+    stop_intent TEXT,
+    stop_sent REAL,
+    created REAL NOT NULL,
+    started REAL,
+    ended REAL,
+    deadline REAL,
+    metrics TEXT NOT NULL DEFAULT '{}',   -- latest value of each metric
+    objective REAL,
+    last_line TEXT NOT NULL DEFAULT '',
+    UNIQUE (study, run_no)
+);
+CREATE INDEX IF NOT EXISTS runs_by_state ON runs(state, id);
+CREATE INDEX IF NOT EXISTS runs_by_study ON runs(study, state, id);
+CREATE INDEX IF NOT EXISTS runs_by_trial ON runs(study, trial);
+CREATE TABLE IF NOT EXISTS transitions (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    at REAL NOT NULL,
+    from_state TEXT,
+    to_state TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transitions_by_run ON transitions(run_id);
+CREATE TABLE IF NOT EXISTS reports (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    seq INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    at REAL NOT NULL,
+    data TEXT NOT NULL,           -- JSON object metric -> value
+    PRIMARY KEY (run_id, seq)
+);
+"""
+
+# The columns a run is shown with (ls --json, info, the TUI). One list, used everywhere.
+RUN_COLUMNS = (
+    "id", "study", "run_no", "trial", "attempt", "state", "reason", "params", "host", "gpus",
+    "created", "started", "ended", "deadline", "metrics", "objective", "last_line", "exit_code",
+    "run_dir", "log_path", "reports",
+)
+_JSON_COLUMNS = {"params", "gpus", "metrics"}
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    name: str
+    source: str
+    text: str
+    base_dir: str
+    created: float
+    paused: bool
+    search_state: str | None
+    next_run_no: int
+    last_served: float
+
+
+def _run_dict(row: Sequence[Any], columns: Sequence[str]) -> dict[str, Any]:
+    out = dict(zip(columns, row))
+    for key in _JSON_COLUMNS & out.keys():
+        if out[key] is not None:
+            out[key] = json.loads(out[key])
+    if "study" in out and "run_no" in out:
+        out["name"] = f"{out['study']}:{out['run_no']}"
+    return out
+
+
+class Store:
+    """One connection; all writes go through it (the daemon is the only writer)."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        self.db = db
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path, isolation_level=None)
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.execute("PRAGMA foreign_keys=ON")
+        await db.execute("PRAGMA busy_timeout=5000")
+        await db.executescript(SCHEMA)
+        async with db.execute("SELECT value FROM meta WHERE key='schema_version'") as cur:
+            row = await cur.fetchone()
+        if row is None:
+            await db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) > SCHEMA_VERSION:
+            await db.close()
+            raise StoreError(f"{path} was written by a newer hypd (schema {row[0]}); upgrade hypd")
+        return cls(db, path)
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    # ------------------------------------------------------------ studies
+
+    async def add_study(self, name: str, source: str, text: str, base_dir: str,
+                        search_state: str | None) -> None:
+        await self.db.execute(
+            "INSERT INTO studies (name, source, text, base_dir, created, search_state) VALUES (?,?,?,?,?,?)",
+            (name, source, text, base_dir, time.time(), search_state))
+
+    async def update_study_source(self, name: str, source: str, text: str, base_dir: str) -> None:
+        await self.db.execute("UPDATE studies SET source=?, text=?, base_dir=? WHERE name=?",
+                              (source, text, base_dir, name))
+
+    async def study(self, name: str) -> StudyRow | None:
+        async with self.db.execute(
+            "SELECT name, source, text, base_dir, created, paused, search_state, next_run_no, last_served "
+            "FROM studies WHERE name=?", (name,)) as cur:
+            row = await cur.fetchone()
+        return StudyRow(*row[:5], bool(row[5]), *row[6:]) if row else None
+
+    async def studies(self) -> list[StudyRow]:
+        async with self.db.execute(
+            "SELECT name, source, text, base_dir, created, paused, search_state, next_run_no, last_served "
+            "FROM studies ORDER BY created") as cur:
+            rows = await cur.fetchall()
+        return [StudyRow(*r[:5], bool(r[5]), *r[6:]) for r in rows]
+
+    async def set_paused(self, name: str, paused: bool) -> None:
+        await self.db.execute("UPDATE studies SET paused=? WHERE name=?", (int(paused), name))
+
+    async def set_search_state(self, name: str, state: str) -> None:
+        await self.db.execute("UPDATE studies SET search_state=? WHERE name=?", (state, name))
+
+    async def set_last_served(self, name: str, at: float) -> None:
+        await self.db.execute("UPDATE studies SET last_served=? WHERE name=?", (at, name))
+
+    # ------------------------------------------------------------ trials and runs
+
+    async def add_trials(self, study: str, trials: Iterable[tuple[int, Mapping[str, Any]]],
+                         search_state: str | None, source: str = "search") -> list[dict[str, Any]]:
+        """New trials, each with its first run (pending), and the search's new state, in
+        one transaction. Returns the new runs."""
+        now = time.time()
+        runs = []
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for trial, params in trials:
+                await self.db.execute(
+                    "INSERT INTO trials (study, trial, params, created, source) VALUES (?,?,?,?,?)",
+                    (study, trial, json.dumps(params), now, source))
+                runs.append(await self._insert_run(study, trial, 1, params, now, "new trial"))
+            if search_state is not None:
+                await self.db.execute("UPDATE studies SET search_state=? WHERE name=?", (search_state, study))
+            await self.db.execute("COMMIT")
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+        return runs
+
+    async def add_retry(self, study: str, trial: int, reason: str) -> dict[str, Any]:
+        """A new attempt (pending run) of an existing trial."""
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            async with self.db.execute(
+                "SELECT params FROM trials WHERE study=? AND trial=?", (study, trial)) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                raise StoreError(f"no trial {trial} in study {study}")
+            async with self.db.execute(
+                "SELECT COALESCE(MAX(attempt), 0) FROM runs WHERE study=? AND trial=?", (study, trial)) as cur:
+                (attempts,) = await cur.fetchone()  # type: ignore[misc]
+            run = await self._insert_run(study, trial, attempts + 1, json.loads(row[0]), time.time(), reason)
+            await self.db.execute("COMMIT")
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+        return run
+
+    async def _insert_run(self, study: str, trial: int, attempt: int, params: Mapping[str, Any],
+                          now: float, reason: str) -> dict[str, Any]:
+        async with self.db.execute(
+            "UPDATE studies SET next_run_no = next_run_no + 1 WHERE name=? RETURNING next_run_no - 1",
+            (study,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise StoreError(f"no study {study}")
+        run_no = row[0]
+        async with self.db.execute(
+            "INSERT INTO runs (study, run_no, trial, attempt, state, reason, params, created) "
+            "VALUES (?,?,?,?,?,?,?,?) RETURNING id",
+            (study, run_no, trial, attempt, RunState.PENDING.value, reason, json.dumps(params), now)) as cur:
+            (run_id,) = await cur.fetchone()  # type: ignore[misc]
+        await self.db.execute(
+            "INSERT INTO transitions (run_id, at, from_state, to_state, reason) VALUES (?,?,?,?,?)",
+            (run_id, now, None, RunState.PENDING.value, reason))
+        return {"id": run_id, "study": study, "run_no": run_no, "trial": trial, "attempt": attempt,
+                "params": dict(params), "name": f"{study}:{run_no}"}
+
+    async def transition(self, run_id: int, new: RunState, reason: str, **fields: Any) -> None:
+        """Move a run to a new state (checked against the state machine), with a
+        transitions row and any other columns to set, in one transaction."""
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            async with self.db.execute("SELECT state FROM runs WHERE id=?", (run_id,)) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                raise StoreError(f"no run with id {run_id}")
+            check_transition(row[0], new)
+            now = time.time()
+            fields = {"state": new.value, "reason": reason, **fields}
+            if new is RunState.RUNNING and "started" not in fields:
+                fields["started"] = now
+            if new in (RunState.COMPLETED, RunState.FAILED, RunState.KILLED, RunState.STOPPED) \
+                    and "ended" not in fields:
+                fields["ended"] = now
+            await self._update(run_id, fields)
+            await self.db.execute(
+                "INSERT INTO transitions (run_id, at, from_state, to_state, reason) VALUES (?,?,?,?,?)",
+                (run_id, now, row[0], new.value, reason))
+            await self.db.execute("COMMIT")
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+
+    async def update_run(self, run_id: int, **fields: Any) -> None:
+        await self._update(run_id, fields)
+
+    async def _update(self, run_id: int, fields: Mapping[str, Any]) -> None:
+        cols = []
+        values = []
+        for key, value in fields.items():
+            if key not in _WRITABLE:
+                raise StoreError(f"not a writable run column: {key}")
+            cols.append(f"{key}=?")
+            values.append(json.dumps(value) if key in _JSON_COLUMNS else value)
+        await self.db.execute(f"UPDATE runs SET {', '.join(cols)} WHERE id=?", (*values, run_id))
+
+    async def add_reports(self, run_id: int, reports: Sequence[tuple[int, float, Mapping[str, float]]],
+                          *, log_offset: int, metrics: Mapping[str, float], objective: float | None,
+                          last_line: str) -> None:
+        """Reports read from the log up to log_offset, with the run's new summary."""
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            async with self.db.execute("SELECT reports FROM runs WHERE id=?", (run_id,)) as cur:
+                (seq,) = await cur.fetchone()  # type: ignore[misc]
+            await self.db.executemany(
+                "INSERT INTO reports (run_id, seq, step, at, data) VALUES (?,?,?,?,?)",
+                [(run_id, seq + i, step, at, json.dumps(values)) for i, (step, at, values) in enumerate(reports)])
+            await self.db.execute(
+                "UPDATE runs SET log_offset=?, reports=?, metrics=?, objective=?, last_line=? WHERE id=?",
+                (log_offset, seq + len(reports), json.dumps(metrics), objective, last_line, run_id))
+            await self.db.execute("COMMIT")
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+
+    async def set_told(self, study: str, trial: int, told: str) -> None:
+        await self.db.execute("UPDATE trials SET told=? WHERE study=? AND trial=?", (told, study, trial))
+
+    async def trial_told(self, study: str, trial: int) -> str | None:
+        async with self.db.execute("SELECT told FROM trials WHERE study=? AND trial=?", (study, trial)) as cur:
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+    # ------------------------------------------------------------ queries
+
+    async def runs(self, *, state: str | None = None, study: str | None = None,
+                   states: Sequence[str] | None = None, trial: int | None = None,
+                   limit: int | None = None, columns: Sequence[str] = RUN_COLUMNS,
+                   order: str = "id") -> list[dict[str, Any]]:
+        where, args = [], []
+        if state is not None:
+            where.append("state=?")
+            args.append(state)
+        if states:
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            args.extend(states)
+        if study is not None:
+            where.append("study=?")
+            args.append(study)
+        if trial is not None:
+            where.append("trial=?")
+            args.append(trial)
+        sql = f"SELECT {', '.join(columns)} FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY {order}"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        async with self.db.execute(sql, args) as cur:
+            rows = await cur.fetchall()
+        return [_run_dict(r, columns) for r in rows]
+
+    async def run(self, study: str, run_no: int) -> dict[str, Any] | None:
+        rows = await self._runs_where("study=? AND run_no=?", (study, run_no))
+        return rows[0] if rows else None
+
+    async def run_by_id(self, run_id: int) -> dict[str, Any] | None:
+        rows = await self._runs_where("id=?", (run_id,))
+        return rows[0] if rows else None
+
+    async def _runs_where(self, where: str, args: Sequence[Any]) -> list[dict[str, Any]]:
+        columns = _ALL_COLUMNS
+        async with self.db.execute(f"SELECT {', '.join(columns)} FROM runs WHERE {where}", args) as cur:
+            rows = await cur.fetchall()
+        return [_run_dict(r, columns) for r in rows]
+
+    async def transitions(self, run_id: int) -> list[dict[str, Any]]:
+        async with self.db.execute(
+            "SELECT at, from_state, to_state, reason FROM transitions WHERE run_id=? ORDER BY rowid",
+            (run_id,)) as cur:
+            rows = await cur.fetchall()
+        return [{"at": r[0], "from": r[1], "to": r[2], "reason": r[3]} for r in rows]
+
+    async def reports(self, run_id: int) -> list[dict[str, Any]]:
+        async with self.db.execute(
+            "SELECT step, at, data FROM reports WHERE run_id=? ORDER BY seq", (run_id,)) as cur:
+            rows = await cur.fetchall()
+        return [{"step": r[0], "at": r[1], "values": json.loads(r[2])} for r in rows]
+
+    async def state_counts(self) -> dict[str, dict[str, int]]:
+        """study -> state -> number of runs."""
+        out: dict[str, dict[str, int]] = {}
+        async with self.db.execute("SELECT study, state, COUNT(*) FROM runs GROUP BY study, state") as cur:
+            async for study, state, n in cur:
+                out.setdefault(study, {})[state] = n
+        return out
+
+    async def trial_count(self, study: str) -> int:
+        async with self.db.execute("SELECT COUNT(*) FROM trials WHERE study=?", (study,)) as cur:
+            (n,) = await cur.fetchone()  # type: ignore[misc]
+        return int(n)
+
+    async def trial_counts(self) -> dict[str, int]:
+        async with self.db.execute("SELECT study, COUNT(*) FROM trials GROUP BY study") as cur:
+            return {s: n async for s, n in cur}
+
+    async def best_runs(self, study: str, minimize: bool, limit: int | None = None) -> list[dict[str, Any]]:
+        """The best run of each trial with a result, best first."""
+        agg = "MIN" if minimize else "MAX"
+        order = "ASC" if minimize else "DESC"
+        sql = (f"SELECT {', '.join('r.' + c for c in RUN_COLUMNS)} FROM runs r JOIN ("
+               f"  SELECT trial, {agg}(objective) AS best FROM runs"
+               f"  WHERE study=? AND objective IS NOT NULL AND state IN ('completed','stopped')"
+               f"  GROUP BY trial) b ON r.trial=b.trial AND r.objective=b.best "
+               f"WHERE r.study=? AND r.state IN ('completed','stopped') "
+               f"GROUP BY r.trial ORDER BY r.objective {order}, r.id")
+        args: list[Any] = [study, study]
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        async with self.db.execute(sql, args) as cur:
+            rows = await cur.fetchall()
+        return [_run_dict(r, RUN_COLUMNS) for r in rows]
+
+
+_ALL_COLUMNS = RUN_COLUMNS + ("pid", "proc_start", "ctl_dir", "log_offset", "stop_intent", "stop_sent")
+_WRITABLE = set(_ALL_COLUMNS) - {"id", "study", "run_no", "trial", "attempt", "params", "created"}

@@ -1,0 +1,81 @@
+"""The shell script that runs one run's stages on a host. Pure text generation.
+
+The same script runs on the local machine and on SSH hosts. It is started in its own
+session (process group) so it outlives the daemon and the SSH connection, writes its pid
+first, runs the stages in order, and records `<exit status> <stage>` in an exit file
+with an atomic rename, so whoever looks later (a restarted daemon) learns how it ended.
+
+Files in the run's control folder:
+    run.sh   this script
+    pid      the script's pid (= its process group id)
+    exit     "<status> <stage>" once it has ended; stage is "-" when all succeeded. A
+             run killed as a whole (its group signalled) leaves none: the daemon, which
+             stored why it signalled, knows how it ended.
+    log      stdout and stderr of every stage (the daemon starts it with output there)
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+STAGE_MARK = "[hypd]"
+
+
+@dataclass(frozen=True)
+class RunScript:
+    run: str  # "study:N"
+    ctl_dir: str
+    run_dir: str
+    workdir: str
+    env: Mapping[str, str]
+    stages: Sequence[tuple[str, str]]  # (name, rendered command line)
+    setup: str = ""  # a line run before the stages (e.g. activate a virtualenv)
+
+
+def script_text(spec: RunScript) -> str:
+    q = shlex.quote
+    lines = [
+        "#!/bin/sh",
+        f"# hypd run {spec.run}: generated; the daemon reads ./exit when this ends.",
+        f"ctl={q(spec.ctl_dir)}",
+        'echo $$ > "$ctl/pid.tmp" && mv -f "$ctl/pid.tmp" "$ctl/pid"',
+        "finish() {",
+        "  printf '%s %s\\n' \"$1\" \"$2\" > \"$ctl/exit.tmp\" && mv -f \"$ctl/exit.tmp\" \"$ctl/exit\"",
+        '  exit "$1"',
+        "}",
+        "if command -v bash >/dev/null 2>&1; then run_shell=bash; else run_shell=sh; fi",
+        f"mkdir -p {q(spec.run_dir)} || finish 126 setup",
+        f"cd {q(spec.workdir)} || {{ echo {q(f'{STAGE_MARK} cannot enter workdir {spec.workdir}')}; finish 126 setup; }}",
+    ]
+    for key, value in spec.env.items():
+        lines.append(f"export {key}={q(value)}")
+    if spec.setup:
+        lines.append(f"stage=setup; {spec.setup} || finish $? setup")
+    for name, command in spec.stages:
+        lines += [
+            f"stage={q(name)}",
+            f"echo {q(f'{STAGE_MARK} stage {name} started')} \"$(date '+%Y-%m-%d %H:%M:%S')\"",
+            f"$run_shell -c {q(command)}",
+            "rc=$?",
+            f'[ "$rc" -eq 0 ] || {{ echo {q(f"{STAGE_MARK} stage {name} failed")} "(status $rc)"; finish "$rc" {q(name)}; }}',
+        ]
+    lines += ["stage=-", "finish 0 -", ""]
+    return "\n".join(lines)
+
+
+def parse_exit_file(text: str) -> tuple[int, str] | None:
+    """(status, stage) from an exit file, or None if it is not (yet) complete."""
+    parts = text.split()
+    if len(parts) != 2:
+        return None
+    try:
+        return int(parts[0]), parts[1]
+    except ValueError:
+        return None
+
+
+def gpu_env(gpus: Sequence[int]) -> dict[str, str]:
+    """What a run needs to see exactly its GPUs, numbered as NVML numbers them."""
+    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus)}

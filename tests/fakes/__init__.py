@@ -1,0 +1,1 @@
+"""Stand-ins for external programs (nvidia-smi, ...) used by the tests."""
