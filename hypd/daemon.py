@@ -193,7 +193,7 @@ class Daemon:
         try:
             self.store = await Store.open(self.home / "hypd.db")
             if self.config.local.enabled:
-                self.hosts["local"] = LocalHost(self.config.local)
+                self.hosts["local"] = LocalHost(self.config.local, self.home)
             await self._poll_gpus()
             await self._load_studies()
             await self._recover_runs()
@@ -387,18 +387,25 @@ class Daemon:
             return
         rt = self.studies[row["study"]]
         spec = rt.spec
-        study_dir = Path(spec.output_dir) if spec.output_dir else self.home / "studies" / spec.name
+        root = Path(host.root)
+        study_dir = Path(spec.output_dir) if spec.output_dir else root / "studies" / spec.name
         run_dir = study_dir / run_dir_name(row["run_no"], row["params"], spec)
-        ctl_dir = self.home / "runs" / spec.name / f"{row['run_no']:04d}"
-        log_path = ctl_dir / "log"
+        ctl_dir = root / "runs" / spec.name / f"{row['run_no']:04d}"
+        # The log is always on this machine: a remote host streams its copy here.
+        log_path = self.home / "runs" / spec.name / f"{row['run_no']:04d}" / "log"
         stages = render_commands(spec, row["params"], run_dir=str(run_dir), run=row["name"],
                                  run_no=row["run_no"], trial=row["trial"])
         env = dict(spec.env)
         env.update(gpu_env(gpus) if gpus else {"CUDA_VISIBLE_DEVICES": ""})
         env.update(HYPD_RUN=row["name"], HYPD_STUDY=spec.name, HYPD_TRIAL=str(row["trial"]),
                    HYPD_RUN_DIR=str(run_dir))
-        script = RunScript(run=row["name"], ctl_dir=str(ctl_dir), run_dir=str(run_dir), workdir=spec.workdir,
-                           env=env, stages=stages)
+        try:
+            workdir = await host.prepare_study(spec)
+        except HostError as exc:
+            log.error("%s: cannot prepare study on %s: %s", row["name"], host.name, exc)
+            return  # stays pending; the host's state says why
+        script = RunScript(run=row["name"], ctl_dir=str(ctl_dir), run_dir=str(run_dir), workdir=workdir,
+                           env=env, stages=stages, setup=getattr(host, "setup", ""))
         deadline = time.time() + spec.timeout if spec.timeout else None
         where = f"{host.name}:{','.join(map(str, gpus))}" if gpus else f"{host.name} (cpu)"
         await self.db.transition(run_id, RunState.RUNNING, f"started on {where}", host=host.name, gpus=list(gpus),

@@ -12,7 +12,6 @@ import asyncio
 import errno
 import logging
 import os
-import signal
 import subprocess
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from hypd.config import LocalHostConfig
 from hypd.gpus import GpuSnapshot, LocalGpuProbe
+from hypd.study import StudySpec
 from hypd.wrapper import RunScript, parse_exit_file, script_text
 
 log = logging.getLogger("hypd.hosts")
@@ -64,6 +64,7 @@ class HostInfo:
 
 class Host(ABC):
     name: str
+    root: str  # on the host: runs/<study>/<NNNN>/ (control files) and studies/<study>/ (outputs)
     cpu_slots: int
     busy_memory_mib: int
     busy_utilization: int
@@ -71,7 +72,18 @@ class Host(ABC):
 
     @property
     def accepting(self) -> bool:
+        """Whether new runs may start here (False while down or draining)."""
         return True
+
+    @property
+    def state(self) -> tuple[str, str]:
+        """("up" | "down" | "draining", why)."""
+        return ("up", "")
+
+    @abstractmethod
+    async def prepare_study(self, spec: StudySpec) -> str:
+        """Make the study's code available on the host; returns the workdir runs use
+        there. HostError if it cannot."""
 
     @abstractmethod
     async def read_gpus(self) -> GpuSnapshot: ...
@@ -117,7 +129,8 @@ class LocalHost(Host):
 
     name = "local"
 
-    def __init__(self, config: LocalHostConfig) -> None:
+    def __init__(self, config: LocalHostConfig, root: Path) -> None:
+        self.root = str(root)
         self.cpu_slots = config.cpu_slots
         self.busy_memory_mib = config.busy_memory_mib
         self.busy_utilization = config.busy_utilization
@@ -127,6 +140,9 @@ class LocalHost(Host):
 
     async def read_gpus(self) -> GpuSnapshot:
         return await self.probe.read()
+
+    async def prepare_study(self, spec: StudySpec) -> str:
+        return spec.workdir
 
     async def launch(self, launch: Launch) -> Handle:
         script = launch.script
@@ -208,7 +224,7 @@ class LocalHost(Host):
         return _group_has_live_member(handle.pid)
 
     async def close(self) -> None:
-        await asyncio.to_thread(self.probe.close) if hasattr(self.probe, "close") else None
+        await asyncio.to_thread(self.probe.close)
 
 
 def _group_has_live_member(pgid: int) -> bool:
@@ -225,5 +241,3 @@ def _group_has_live_member(pgid: int) -> bool:
             return True
     return False
 
-
-SIGNALS = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL}

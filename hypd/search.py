@@ -99,9 +99,11 @@ def sample_value(param: Param, rng: random.Random) -> Any:
             return min(param.high, int(math.floor(x)))
         return rng.randrange(param.low, param.high + 1, param.step)
     if param.log:
-        return math.exp(rng.uniform(math.log(param.low), math.log(param.high)))
+        x = math.exp(rng.uniform(math.log(param.low), math.log(param.high)))
+        return min(param.high, max(param.low, x))
     if param.step is not None:
-        return param.low + rng.randrange(int((param.high - param.low) / param.step + 1e-9) + 1) * param.step
+        count = int(math.floor((param.high - param.low) / param.step + 1e-9)) + 1
+        return min(param.high, round(param.low + rng.randrange(count) * param.step, 12))
     return rng.uniform(param.low, param.high)
 
 

@@ -37,7 +37,9 @@ class StudyError(ValueError):
         self.source = source
         self.key = key
         self.message = message
-        super().__init__(f"{source}: {key}: {message}" if key else f"{source}: {message}")
+        text = f"{source}: {key}: {message}" if key else f"{source}: {message}"
+        super().__init__("".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                                 for c in text))
 
 
 @dataclass(frozen=True)
@@ -145,23 +147,24 @@ class StudySpec:
 
 # ---------------------------------------------------------------- durations
 
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|s|ms)")
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|d|h|m|s)")
+_DURATION_HINT = "write e.g. '90s', '10m', '1h30m'"
 _DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
 def parse_duration(value: Any) -> float:
     """'10m', '1h30m', '90s', '2.5h', or a number of seconds -> seconds. ValueError if not."""
     if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
+        raise ValueError(f"not a duration: {value!r} ({_DURATION_HINT})")
     if isinstance(value, (int, float)):
-        if value <= 0:
+        if not math.isfinite(value) or value <= 0:
             raise ValueError(f"duration must be positive, got {value!r}")
         return float(value)
     if not isinstance(value, str):
-        raise ValueError(f"not a duration: {value!r}")
+        raise ValueError(f"not a duration: {value!r} ({_DURATION_HINT})")
     text = value.strip().replace(" ", "")
     if not text:
-        raise ValueError("empty duration")
+        raise ValueError(f"empty duration ({_DURATION_HINT})")
     try:
         seconds = float(text)
     except ValueError:
@@ -173,7 +176,7 @@ def parse_duration(value: Any) -> float:
             pos = m.end()
         if pos != len(text):
             raise ValueError(f"not a duration: {value!r} (write e.g. '90s', '10m', '1h30m')") from None
-    if seconds <= 0:
+    if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"duration must be positive, got {value!r}")
     return seconds
 
@@ -401,6 +404,20 @@ class _Parser:
                 if base not in known:
                     raise self.fail(where, f"placeholder {{{base}}} has no parameter; add it under "
                                            f"[params] or fix the name (known: {', '.join(sorted(known))})")
+            quoted = _quoted_placeholder(stage.command)
+            if quoted:
+                raise self.fail(where, f"placeholder {{{quoted}}} is inside quotes; drop the quotes, "
+                                       "hypd quotes every value itself")
+            samples = {"run_dir": "/run", "run": "study:0", "run_no": 0, "trial": 0, "study": "study",
+                       "stage": stage.name}
+            for p in params:
+                for value in ([example_value(p)] if not isinstance(p, ChoiceParam) else p.values):
+                    try:
+                        render_stage(stage.command, {**samples, **{q.name: example_value(q) for q in params},
+                                                     p.name: value})
+                    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+                        raise self.fail(where, f"cannot fill a placeholder with {p.name} = {value!r} ({exc}); "
+                                               "fix its format spec") from None
 
     def grid_check(self, params: tuple[Param, ...], max_trials: int | None) -> None:
         continuous = [p for p in params if isinstance(p, FloatParam) and p.step is None]
@@ -578,6 +595,11 @@ def _discrete_values(param: Param) -> list[Any] | None:
 
 
 def _spaced(param: FloatParam, n: int) -> list[float]:
+    inner = _spaced_raw(param, n)[1:-1]
+    return [param.low, *(min(param.high, max(param.low, v)) for v in inner), param.high]
+
+
+def _spaced_raw(param: FloatParam, n: int) -> list[float]:
     if param.log:
         ratio = param.high / param.low
         return [float(f"{param.low * ratio ** (i / (n - 1)):.6g}") for i in range(n)]
@@ -594,7 +616,7 @@ def coerce_value(param: Param, raw: str) -> Any:
         return int(raw)
     candidates = param.values if isinstance(param, ChoiceParam) else (param.value,)
     for v in candidates:
-        if str(v) == raw or (isinstance(v, (int, float)) and not isinstance(v, bool) and _num_eq(raw, v)):
+        if raw in (str(v), format_value(v)) or (isinstance(v, (int, float)) and not isinstance(v, bool) and _num_eq(raw, v)):
             return v
     if isinstance(param, ChoiceParam):
         raise ValueError(f"{param.name}: {raw!r} is not one of {list(param.values)}")
@@ -617,6 +639,11 @@ def check_value(param: Param, value: Any) -> None:
         if value not in param.values:
             raise ValueError(f"{param.name}: {value!r} is not one of {list(param.values)}")
     else:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{param.name}: {value!r} is not a number")
+        if isinstance(param, IntParam) and (not isinstance(value, int) or (value - param.low) % param.step):
+            raise ValueError(f"{param.name}: {value!r} is not one of {param.low}, {param.low + param.step}, ..."
+                             f" up to {param.high}")
         if not (param.low <= value <= param.high):
             raise ValueError(f"{param.name}: {value!r} is outside [{param.low}, {param.high}]")
 
@@ -662,7 +689,8 @@ def example_value(param: Param) -> Any:
         return int(round(mid))
     if param.step:
         return param.low + round((mid - param.low) / param.step) * param.step
-    return float(f"{mid:.3g}")
+    short = float(f"{mid:.3g}")
+    return short if param.low <= short <= param.high else mid
 
 
 # ---------------------------------------------------------------- rendering
@@ -703,3 +731,29 @@ def render_commands(spec: StudySpec, params: Mapping[str, Any], *, run_dir: str,
     values.update(run_dir=run_dir, run=run or f"{spec.name}:{run_no}", run_no=run_no,
                   trial=trial, study=spec.name)
     return [(s.name, render_stage(s.command, {**values, "stage": s.name})) for s in spec.stages]
+
+
+def _quoted_placeholder(command: str) -> str | None:
+    """The first placeholder written inside '...' or "..." in the template (where hypd's own
+    quoting would break), if any. $( ... ) opens a fresh, unquoted context, even inside "..."."""
+    stack: list[str] = []  # open contexts: "'", '"', or "(" for $( ... )
+    for literal, field_name, _, _ in string.Formatter().parse(command):
+        i = 0
+        while i < len(literal):
+            ch, top = literal[i], (stack[-1] if stack else None)
+            if top == "'":
+                if ch == "'":
+                    stack.pop()
+            elif ch == "\\":
+                i += 1
+            elif ch == "$" and literal[i + 1:i + 2] == "(":
+                stack.append("(")
+                i += 1
+            elif top == '"' and ch == '"' or top == "(" and ch == ")":
+                stack.pop()
+            elif top != '"' and ch in "'\"":
+                stack.append(ch)
+            i += 1
+        if field_name is not None and stack and stack[-1] in ("'", '"'):
+            return field_name
+    return None

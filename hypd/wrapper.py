@@ -54,9 +54,10 @@ def script_text(spec: RunScript) -> str:
     if spec.setup:
         lines.append(f"stage=setup; {spec.setup} || finish $? setup")
     for name, command in spec.stages:
+        lines.append(f"stage={q(name)}")
+        if len(spec.stages) > 1:
+            lines.append(f"echo {q(f'{STAGE_MARK} stage {name} started')} \"$(date '+%Y-%m-%d %H:%M:%S')\"")
         lines += [
-            f"stage={q(name)}",
-            f"echo {q(f'{STAGE_MARK} stage {name} started')} \"$(date '+%Y-%m-%d %H:%M:%S')\"",
             f"$run_shell -c {q(command)}",
             "rc=$?",
             f'[ "$rc" -eq 0 ] || {{ echo {q(f"{STAGE_MARK} stage {name} failed")} "(status $rc)"; finish "$rc" {q(name)}; }}',
