@@ -120,7 +120,8 @@ class StudySpec:
     env: Mapping[str, str]
     stages: tuple[Stage, ...]
     metrics_regex: Mapping[str, str]
-    output_dir: str | None  # absolute; None: $HYPD_HOME/studies/<name>
+    output_dir: str | None  # absolute; None: <host root>/studies/<name>
+    files: tuple[str, ...] = ()  # relative to workdir: copied to a remote host before its first run
     constraints: tuple[str, ...] = ()
     param_constraints: tuple[str, ...] = ()
     early_stop: EarlyStop | None = None
@@ -198,7 +199,7 @@ _STUDY_KEYS = {
     "name", "objective", "algorithm", "max_trials", "parallel", "gpus", "timeout",
     "retries", "priority", "seed", "constraints", "param_constraints", "early_stop",
 }
-_RUN_KEYS = {"workdir", "env", "command", "stages", "output_dir"}
+_RUN_KEYS = {"workdir", "env", "command", "stages", "output_dir", "files"}
 _METRICS_KEYS = {"regex"}
 _TOP_KEYS = {"study", "params", "run", "metrics"}
 
@@ -479,6 +480,12 @@ class _Parser:
         workdir = (self.base_dir / Path(workdir_raw).expanduser()).resolve()
         output_raw = self.string(run, "output_dir", "run")
         output_dir = str((workdir / Path(output_raw).expanduser()).resolve()) if output_raw else None
+        files_raw = run.get("files", [])
+        if not isinstance(files_raw, list) or not all(isinstance(f, str) and f for f in files_raw):
+            raise self.fail("run.files", 'must be a list of paths relative to workdir, e.g. ["train.py", "data/"]')
+        for f in files_raw:
+            if Path(f).is_absolute() or ".." in Path(f).parts:
+                raise self.fail("run.files", f"{f!r}: give paths inside workdir, relative to it")
         env_raw = run.get("env", {})
         if not isinstance(env_raw, dict):
             raise self.fail("run.env", 'must be a table, e.g. env = { PYTHONUNBUFFERED = "1" }')
@@ -526,7 +533,7 @@ class _Parser:
             name=name, objectives=objectives, algorithm=algorithm, max_trials=max_trials,
             parallel=parallel or 1, gpus=gpus or 0, timeout=timeout, retries=retries or 0,
             priority=priority or 1, seed=seed, params=params, workdir=str(workdir), env=env,
-            stages=stages, metrics_regex=metrics_regex, output_dir=output_dir,
+            stages=stages, metrics_regex=metrics_regex, output_dir=output_dir, files=tuple(files_raw),
             constraints=constraints, param_constraints=param_constraints, early_stop=early_stop,
             source=self.source, warnings=tuple(self.warnings),
         )
