@@ -511,8 +511,8 @@ class Daemon:
         await self._finish(run, end.state, end.reason, code)
 
     async def _finish(self, run: ActiveRun, state: RunState, reason: str, code: int | None) -> None:
-        self.active.pop(run.id, None)
         await self.db.transition(run.id, state, reason, exit_code=code)
+        self.active.pop(run.id, None)
         log.info("%s %s: %s", run.name, state.value, reason)
         if run.stop_intent and run.handle is not None and await run.host.group_alive(run.handle):
             # The wrapper is gone but some of its processes linger: end them after the grace.

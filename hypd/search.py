@@ -21,6 +21,7 @@ from typing import Any
 from hypd.study import (
     ChoiceParam,
     FixedParam,
+    FloatParam,
     IntParam,
     Param,
     StudySpec,
@@ -183,16 +184,482 @@ class RandomSearch(_Enumerated):
         return {p.name: sample_value(p, rng) for p in self.spec.params}
 
 
+# ---------------------------------------------------------------- Ax
+
+_AX: Any = None  # the lazily imported Ax names (a SimpleNamespace), see _ax()
+
+
+def _ax() -> Any:
+    """Import Ax (and with it torch) on first use and quiet its logging. Nothing else in
+    hypd imports Ax: `import hypd.search` stays cheap for the CLI and the pure core."""
+    global _AX
+    if _AX is None:
+        import logging
+        import types
+
+        from ax import ChoiceParameterConfig, Client, RangeParameterConfig  # noqa: TID251
+        from ax.core.map_metric import MapMetric  # noqa: TID251
+        from ax.core.trial_status import TrialStatus  # noqa: TID251
+        from ax.early_stopping.strategies import PercentileEarlyStoppingStrategy  # noqa: TID251
+        from ax.exceptions.core import (  # noqa: TID251
+            AxError,
+            DataRequiredError,
+            OptimizationComplete,
+        )
+        from ax.exceptions.generation_strategy import MaxParallelismReachedException  # noqa: TID251
+
+        logging.getLogger("ax").setLevel(logging.WARNING)
+        _AX = types.SimpleNamespace(
+            Client=Client, RangeParameterConfig=RangeParameterConfig,
+            ChoiceParameterConfig=ChoiceParameterConfig, MapMetric=MapMetric,
+            TrialStatus=TrialStatus, PercentileEarlyStoppingStrategy=PercentileEarlyStoppingStrategy,
+            AxError=AxError,
+            # ask() answers "none now" (an empty list) on these rather than raising:
+            no_trials_now=(DataRequiredError, OptimizationComplete, MaxParallelismReachedException),
+        )
+        _quiet_ax_loggers()
+    return _AX
+
+
+def _quiet_ax_loggers() -> None:
+    """Ax gives each of its module loggers its own INFO level (so the "ax" logger's level
+    alone does not hold them back) and creates more as it imports lazily: lift every one
+    below WARNING up to WARNING. Cheap; run after each call that may import more of Ax."""
+    import logging
+
+    for name, lg in list(logging.Logger.manager.loggerDict.items()):
+        if (name == "ax" or name.startswith("ax.")) and isinstance(lg, logging.Logger):
+            if lg.level < logging.WARNING:
+                lg.setLevel(logging.WARNING)
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python value (JSON-serialisable)."""
+    return value.item() if hasattr(value, "item") and not isinstance(value, (str, bytes)) else value
+
+
+# More points than this on a stepped range and the range stays continuous in Ax (a choice
+# parameter with thousands of values helps no one); the value is rounded onto the step.
+_MAX_STEP_CHOICES = 1000
+
+
+class _AxParam:
+    """How one searched parameter looks to Ax: its config, and the value maps both ways."""
+
+    def __init__(self, param: Param) -> None:
+        self.param = param
+        self.name = param.name
+        self.decode: dict[Any, Any] = {}  # Ax's choice value -> ours (choices only)
+        self.encode: list[tuple[Any, Any]] = []  # (ours, Ax's) for choices
+        self.round_to: tuple[float, float] | None = None  # (low, step) when rounded here
+        ax = _ax()
+        if isinstance(param, ChoiceParam):
+            values = list(param.values)
+            if all(isinstance(v, bool) for v in values):
+                kind, ax_values = "bool", values
+            elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                kind, ax_values = "int", values
+            elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                kind, ax_values = "float", [float(v) for v in values]
+            elif all(isinstance(v, str) for v in values):
+                kind, ax_values = "str", values
+            else:  # mixed kinds: Ax wants one type; JSON text keeps 1, "1" and true apart
+                kind, ax_values = "str", [json.dumps(v) for v in values]
+            self.decode = dict(zip(ax_values, values))
+            self.encode = list(zip(values, ax_values))
+            self.config = ax.ChoiceParameterConfig(
+                name=param.name, values=ax_values, parameter_type=kind, is_ordered=param.ordered)
+        elif isinstance(param, IntParam):
+            count = (param.high - param.low) // param.step + 1
+            if param.step > 1 and count <= _MAX_STEP_CHOICES:
+                values = list(range(param.low, param.high + 1, param.step))
+                self.config = ax.ChoiceParameterConfig(
+                    name=param.name, values=values, parameter_type="int", is_ordered=True)
+            else:
+                if param.step > 1:
+                    self.round_to = (param.low, param.step)
+                self.config = ax.RangeParameterConfig(
+                    name=param.name, bounds=(param.low, param.high), parameter_type="int",
+                    scaling="log" if param.log else "linear")
+        elif isinstance(param, FloatParam):
+            values = grid_axes((param,), None)[0] if param.step is not None else None
+            if values is not None and len(values) <= _MAX_STEP_CHOICES:
+                self.config = ax.ChoiceParameterConfig(
+                    name=param.name, values=[float(v) for v in values], parameter_type="float",
+                    is_ordered=True)
+            else:
+                if param.step is not None:
+                    self.round_to = (param.low, param.step)
+                self.config = ax.RangeParameterConfig(
+                    name=param.name, bounds=(float(param.low), float(param.high)),
+                    parameter_type="float", scaling="log" if param.log else "linear")
+        else:  # pragma: no cover - fixed parameters never reach Ax
+            raise TypeError(param)
+
+    def from_ax(self, value: Any) -> Any:
+        value = _plain(value)
+        p = self.param
+        if isinstance(p, ChoiceParam):
+            return self.decode[value]
+        if self.round_to is not None:
+            low, step = self.round_to
+            value = low + round((value - low) / step) * step
+            value = round(value, 12) if isinstance(p, FloatParam) else int(value)
+        if isinstance(p, FloatParam):
+            value = float(value)
+        elif isinstance(p, IntParam):
+            value = int(round(value))
+        # Ax's untransform (log scale) may land a hair outside the bounds
+        return min(max(value, p.low), p.high)  # type: ignore[union-attr]
+
+    def to_ax(self, value: Any) -> Any:
+        p = self.param
+        if isinstance(p, ChoiceParam):
+            for ours, theirs in self.encode:  # same type first: True must not match 1
+                if type(ours) is type(value) and ours == value:
+                    return theirs
+            for ours, theirs in self.encode:
+                if ours == value:
+                    return theirs
+            raise SearchError(f"{p.name}: {value!r} is not one of {list(p.values)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SearchError(f"{p.name}: {value!r} is not a number")
+        if isinstance(p, IntParam):
+            if float(value) != int(value):
+                raise SearchError(f"{p.name}: {value!r} is not a whole number")
+            return int(value)
+        return float(value)
+
+
+class AxSuggester(Suggester):
+    """Ax (1.x, `ax.Client`): "ax" is Ax's default generation strategy (the centre of the
+    space, then Sobol points, then Bayesian optimisation with a GP, "MBM"); "sobol" stays on
+    scrambled Sobol points for good (no model).
+
+    Trial numbers are Ax's trial indices. All trials Ax creates, hand-given ones included,
+    count against `max_trials`.
+
+    - Fixed parameters are not given to Ax; they are added back to every trial's params.
+    - A stepped range becomes an ordered choice in Ax (up to 1000 points; beyond that it
+      stays a range and the value is rounded onto the step). Choice values of mixed kinds
+      travel as JSON text and come back as the original values.
+    - `complete` passes Ax the values of the metrics it knows (objectives, the metrics named
+      in outcome constraints, the early-stopping metric); others are ignored. If an
+      objective's value is missing or not finite (NaN, inf), the trial cannot be completed
+      in Ax and is marked FAILED instead (Ax then avoids that region).
+    - `early_stop` uses Ax's PercentileEarlyStoppingStrategy on `early_stop.metric` (its
+      defaults: a running trial whose latest value is in the worse half of the curves at
+      that step is stopped, once at least 5 trials have COMPLETED with curve data and the
+      trial has reached `min_step`). The trials it returns are already marked
+      EARLY_STOPPED in Ax, and the data they reported stays in the model. Later calls of
+      `complete`, `fail` or `abandon` for such a trial are accepted: `complete` adds its
+      values, the others leave it EARLY_STOPPED.
+    - `complete`, `fail`, `abandon` on a trial that has already ended are ignored.
+
+    Not thread-safe as such (Ax's Client is not): every public method takes an internal
+    lock, so overlapping calls from two threads wait for each other rather than corrupt
+    the state; the daemon should still make one call at a time per study. Note that Ax
+    re-seeds the global torch/numpy RNGs around each `ask` when the study has a seed.
+
+    Cost: `ask` is milliseconds during the Sobol phase and then fits a GP on every call
+    (about a second at tens of trials, growing with the trial count); `best` may fit too
+    (cross-validation). `dump()` is the whole Ax experiment and generation strategy as JSON
+    (several kB per trial).
+    """
+
+    adaptive = True
+
+    def __init__(self, spec: StudySpec) -> None:
+        super().__init__(spec)
+        import threading
+
+        ax = _ax()
+        self._lock = threading.Lock()
+        self._params = [_AxParam(p) for p in spec.searched]
+        self._by_name = {p.name: p for p in self._params}
+        self._objective_metrics = [o.metric for o in spec.objectives]
+        client = ax.Client(random_seed=spec.seed)
+        try:
+            client.configure_experiment(
+                parameters=[p.config for p in self._params],
+                parameter_constraints=list(spec.param_constraints) or None,
+                name=spec.name,
+            )
+            client.configure_optimization(
+                objective=self._objective_string(),
+                outcome_constraints=list(spec.constraints) or None,
+            )
+        except (ax.AxError, ValueError, TypeError) as exc:
+            raise SearchError(f"Ax cannot take this study: {exc}") from None
+        if spec.algorithm == "sobol":
+            # Ax's "random_search" strategy is one Sobol node with no way out: no model.
+            client.configure_generation_strategy(
+                method="random_search", initialization_random_seed=spec.seed,
+                initialize_with_center=False)
+        else:
+            # Ax's default ("fast": centre, 5 Sobol trials in all, then the GP). Exceeding
+            # the Sobol budget keeps parallel slots busy with more Sobol points while the
+            # first results are awaited, instead of Ax refusing to generate.
+            client.configure_generation_strategy(
+                method="fast", initialization_random_seed=spec.seed,
+                allow_exceeding_initialization_budget=True)
+        self._client = client
+        self._setup_early_stopping()
+        _quiet_ax_loggers()
+
+    # -- set-up
+
+    def _objective_string(self) -> str:
+        return ", ".join(("-" if o.minimize else "") + o.metric for o in self.spec.objectives)
+
+    def _setup_early_stopping(self) -> None:
+        """Give the early-stopping metric a direction and attach the strategy (it is not
+        part of Ax's snapshot, so this runs after a restore too)."""
+        es = self.spec.early_stop
+        if es is None:
+            return
+        ax = _ax()
+        client = self._client
+        metric = es.metric
+        lower_is_better = True  # a metric that is neither objective nor constraint: a loss
+        objective = next((o for o in self.spec.objectives if o.metric == metric), None)
+        if objective is not None:
+            lower_is_better = objective.minimize
+        else:
+            config = client._experiment.optimization_config
+            for oc in getattr(config, "outcome_constraints", []) or []:
+                if list(oc.metric_names) == [metric]:
+                    lower_is_better = oc.op == oc.op.__class__.LEQ
+        if metric not in client._experiment.metrics:
+            client.configure_tracking_metrics([metric])
+        client.configure_metrics([ax.MapMetric(name=metric, lower_is_better=lower_is_better)])
+        client.set_early_stopping_strategy(ax.PercentileEarlyStoppingStrategy(
+            metric_signatures=[metric], min_progression=es.min_step))
+
+    # -- helpers
+
+    def _known_metrics(self) -> set[str]:
+        return set(self._client._experiment.metrics)
+
+    def _full_params(self, ax_params: Mapping[str, Any]) -> dict[str, Any]:
+        values = {name: self._by_name[name].from_ax(v) for name, v in ax_params.items()
+                  if name in self._by_name}
+        values.update(self.spec.fixed_values())
+        return {p.name: values[p.name] for p in self.spec.params}
+
+    def _trial(self, trial: int) -> Any:
+        try:
+            return self._client._experiment.trials[trial]
+        except KeyError:
+            raise SearchError(f"Ax has no trial {trial}") from None
+
+    def _values(self, values: Mapping[str, float]) -> dict[str, float]:
+        """The values Ax can use: metrics it knows, finite numbers."""
+        known = self._known_metrics()
+        out = {}
+        for k, v in values.items():
+            if k not in known or isinstance(v, bool):
+                continue
+            try:
+                f = float(v)
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(f):
+                out[k] = f
+        return out
+
+    def _last_step(self, trial: int) -> int | None:
+        df = self._client._experiment.lookup_data(trial_indices=[trial]).full_df
+        if "step" not in df.columns or df.empty:
+            return None
+        steps = df["step"].dropna()
+        return None if steps.empty else int(steps.max())
+
+    def _ended(self, status: Any) -> bool:
+        return bool(status.is_terminal)
+
+    # -- the interface
+
+    def ask(self, n: int) -> list[tuple[int, dict[str, Any]]]:
+        with self._lock:
+            ax = _ax()
+            budget = self.spec.max_trials if self.spec.max_trials is not None else 1 << 62
+            k = min(n, budget - len(self._client._experiment.trials))
+            if k <= 0:
+                return []
+            try:
+                trials = self._client.get_next_trials(max_trials=k)
+            except ax.no_trials_now:
+                return []
+            finally:
+                _quiet_ax_loggers()
+            return [(int(i), self._full_params(p)) for i, p in sorted(trials.items())]
+
+    def attach(self, params: Mapping[str, Any]) -> int:
+        with self._lock:
+            ax = _ax()
+            try:
+                full = complete_params(self.spec, params)
+            except ValueError as exc:
+                raise SearchError(str(exc)) from None
+            ax_params = {p.name: p.to_ax(full[p.name]) for p in self._params}
+            try:
+                return int(self._client.attach_trial(parameters=ax_params))
+            except (ax.AxError, ValueError) as exc:
+                raise SearchError(str(exc)) from None
+
+    def report(self, trial: int, step: int, values: Mapping[str, float]) -> None:
+        with self._lock:
+            status = self._trial(trial).status
+            if not (status.is_running or status.is_early_stopped):
+                return
+            data = self._values(values)
+            if data:
+                self._client.attach_data(trial_index=trial, raw_data=data, progression=int(step))
+
+    def complete(self, trial: int, values: Mapping[str, float]) -> None:
+        with self._lock:
+            status = self._trial(trial).status
+            data = self._values(values)
+            if status.is_early_stopped:
+                if data:  # its final values, where its curve ended
+                    self._client.attach_data(trial_index=trial, raw_data=data,
+                                             progression=self._last_step(trial))
+                return
+            if self._ended(status):
+                return
+            missing = [m for m in self._objective_metrics if m not in data]
+            if missing:
+                self._client.mark_trial_failed(
+                    trial, failed_reason=f"no finite value for objective {', '.join(missing)}")
+                return
+            # With intermediate reports, the final values sit at the last reported step, so
+            # the curve and the final result stay one series (the model uses its latest row).
+            self._client.complete_trial(trial_index=trial, raw_data=data,
+                                        progression=self._last_step(trial))
+
+    def fail(self, trial: int) -> None:
+        with self._lock:
+            if not self._ended(self._trial(trial).status):
+                self._client.mark_trial_failed(trial)
+
+    def abandon(self, trial: int) -> None:
+        with self._lock:
+            if not self._ended(self._trial(trial).status):
+                self._client.mark_trial_abandoned(trial)
+
+    def early_stop(self, running: list[int]) -> list[int]:
+        if self.spec.early_stop is None:
+            return []
+        with self._lock:
+            trials = self._client._experiment.trials
+            candidates = [t for t in running if t in trials and trials[t].status.is_running]
+            stop = [t for t in candidates if self._client.should_stop_trial_early(trial_index=t)]
+            for t in stop:
+                self._client.mark_trial_early_stopped(trial_index=t)
+            return stop
+
+    def best(self) -> dict[str, Any] | None:
+        """{"trial", "params", "prediction": {metric: [mean, sem]}, "predicted", "observed"}
+        for one objective; {"pareto": [such, ...]} for several. "prediction" is the model's
+        (predicted = true) when there is a fitted model, else the observed values (sem None
+        when unknown). None until some trial has a value for every objective."""
+        with self._lock:
+            ax = _ax()
+            client = self._client
+            df = client._experiment.lookup_data().df
+            if df.empty or not set(self._objective_metrics) <= set(df["metric_name"]):
+                return None
+            try:
+                # The model as of the last ask() has not seen the results since: refit on
+                # the current data (Ax skips the fit when the data has not changed).
+                client._generation_strategy.fit(experiment=client._experiment)
+            except (ax.AxError, ValueError):
+                pass
+            try:
+                if len(self._objective_metrics) > 1:
+                    frontier = client.get_pareto_frontier(use_model_predictions=True)
+                    return {"pareto": [self._best_entry(p, i) for p, _, i, _ in frontier]}
+                params, _, index, _ = client.get_best_parameterization(use_model_predictions=True)
+            except (ax.AxError, ValueError, NotImplementedError):
+                return None
+            finally:
+                _quiet_ax_loggers()
+            return self._best_entry(params, index)
+
+    def _best_entry(self, params: Mapping[str, Any], index: int) -> dict[str, Any]:
+        ax = _ax()
+
+        def num(x: Any) -> float | None:
+            x = float(x)
+            return x if math.isfinite(x) else None
+
+        df = self._client._experiment.lookup_data(trial_indices=[index]).df
+        observed = {str(r.metric_name): num(r.mean) for r in df.itertuples()}
+        sems = {str(r.metric_name): num(r.sem) for r in df.itertuples()}
+        try:
+            (pred,) = self._client.predict([dict(params)])
+            prediction = {m: [num(mean), num(sem)] for m, (mean, sem) in pred.items()}
+            predicted = True
+        except (ax.AxError, ValueError, AssertionError, NotImplementedError):
+            prediction = {m: [v, sems.get(m)] for m, v in observed.items()}
+            predicted = False
+        return {"trial": int(index), "params": self._full_params(params),
+                "prediction": prediction, "predicted": predicted, "observed": observed}
+
+    # -- state
+
+    def dump(self) -> str:
+        with self._lock:
+            snapshot = self._client._to_json_snapshot()
+            gs = snapshot.get("generation_strategy")
+            if isinstance(gs, dict):
+                # A second copy of the experiment; Ax's decoder takes the experiment from
+                # the snapshot's top level when it restores (see _restore), so drop it.
+                gs["experiment"] = None
+            return json.dumps({"algorithm": self.spec.algorithm, "format": "ax-client-snapshot",
+                               "ax": snapshot})
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        ax = _ax()
+        snapshot = state.get("ax") if isinstance(state, Mapping) else None
+        if state.get("format") != "ax-client-snapshot" or not isinstance(snapshot, dict):
+            raise SearchError("the stored search state is not an Ax snapshot "
+                              f"(algorithm {state.get('algorithm')!r})")
+        try:
+            client = ax.Client._from_json_snapshot(snapshot=snapshot)
+        except Exception as exc:  # any decoding failure: a bad state
+            raise SearchError(f"cannot restore the Ax state: {exc}") from None
+        client._random_seed = self.spec.seed  # not part of the snapshot
+        stored = set(client._experiment.search_space.parameters)
+        if stored != set(self._by_name):
+            raise SearchError(
+                f"the stored Ax state searches {sorted(stored)}, the study {sorted(self._by_name)}; "
+                "the study's parameters changed: start a new study")
+        with self._lock:
+            self._client = client
+            self._setup_early_stopping()
+        _quiet_ax_loggers()
+
+
 def grid_size(spec: StudySpec) -> int:
     return math.prod(len(a) for a in grid_axes(spec.params, spec.max_trials))
 
 
 def make_suggester(spec: StudySpec) -> Suggester:
-    """A fresh suggester for the study's algorithm."""
+    """A fresh suggester for the study's algorithm.
+
+    "ax" and "sobol" give an `AxSuggester` (Ax is imported then, not before). A study
+    whose every parameter is fixed has nothing to search: it gets a `RandomSearch`, which
+    proposes that one configuration each time (Ax needs a parameter to vary)."""
     if spec.algorithm == "grid":
         return GridSearch(spec)
     if spec.algorithm == "random":
         return RandomSearch(spec)
+    if spec.algorithm in ("ax", "sobol"):
+        if not spec.searched:
+            return RandomSearch(spec)
+        return AxSuggester(spec)
     raise SearchError(f"algorithm {spec.algorithm!r} is not available in this build of hypd")
 
 
@@ -205,6 +672,6 @@ def load_suggester(spec: StudySpec, state: str | None) -> Suggester:
 
 
 __all__ = [
-    "GridSearch", "RandomSearch", "SearchError", "Suggester", "grid_size",
+    "AxSuggester", "GridSearch", "RandomSearch", "SearchError", "Suggester", "grid_size",
     "load_suggester", "make_suggester", "sample_value",
 ]

@@ -7,9 +7,11 @@ from that part of the log, so a restart neither loses nor doubles a report.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,6 +137,25 @@ class Store:
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self.db = db
         self.path = path
+        # One connection is shared by every task: a transaction must not interleave with
+        # another task's statements, so writes take this lock.
+        self.write_lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        async with self.write_lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
+
+    async def write(self, sql: str, args: Sequence[Any] = ()) -> None:
+        """One statement on its own (autocommit), never inside another task's transaction."""
+        async with self.write_lock:
+            await self.db.execute(sql, args)
 
     @classmethod
     async def open(cls, path: Path) -> Store:
@@ -161,12 +182,12 @@ class Store:
 
     async def add_study(self, name: str, source: str, text: str, base_dir: str,
                         search_state: str | None) -> None:
-        await self.db.execute(
+        await self.write(
             "INSERT INTO studies (name, source, text, base_dir, created, search_state) VALUES (?,?,?,?,?,?)",
             (name, source, text, base_dir, time.time(), search_state))
 
     async def update_study_source(self, name: str, source: str, text: str, base_dir: str) -> None:
-        await self.db.execute("UPDATE studies SET source=?, text=?, base_dir=? WHERE name=?",
+        await self.write("UPDATE studies SET source=?, text=?, base_dir=? WHERE name=?",
                               (source, text, base_dir, name))
 
     async def study(self, name: str) -> StudyRow | None:
@@ -184,13 +205,13 @@ class Store:
         return [StudyRow(*r[:5], bool(r[5]), *r[6:]) for r in rows]
 
     async def set_paused(self, name: str, paused: bool) -> None:
-        await self.db.execute("UPDATE studies SET paused=? WHERE name=?", (int(paused), name))
+        await self.write("UPDATE studies SET paused=? WHERE name=?", (int(paused), name))
 
     async def set_search_state(self, name: str, state: str) -> None:
-        await self.db.execute("UPDATE studies SET search_state=? WHERE name=?", (state, name))
+        await self.write("UPDATE studies SET search_state=? WHERE name=?", (state, name))
 
     async def set_last_served(self, name: str, at: float) -> None:
-        await self.db.execute("UPDATE studies SET last_served=? WHERE name=?", (at, name))
+        await self.write("UPDATE studies SET last_served=? WHERE name=?", (at, name))
 
     # ------------------------------------------------------------ trials and runs
 
@@ -200,8 +221,7 @@ class Store:
         one transaction. Returns the new runs."""
         now = time.time()
         runs = []
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self.transaction():
             for trial, params in trials:
                 await self.db.execute(
                     "INSERT INTO trials (study, trial, params, created, source) VALUES (?,?,?,?,?)",
@@ -209,16 +229,11 @@ class Store:
                 runs.append(await self._insert_run(study, trial, 1, params, now, "new trial"))
             if search_state is not None:
                 await self.db.execute("UPDATE studies SET search_state=? WHERE name=?", (search_state, study))
-            await self.db.execute("COMMIT")
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
         return runs
 
     async def add_retry(self, study: str, trial: int, reason: str) -> dict[str, Any]:
         """A new attempt (pending run) of an existing trial."""
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self.transaction():
             async with self.db.execute(
                 "SELECT params FROM trials WHERE study=? AND trial=?", (study, trial)) as cur:
                 row = await cur.fetchone()
@@ -228,10 +243,6 @@ class Store:
                 "SELECT COALESCE(MAX(attempt), 0) FROM runs WHERE study=? AND trial=?", (study, trial)) as cur:
                 (attempts,) = await cur.fetchone()  # type: ignore[misc]
             run = await self._insert_run(study, trial, attempts + 1, json.loads(row[0]), time.time(), reason)
-            await self.db.execute("COMMIT")
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
         return run
 
     async def _insert_run(self, study: str, trial: int, attempt: int, params: Mapping[str, Any],
@@ -257,8 +268,7 @@ class Store:
     async def transition(self, run_id: int, new: RunState, reason: str, **fields: Any) -> None:
         """Move a run to a new state (checked against the state machine), with a
         transitions row and any other columns to set, in one transaction."""
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self.transaction():
             async with self.db.execute("SELECT state FROM runs WHERE id=?", (run_id,)) as cur:
                 row = await cur.fetchone()
             if row is None:
@@ -275,13 +285,10 @@ class Store:
             await self.db.execute(
                 "INSERT INTO transitions (run_id, at, from_state, to_state, reason) VALUES (?,?,?,?,?)",
                 (run_id, now, row[0], new.value, reason))
-            await self.db.execute("COMMIT")
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
 
     async def update_run(self, run_id: int, **fields: Any) -> None:
-        await self._update(run_id, fields)
+        async with self.write_lock:
+            await self._update(run_id, fields)
 
     async def _update(self, run_id: int, fields: Mapping[str, Any]) -> None:
         cols = []
@@ -297,8 +304,7 @@ class Store:
                           *, log_offset: int, metrics: Mapping[str, float], objective: float | None,
                           last_line: str) -> None:
         """Reports read from the log up to log_offset, with the run's new summary."""
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self.transaction():
             async with self.db.execute("SELECT reports FROM runs WHERE id=?", (run_id,)) as cur:
                 (seq,) = await cur.fetchone()  # type: ignore[misc]
             await self.db.executemany(
@@ -307,13 +313,9 @@ class Store:
             await self.db.execute(
                 "UPDATE runs SET log_offset=?, reports=?, metrics=?, objective=?, last_line=? WHERE id=?",
                 (log_offset, seq + len(reports), json.dumps(metrics), objective, last_line, run_id))
-            await self.db.execute("COMMIT")
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
 
     async def set_told(self, study: str, trial: int, told: str) -> None:
-        await self.db.execute("UPDATE trials SET told=? WHERE study=? AND trial=?", (told, study, trial))
+        await self.write("UPDATE trials SET told=? WHERE study=? AND trial=?", (told, study, trial))
 
     async def trial_told(self, study: str, trial: int) -> str | None:
         async with self.db.execute("SELECT told FROM trials WHERE study=? AND trial=?", (study, trial)) as cur:

@@ -405,10 +405,11 @@ class _Parser:
                 if base not in known:
                     raise self.fail(where, f"placeholder {{{base}}} has no parameter; add it under "
                                            f"[params] or fix the name (known: {', '.join(sorted(known))})")
-            quoted = _quoted_placeholder(stage.command)
-            if quoted:
-                raise self.fail(where, f"placeholder {{{quoted}}} is inside quotes; drop the quotes, "
-                                       "hypd quotes every value itself")
+            for quoted in _quoted_placeholders(stage.command):
+                base = re.split(r"[.\[!:]", quoted, maxsplit=1)[0]
+                if not _always_shell_safe(base, params):
+                    raise self.fail(where, f"placeholder {{{base}}} is inside quotes but its values may need "
+                                           "quoting; drop the quotes, hypd quotes every value itself")
             samples = {"run_dir": "/run", "run": "study:0", "run_no": 0, "trial": 0, "study": "study",
                        "stage": stage.name}
             for p in params:
@@ -740,9 +741,24 @@ def render_commands(spec: StudySpec, params: Mapping[str, Any], *, run_dir: str,
     return [(s.name, render_stage(s.command, {**values, "stage": s.name})) for s in spec.stages]
 
 
-def _quoted_placeholder(command: str) -> str | None:
-    """The first placeholder written inside '...' or "..." in the template (where hypd's own
-    quoting would break), if any. $( ... ) opens a fresh, unquoted context, even inside "..."."""
+def _always_shell_safe(name: str, params: tuple[Param, ...]) -> bool:
+    """Whether every value a placeholder can take reaches the shell unquoted as itself
+    (numbers, and choices of plain words), so it may stand inside the template's quotes."""
+    if name in ("run", "run_no", "trial", "study", "stage"):
+        return True
+    for p in params:
+        if p.name == name:
+            if isinstance(p, (FloatParam, IntParam)):
+                return True
+            values = p.values if isinstance(p, ChoiceParam) else (p.value,)
+            return all(shlex.quote(format_value(v)) == format_value(v) for v in values)
+    return False  # run_dir: a path may hold anything
+
+
+def _quoted_placeholders(command: str) -> list[str]:
+    """The placeholders written inside '...' or "..." in the template (where hypd's own
+    quoting would break). $( ... ) opens a fresh, unquoted context, even inside "..."."""
+    found: list[str] = []
     stack: list[str] = []  # open contexts: "'", '"', or "(" for $( ... )
     for literal, field_name, _, _ in string.Formatter().parse(command):
         i = 0
@@ -762,5 +778,5 @@ def _quoted_placeholder(command: str) -> str | None:
                 stack.append(ch)
             i += 1
         if field_name is not None and stack and stack[-1] in ("'", '"'):
-            return field_name
-    return None
+            found.append(field_name)
+    return found
