@@ -262,6 +262,8 @@ class Daemon:
                 continue
             runtime = StudyRuntime(spec, suggester, row.paused, row.last_served)
             runtime.trials = await self.db.trial_count(row.name)
+            # A search that is not adaptive queued every trial at submit.
+            runtime.exhausted = not suggester.adaptive
             self.studies[row.name] = runtime
 
     async def _search(self, rt: StudyRuntime, method: Callable[..., Any], *args: Any) -> Any:

@@ -1,0 +1,303 @@
+"""The dashboard application: one connection to the daemon, a cache of what it said, and
+the screens that show it.
+
+Data flow: an initial load (ops `ls`, `studies`, `hosts`), then the daemon's pushed events
+("run", "study", "host") keep the cache current; nothing polls. Run events are coalesced
+for a tenth of a second so a burst of metrics reports redraws once. When the daemon goes
+away the event stream ends: a banner says so and the connection worker retries with
+backoff, reloads everything and carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from textual import work
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.signal import Signal
+
+from hypd.tui.model import Backoff, Clock, DaemonClient
+
+CALL_TIMEOUT = 60.0
+FLUSH_DELAY = 0.1
+
+
+class HypdApp(App[int]):
+    """`hypd tui`."""
+
+    CSS_PATH = "hypd.tcss"
+    TITLE = "hypd"
+    ENABLE_COMMAND_PALETTE = True
+    BINDINGS = [
+        Binding("q", "quit", "Quit"),
+        Binding("ctrl+r", "reconnect", "Reconnect", show=False),
+    ]
+
+    connected: reactive[bool] = reactive(False)
+    """Whether the event stream is up (the banner shows when it is not)."""
+    problem: reactive[str] = reactive("")
+    """Why the daemon cannot be reached, for the banner."""
+    loaded: reactive[bool] = reactive(False)
+    """Set once the first full load has arrived."""
+
+    def __init__(self, client: DaemonClient, *, clock: Clock = time.time, where: str = "",
+                 backoff: Backoff | None = None) -> None:
+        super().__init__()
+        self.client = client
+        self.clock = clock
+        self.where = where
+        self.backoff = backoff or Backoff()
+        self.runs: dict[str, dict[str, Any]] = {}
+        self.studies: dict[str, dict[str, Any]] = {}
+        self.hosts: dict[str, dict[str, Any]] = {}
+        self.hello: dict[str, Any] = {}
+        self.attempts = 0
+        # Published with the list of changed rows (runs), or the changed summaries.
+        self.runs_changed: Signal[list[dict[str, Any]]] = Signal(self, "runs_changed")
+        self.studies_changed: Signal[list[dict[str, Any]]] = Signal(self, "studies_changed")
+        self.hosts_changed: Signal[list[dict[str, Any]]] = Signal(self, "hosts_changed")
+        self.reloaded: Signal[None] = Signal(self, "reloaded")
+        self._pending_runs: dict[str, dict[str, Any]] = {}
+        self._flush_timer: Any = None
+        self._buffer: list[dict[str, Any]] | None = None
+        self._wake = asyncio.Event()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def get_default_screen(self) -> Screen:
+        from hypd.tui.screens.dashboard import DashboardScreen
+
+        return DashboardScreen()
+
+    def on_mount(self) -> None:
+        self.sub_title = self.where
+        self.stay_connected()
+
+    async def call(self, op: str, **args: Any) -> Any:
+        """One request to the daemon (hypd.ipc.DaemonError when it refuses or is gone)."""
+        return await asyncio.wait_for(self.client.call(op, **args), CALL_TIMEOUT)
+
+    @work(exclusive=True, group="connection", exit_on_error=False)
+    async def stay_connected(self) -> None:
+        """Load, follow events; when they stop, say so, wait, and do it again."""
+        while True:
+            try:
+                await self._load()
+                self.attempts = 0
+                self.backoff.reset()
+                self.problem = ""
+                self.connected = True
+                first = True
+                async with contextlib.aclosing(self.client.events(["run", "study", "host"])) as stream:
+                    async for message in stream:
+                        if first:
+                            # The subscription is in place only now: load once more so
+                            # nothing that happened between the load and here is missed.
+                            first = False
+                            self.reconcile()
+                        self._on_event(message)
+                self.problem = "the daemon closed the connection"
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # DaemonError, OSError, a garbled line: all mean "try again"
+                self.problem = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            self.connected = False
+            self.attempts += 1
+            close = getattr(self.client, "close", None)
+            if close is not None:
+                # hypd.ipc.AsyncClient keeps a dead request connection after an EOF: drop it.
+                with contextlib.suppress(Exception):
+                    await close()
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.backoff.next())
+
+    def action_reconnect(self) -> None:
+        """Try to reach the daemon again now rather than after the backoff."""
+        self._wake.set()
+
+    async def _load(self) -> None:
+        """Everything the daemon knows, applied as one change."""
+        self._buffer = []
+        try:
+            runs, studies, hosts = await asyncio.gather(self.call("ls"), self.call("studies"), self.call("hosts"))
+            self.hello = dict(getattr(self.client, "hello", {}) or {})
+            self._apply_snapshot(runs, studies, hosts)
+            buffered, self._buffer = self._buffer, None
+            for message in buffered:
+                self._on_event(message)
+        finally:
+            self._buffer = None
+        self.loaded = True
+
+    @work(exclusive=True, group="reconcile", exit_on_error=False)
+    async def reconcile(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._load()
+
+    def _apply_snapshot(self, runs: list[dict[str, Any]], studies: list[dict[str, Any]],
+                        hosts: list[dict[str, Any]]) -> None:
+        self._pending_runs.clear()
+        new_runs = {r["name"]: r for r in runs}
+        changed = [r for name, r in new_runs.items() if self.runs.get(name) != r]
+        gone = [name for name in self.runs if name not in new_runs]
+        self.runs = new_runs
+        self.studies = {s["name"]: s for s in studies}
+        self.hosts = {h["name"]: h for h in hosts}
+        if gone:
+            self.reloaded.publish(None)
+        elif changed:
+            self.runs_changed.publish(changed)
+        self.studies_changed.publish(list(self.studies.values()))
+        self.hosts_changed.publish(list(self.hosts.values()))
+
+    # ------------------------------------------------------------ events
+
+    def _on_event(self, message: dict[str, Any]) -> None:
+        if self._buffer is not None:
+            self._buffer.append(message)
+            return
+        topic, data = message.get("event"), message.get("data")
+        if not isinstance(data, dict) or "name" not in data:
+            return
+        if topic == "run":
+            self.runs[data["name"]] = data
+            self._pending_runs[data["name"]] = data
+            if self._flush_timer is None:
+                self._flush_timer = self.set_timer(FLUSH_DELAY, self._flush_runs)
+        elif topic == "study":
+            old = self.studies.get(data["name"])
+            if old is not None and "counts" not in data:
+                data = {**old, **data}  # a search error: a partial summary
+            if old != data:
+                self.studies[data["name"]] = data
+                self.studies_changed.publish([data])
+        elif topic == "host":
+            if self.hosts.get(data["name"]) != data:
+                self.hosts[data["name"]] = data
+                self.hosts_changed.publish([data])
+
+    def _flush_runs(self) -> None:
+        self._flush_timer = None
+        if self._pending_runs:
+            rows = list(self._pending_runs.values())
+            self._pending_runs.clear()
+            self.runs_changed.publish(rows)
+
+    # ------------------------------------------------------------ actions the screens share
+
+    def run_op(self, op: str, done: Callable[[Any], str] | None = None, **args: Any) -> None:
+        """Send one request in the background and tell the user how it went."""
+        self._run_op(op, done, args)
+
+    @work(group="ops", exit_on_error=False)
+    async def _run_op(self, op: str, done: Callable[[Any], str] | None, args: dict[str, Any]) -> None:
+        try:
+            result = await self.call(op, **args)
+        except Exception as exc:
+            self.notify(getattr(exc, "message", None) or str(exc), title=f"{op} failed", severity="error")
+            return
+        if done is not None:
+            self.notify(done(result))
+
+    def kill(self, target: str) -> None:
+        from hypd.tui.screens.confirm import ConfirmScreen
+
+        if ":" in target:
+            run = self.runs.get(target, {})
+            if run and run.get("state") not in ("pending", "running", "lost"):
+                self.notify(f"{target} is {run.get('state')}: nothing to kill", severity="warning")
+                return
+            prompt = f"Kill run [b]{target}[/b]?"
+            detail = f"It is {run.get('state', '?')}; its trial is retried only if the study allows retries."
+        else:
+            live = sum((self.studies.get(target, {}).get("counts") or {}).get(s, 0) for s in ("pending", "running", "lost"))
+            prompt = f"Kill study [b]{target}[/b]?"
+            detail = f"Its {live} pending/running run(s) are killed and the study is paused."
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.run_op("kill", lambda r: ("killing " + " ".join(r["killed"])) if r["killed"] else "nothing to kill",
+                            target=target)
+
+        self.push_screen(ConfirmScreen(prompt, detail, yes="Kill"), answer)
+
+    def retry(self, target: str) -> None:
+        if ":" in target:
+            run = self.runs.get(target, {})
+            if run.get("state") in ("pending", "running"):
+                self.notify(f"{target} is {run['state']}; kill it first to retry it", severity="warning")
+                return
+            self.run_op("retry", _retried, target=target, state=None)
+            return
+        from hypd.tui.screens.confirm import ConfirmScreen
+
+        failed = (self.studies.get(target, {}).get("counts") or {}).get("failed", 0)
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.run_op("retry", _retried, target=target, state="failed")
+
+        self.push_screen(ConfirmScreen(f"Retry the failed runs of study [b]{target}[/b]?",
+                                       f"{failed} run(s) failed; each trial gets one new attempt.", yes="Retry"),
+                         answer)
+
+    def toggle_pause(self, study: str) -> None:
+        summary = self.studies.get(study)
+        if summary is None:
+            self.notify(f"no study {study}", severity="warning")
+            return
+        if summary.get("paused"):
+            self.run_op("resume", lambda r: f"study {r['study']} resumed", study=study)
+        else:
+            self.run_op("pause", lambda r: f"study {r['study']} paused: nothing new starts", study=study)
+
+    def open_run(self, name: str, *, log: bool = False) -> None:
+        from hypd.tui.screens.run import RunScreen
+
+        if name in self.runs:
+            self.push_screen(RunScreen(name, log_only=log))
+
+    def open_study(self, name: str) -> None:
+        from hypd.tui.screens.study import StudyScreen
+
+        if name in self.studies:
+            self.push_screen(StudyScreen(name))
+
+    # ------------------------------------------------------------ command palette
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        provide = getattr(screen, "commands", None)
+        if provide is not None:
+            yield from provide()
+        for name in sorted(self.studies):
+            yield SystemCommand(f"Open study {name}", "leaderboard, objective by trial, heatmap",
+                                lambda n=name: self.open_study(n))
+        yield SystemCommand("Reconnect now", "try the daemon again without waiting", self.action_reconnect)
+        yield from super().get_system_commands(screen)
+
+
+def _retried(result: dict[str, Any]) -> str:
+    return ("queued " + " ".join(result["retried"])) if result["retried"] else "nothing to retry"
+
+
+def make_app(client: DaemonClient, *, clock: Clock = time.time, where: str = "") -> HypdApp:
+    """The dashboard, talking to the daemon through `client` (an hypd.ipc.AsyncClient or
+    anything with its `call` and `events`)."""
+    return HypdApp(client, clock=clock, where=where)
+
+
+def run_tui(path: Path) -> int:
+    from hypd.ipc import AsyncClient
+
+    app = make_app(AsyncClient(Path(path)), where=str(path))
+    result = app.run()
+    return 0 if result is None else int(result)

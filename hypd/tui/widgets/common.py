@@ -1,0 +1,108 @@
+"""Small pieces the screens share: bars, the connection banner."""
+
+from __future__ import annotations
+
+from rich.style import Style
+from rich.text import Text
+from textual.content import Content
+from textual.widgets import Static
+
+from hypd.tui.model import STATE_STYLE
+
+EIGHTHS = " ▏▎▍▌▋▊▉"
+
+
+def bar(fraction: float | None, width: int, style: str, empty_style: str = "$surface-lighten-2") -> Content:
+    """A horizontal bar `width` cells wide, filled to `fraction` in eighths of a cell."""
+    if width <= 0:
+        return Content("")
+    if fraction is None:
+        return Content.assemble(("·" * width, "$text-muted"))
+    fraction = max(0.0, min(1.0, fraction))
+    eighths = round(fraction * width * 8)
+    full, part = divmod(eighths, 8)
+    filled = "█" * full + (EIGHTHS[part] if part and full < width else "")
+    rest = width - len(filled)
+    return Content.assemble((filled, style), ("█" * rest, empty_style))
+
+
+def stacked_bar(parts: list[tuple[int, str]], total: int, width: int, empty_style: str = "$surface-lighten-2") -> Content:
+    """A bar of several coloured parts (count, style) out of total, each part at least one
+    cell when it is not zero."""
+    if width <= 0:
+        return Content("")
+    total = max(total, sum(n for n, _ in parts), 1)
+    cells: list[tuple[str, str]] = []
+    used = 0
+    for count, style in parts:
+        if count <= 0:
+            continue
+        n = max(1, round(count / total * width))
+        n = min(n, width - used)
+        if n > 0:
+            cells.append(("█" * n, style))
+            used += n
+    if used < width:
+        cells.append(("█" * (width - used), empty_style))
+    return Content.assemble(*cells)
+
+
+class ConnectionBanner(Static):
+    """Shown while the daemon cannot be reached; the app's `connected` drives it."""
+
+    DEFAULT_CSS = """
+    ConnectionBanner {
+        dock: top;
+        height: auto;
+        width: 1fr;
+        padding: 0 1;
+        background: $error;
+        color: $text;
+        text-style: bold;
+        display: none;
+    }
+    ConnectionBanner.-down { display: block; }
+    """
+
+    def on_mount(self) -> None:
+        self.watch(self.app, "connected", self._update)
+        self.watch(self.app, "problem", self._update)
+        self.watch(self.app, "loaded", self._update)
+
+    def _update(self, _value: object = None) -> None:
+        app = self.app
+        down = not app.connected  # type: ignore[attr-defined]
+        self.set_class(down, "-down")
+        if down:
+            problem = app.problem or "connecting"  # type: ignore[attr-defined]
+            verb = "Reconnecting" if app.loaded else "Connecting"  # type: ignore[attr-defined]
+            attempts = app.attempts  # type: ignore[attr-defined]
+            tail = f" (attempt {attempts + 1})" if attempts else ""
+            self.update(Content.assemble(f"⚠ {verb} to the hypd daemon{tail}… ",
+                                         (problem, "not bold"), ("   ctrl+r retries now", "not bold italic")))
+
+
+
+def rich_style(app: object, spec: str) -> Style:
+    """A Rich style from a spec that may name theme variables ("$text-success bold"), for
+    widgets that take Rich text (DataTable cells). A variable that is not a plain colour
+    ("auto 60%") becomes dim."""
+    variables = getattr(app, "theme_variables", {}) or {}
+    words = []
+    for word in spec.split():
+        if word.startswith("$"):
+            value = str(variables.get(word[1:], ""))
+            if value.startswith("#") and " " not in value:
+                words.append(value[:7])
+            else:
+                words.append("dim")
+        else:
+            words.append(word)
+    try:
+        return Style.parse(" ".join(words))
+    except Exception:
+        return Style()
+
+
+def state_text(app: object, state: str) -> Text:
+    return Text(state, style=rich_style(app, STATE_STYLE.get(state, "")))

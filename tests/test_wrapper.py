@@ -1,0 +1,236 @@
+"""hypd.wrapper: the generated run script, run for real with /bin/sh in a temporary
+folder; the exit file parser; the GPU environment."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hypd.wrapper import STAGE_MARK, RunScript, gpu_env, parse_exit_file, script_text
+
+
+@dataclass
+class Result:
+    rc: int
+    exit: str | None
+    log: str
+    pid: int
+    script_pid: int | None
+    ctl: Path
+    run_dir: Path
+    workdir: Path
+
+
+def run_script(tmp_path: Path, stages: Sequence[tuple[str, str]], env: Mapping[str, str] | None = None,
+               setup: str = "", workdir: Path | None = None) -> Result:
+    ctl = tmp_path / "ctl"
+    ctl.mkdir(exist_ok=True)
+    run_dir = tmp_path / "runs" / "r1"
+    if workdir is None:
+        workdir = tmp_path / "work"
+        workdir.mkdir(exist_ok=True)
+    spec = RunScript(run="s:1", ctl_dir=str(ctl), run_dir=str(run_dir), workdir=str(workdir), env=env or {},
+                     stages=stages, setup=setup)
+    script = ctl / "run.sh"
+    script.write_text(script_text(spec))
+    with open(ctl / "log", "wb") as log:
+        proc = subprocess.Popen(["/bin/sh", str(script)], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, cwd=tmp_path, start_new_session=True)
+        rc = proc.wait(timeout=20)
+    exit_path = ctl / "exit"
+    pid_path = ctl / "pid"
+    return Result(rc, exit_path.read_text() if exit_path.exists() else None, (ctl / "log").read_text(),
+                  proc.pid, int(pid_path.read_text()) if pid_path.exists() else None, ctl, run_dir, workdir)
+
+
+# ------------------------------------------------------------------ running the script
+
+def test_success_writes_zero_dash_and_the_pid(tmp_path: Path) -> None:
+    r = run_script(tmp_path, [("main", "echo hello")])
+    assert r.rc == 0
+    assert r.exit == "0 -\n"
+    assert parse_exit_file(r.exit) == (0, "-")
+    assert r.script_pid == r.pid
+    assert "hello" in r.log
+    assert sorted(p.name for p in r.ctl.iterdir()) == ["exit", "log", "pid", "run.sh"]  # no .tmp left
+
+
+def test_stages_run_in_order_in_the_workdir(tmp_path: Path) -> None:
+    stages = [(name, f"echo {name} $(pwd) >> order.txt") for name in ("prep", "train", "eval")]
+    r = run_script(tmp_path, stages)
+    assert r.exit == "0 -\n"
+    order = (r.workdir / "order.txt").read_text().splitlines()
+    assert order == [f"{name} {r.workdir}" for name in ("prep", "train", "eval")]
+    for name in ("prep", "train", "eval"):
+        assert f"{STAGE_MARK} stage {name} started" in r.log
+
+
+def test_a_single_stage_is_not_announced(tmp_path: Path) -> None:
+    r = run_script(tmp_path, [("main", "true")])
+    assert STAGE_MARK not in r.log
+
+
+def test_run_dir_is_created(tmp_path: Path) -> None:
+    r = run_script(tmp_path, [("main", 'test -d "$RUN_DIR" && touch "$RUN_DIR/made"')],
+                   env={"RUN_DIR": str(tmp_path / "runs" / "r1")})
+    assert r.exit == "0 -\n", r.log
+    assert (r.run_dir / "made").exists()
+
+
+def test_a_failing_stage_stops_the_rest(tmp_path: Path) -> None:
+    stages = [("prep", "touch prep.done"), ("train", "echo boom; exit 3"), ("eval", "touch eval.done")]
+    r = run_script(tmp_path, stages)
+    assert r.rc == 3
+    assert r.exit == "3 train\n"
+    assert parse_exit_file(r.exit) == (3, "train")
+    assert (r.workdir / "prep.done").exists()
+    assert not (r.workdir / "eval.done").exists()
+    assert f"{STAGE_MARK} stage train failed (status 3)" in r.log
+    assert "stage eval started" not in r.log
+
+
+def test_first_stage_failing(tmp_path: Path) -> None:
+    r = run_script(tmp_path, [("main", "false")])
+    assert (r.rc, r.exit) == (1, "1 main\n")
+
+
+def test_a_stage_killed_by_a_signal(tmp_path: Path) -> None:
+    r = run_script(tmp_path, [("train", "kill -9 $$"), ("eval", "touch eval.done")])
+    assert r.exit == "137 train\n"
+    assert r.rc == 137
+    assert not (r.workdir / "eval.done").exists()
+
+
+def test_env_values_survive_quoting(tmp_path: Path) -> None:
+    nasty = "it's a \"test\" with $HOME and `backticks` and \\ and ; rm -rf x"
+    env = {"PLAIN": "1", "NASTY": nasty, "EMPTY": "", "LINES": "a\nb"}
+    cmd = 'printf "%s|%s|%s|%s" "$PLAIN" "$NASTY" "$EMPTY" "$LINES" > env.out'
+    r = run_script(tmp_path, [("main", cmd)], env=env)
+    assert r.exit == "0 -\n"
+    assert (r.workdir / "env.out").read_text() == f"1|{nasty}||a\nb"
+
+
+def test_env_reaches_every_stage_and_setup(tmp_path: Path) -> None:
+    r = run_script(tmp_path, [("a", 'echo "a $V" >> o'), ("b", 'echo "b $V" >> o')], env={"V": "x y"},
+                   setup='echo "setup $V" >> o')
+    assert r.exit == "0 -\n"
+    assert (r.workdir / "o").read_text().splitlines() == ["setup x y", "a x y", "b x y"]
+
+
+def test_stage_commands_are_passed_verbatim(tmp_path: Path) -> None:
+    cmd = """python3 -c 'import sys; open("args.out", "w").write(repr(sys.argv[1:]))' "a b" 'c"d' "e'f" """
+    r = run_script(tmp_path, [("main", cmd)])
+    assert r.exit == "0 -\n", r.log
+    assert (r.workdir / "args.out").read_text() == repr(["a b", 'c"d', "e'f"])
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
+def test_stages_run_in_bash_when_there_is_one(tmp_path: Path) -> None:
+    r = run_script(tmp_path, [("main", '[[ -n "$BASH_VERSION" ]] && echo in-bash')])
+    assert r.exit == "0 -\n"
+    assert "in-bash" in r.log
+
+
+def test_setup_runs_first_and_its_shell_state_carries_over(tmp_path: Path) -> None:
+    r = run_script(tmp_path, [("main", 'echo "main $FROM_SETUP" >> o')],
+                   setup="echo setup >> o; FROM_SETUP=yes; export FROM_SETUP")
+    assert r.exit == "0 -\n"
+    assert (r.workdir / "o").read_text().splitlines() == ["setup", "main yes"]
+
+
+@pytest.mark.parametrize("setup, status", [("false", 1), ("(exit 5)", 5), ("no-such-command-xyz", 127)])
+def test_setup_failure_is_recorded_as_stage_setup(tmp_path: Path, setup: str, status: int) -> None:
+    r = run_script(tmp_path, [("main", "touch main.done")], setup=setup)
+    assert r.rc == status
+    assert r.exit == f"{status} setup\n"
+    assert parse_exit_file(r.exit) == (status, "setup")
+    assert not (r.workdir / "main.done").exists()
+
+
+def test_missing_workdir_gives_126_setup(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "dir"
+    r = run_script(tmp_path, [("main", "touch /dev/null")], workdir=missing)
+    assert r.rc == 126
+    assert r.exit == "126 setup\n"
+    assert f"{STAGE_MARK} cannot enter workdir {missing}" in r.log
+    assert r.script_pid == r.pid  # the pid is written before anything can fail
+
+
+def test_unwritable_run_dir_gives_126_setup(tmp_path: Path) -> None:
+    blocker = tmp_path / "runs"
+    blocker.write_text("a file where the runs folder should be")
+    r = run_script(tmp_path, [("main", "touch main.done")])
+    assert (r.rc, r.exit) == (126, "126 setup\n")
+    assert not (r.workdir / "main.done").exists()
+
+
+def test_paths_with_spaces_and_quotes(tmp_path: Path) -> None:
+    base = tmp_path / "it's a \"dir\""
+    base.mkdir()
+    work = base / "work dir"
+    work.mkdir()
+    r = run_script(base, [("main", "pwd > here")], workdir=work)
+    assert r.exit == "0 -\n", r.log
+    assert (work / "here").read_text().strip() == str(work)
+    assert r.run_dir.is_dir()
+
+
+def test_script_text_shape() -> None:
+    spec = RunScript(run="s:1", ctl_dir="/c", run_dir="/r", workdir="/w", env={"A": "1"}, stages=[("main", "x")])
+    text = script_text(spec)
+    assert text.startswith("#!/bin/sh\n")
+    assert text.endswith("finish 0 -\n")
+    assert "export A=1" in text
+    assert "stage=setup" not in text  # no setup line when none is given
+
+
+# ------------------------------------------------------------------ parse_exit_file
+
+@pytest.mark.parametrize("text, expected", [
+    ("0 -\n", (0, "-")),
+    ("0 -", (0, "-")),
+    ("3 train\n", (3, "train")),
+    ("137 main\n", (137, "main")),
+    ("126 setup\n", (126, "setup")),
+    ("  1   eval  \n\n", (1, "eval")),
+    ("1\tx", (1, "x")),
+    ("-1 x", (-1, "x")),
+    ("", None),
+    ("\n", None),
+    ("0", None),  # written halfway
+    ("0 ", None),
+    ("x -", None),
+    ("1.5 -", None),
+    ("0 - extra", None),
+    ("- 0", None),
+])
+def test_parse_exit_file(text: str, expected: tuple[int, str] | None) -> None:
+    assert parse_exit_file(text) == expected
+
+
+# ------------------------------------------------------------------ gpu_env
+
+@pytest.mark.parametrize("gpus, visible", [((), ""), ((0,), "0"), ((3, 1), "3,1"), ([0, 1, 2, 3], "0,1,2,3")])
+def test_gpu_env(gpus: Sequence[int], visible: str) -> None:
+    assert gpu_env(gpus) == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": visible}
+
+
+def test_gpu_env_reaches_the_stage(tmp_path: Path) -> None:
+    r = run_script(tmp_path, [("main", 'echo "$CUDA_DEVICE_ORDER/$CUDA_VISIBLE_DEVICES" > g')],
+                   env={**gpu_env([2, 5])})
+    assert (r.workdir / "g").read_text().strip() == "PCI_BUS_ID/2,5"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc")
+def test_the_script_leads_its_process_group(tmp_path: Path) -> None:
+    # Started in a new session (as the hosts start it), the pid it writes is the id of
+    # the process group its stages run in: what the daemon signals.
+    r = run_script(tmp_path, [("main", "cut -d' ' -f5 /proc/$$/stat > pgid")])
+    assert r.exit == "0 -\n"
+    assert int((r.workdir / "pgid").read_text()) == r.script_pid == r.pid
