@@ -56,7 +56,7 @@ def load_config(home: Path) -> Config:
         return Config()
     try:
         doc = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
     unknown = set(doc) - {"daemon", "local"}
     if unknown:
@@ -75,7 +75,8 @@ def load_config(home: Path) -> Config:
             if not isinstance(value, bool):
                 raise ConfigError(f"{path}: local.enabled must be true or false")
         elif key == "gpus":
-            if not isinstance(value, list) or not all(isinstance(g, int) and g >= 0 for g in value):
+            if not isinstance(value, list) or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 0
+                                                      for g in value):
                 raise ConfigError(f"{path}: local.gpus must be a list of GPU indexes, e.g. [0, 1]")
             value = tuple(value)
         elif isinstance(value, bool) or not isinstance(value, int) or value < 0:

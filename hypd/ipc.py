@@ -16,6 +16,7 @@ the connection closed. Standard library only: the CLI imports this module.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import os
 import socket
@@ -121,10 +122,10 @@ def parse_request(line: bytes) -> Request:
     unknown = set(msg) - {"v", "id", "op", "args"}
     if unknown:
         raise ProtocolError("bad_request", f"unknown field(s): {', '.join(sorted(unknown))}")
-    if msg.get("v") != PROTOCOL_VERSION:
+    if isinstance(msg.get("v"), bool) or msg.get("v") != PROTOCOL_VERSION:
         raise ProtocolError("version", f"protocol version {msg.get('v')!r} not spoken; this daemon speaks {PROTOCOL_VERSION}")
     op = msg.get("op")
-    if op not in OPS:
+    if not isinstance(op, str) or op not in OPS:
         raise ProtocolError("bad_request", f"unknown op {op!r}")
     args = msg.get("args", {})
     if not isinstance(args, dict):
@@ -138,7 +139,7 @@ def parse_request(line: bytes) -> Request:
         if name not in args:
             if arg.required:
                 raise ProtocolError("bad_request", f"{op}: missing argument {name!r}")
-            out[name] = arg.default
+            out[name] = copy.copy(arg.default)
             continue
         value = args[name]
         kinds = arg.kind if isinstance(arg.kind, tuple) else (arg.kind,)
@@ -146,6 +147,8 @@ def parse_request(line: bytes) -> Request:
             raise ProtocolError("bad_request", f"{op}: argument {name!r} has the wrong type")
         if not isinstance(value, kinds):
             raise ProtocolError("bad_request", f"{op}: argument {name!r} has the wrong type")
+        if isinstance(value, list) and not all(isinstance(item, str) for item in value):
+            raise ProtocolError("bad_request", f"{op}: argument {name!r} must be a list of strings")
         out[name] = value
     request_id = msg.get("id")
     if request_id is not None and (isinstance(request_id, bool) or not isinstance(request_id, (int, str))):

@@ -48,18 +48,20 @@ class MetricsReader:
                 if number is None:
                     continue
                 if key == "step":
-                    step = int(number)
+                    if math.isfinite(number):
+                        step = int(number)
                 else:
                     values[key] = number
         elif self.regexes:
             for key, pattern in self.regexes.items():
                 m = pattern.search(line)
-                if m:
+                if m and m.group(1) is not None:
                     number = _number(m.group(1))
                     if number is None:
                         continue
                     if key == "step":
-                        step = int(number)
+                        if math.isfinite(number):
+                            step = int(number)
                     else:
                         values[key] = number
         if not values:

@@ -11,9 +11,11 @@ Over that connection:
   /proc/<pid>/stat and its exit file), pid files, the study's code, and the run logs;
 - one long-running `nvidia-smi --query-gpu=... -l N` streams GPU readings (restarted if it
   dies; a host without nvidia-smi gives a "none" snapshot and offers CPU slots only);
-- short exec channels start runs (one round trip: the script arrives on stdin) and signal
-  process groups. At most `max_channels` of them are open at once: OpenSSH's sshd allows 10
-  sessions per connection by default (MaxSessions).
+- one long-running /bin/sh (one channel) runs our short scripts one after another: it
+  starts runs (run.sh arrives in the same round trip) and signals process groups, with no
+  login shell per command (a user's rc files can take longer than the launch itself).
+So a host uses 3 sessions of the 10 OpenSSH's sshd allows per connection (MaxSessions),
+plus one briefly at each connection to resolve the root.
 
 Runs start detached on the host in their own session (`setsid`, else perl's or python's
 setsid, else a job-controlled `nohup`), so they outlive the connection and the daemon.
@@ -401,8 +403,14 @@ class SshHost(Host):
         self._up_event.clear()
         self._why = "closed"
 
+    def _forget_connection(self) -> None:
+        if self._shell is not None:
+            self._shell.close()
+        self._conn = self._sftp = self._shell = None
+
     async def _drop_connection(self) -> None:
-        conn, self._conn, self._sftp = self._conn, None, None
+        conn = self._conn
+        self._forget_connection()
         if conn is not None:
             conn.close()
             with contextlib.suppress(Exception):
@@ -474,7 +482,7 @@ class SshHost(Host):
                 if conn is not None:
                     conn.abort()
                 await self._stop_gpu_stream()
-                self._conn = self._sftp = None
+                self._forget_connection()
                 self._set_down(self._explain(exc))
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, self.backoff[1])
@@ -490,7 +498,7 @@ class SshHost(Host):
             await conn.wait_closed()
             lost = client.lost
             await self._stop_gpu_stream()
-            self._conn = self._sftp = None
+            self._forget_connection()
             self._set_down(f"connection lost: {_exc_text(lost)}" if lost else "connection closed")
             if time.monotonic() - since > 10:
                 delay = self.backoff[0]
@@ -505,7 +513,12 @@ class SshHost(Host):
             f'echo "{MARK} root $(pwd -P)"',
             f'echo "{MARK} nproc $(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)"',
         ])
-        result = await asyncio.wait_for(conn.run(_sh(script), check=False), self.command_timeout)
+        shell = _Shell(conn)  # started now, so the first launch does not wait for a login shell
+        try:
+            result = await shell.run(script, self.command_timeout)
+        except BaseException:
+            shell.close()
+            raise
         root = nproc = None
         for words in marked(str(result.stdout or "")):
             if words[0] == "root" and len(words) > 1:
@@ -513,16 +526,18 @@ class SshHost(Host):
             elif words[0] == "nproc" and len(words) > 1 and words[1].isdigit():
                 nproc = int(words[1])
             elif words[0] == "error":
+                shell.close()
                 raise _SetupError(f"workdir {self.config.workdir}: {' '.join(words[1:])}")
         if result.exit_status != 0 or not root:
-            why = _one_line(result.stderr or result.stdout or f"status {result.exit_status}")
+            shell.close()
+            why = _one_line(result.stdout or f"status {result.exit_status}")
             raise _SetupError(f"cannot prepare workdir {self.config.workdir}: {why}")
         self.root = root
         self._root_resolved = True
         self._nproc = nproc or 1
         self._sftp = await asyncio.wait_for(conn.start_sftp_client(), self.command_timeout)
         self._conn = conn
-        self._shell = _Shell(conn)
+        self._shell = shell
         self._gpu_seen.clear()
         self._gpu_task = asyncio.create_task(self._gpu_stream(conn), name=f"ssh-gpus:{self.name}")
         # Up means ready: the first GPU reading (or its failure) is in before runs are placed.

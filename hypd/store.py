@@ -276,7 +276,7 @@ class Store:
             check_transition(row[0], new)
             now = time.time()
             fields = {"state": new.value, "reason": reason, **fields}
-            if new is RunState.RUNNING and "started" not in fields:
+            if new is RunState.RUNNING and "started" not in fields and row[0] == RunState.PENDING.value:
                 fields["started"] = now
             if new in (RunState.COMPLETED, RunState.FAILED, RunState.KILLED, RunState.STOPPED) \
                     and "ended" not in fields:

@@ -431,3 +431,61 @@ def test_two_studies_share_the_slots_fairly(daemon: DaemonProc) -> None:
         return counts if sum(counts) == 4 and counts[1] > 0 else None
     a, b = wait_for(both_running, timeout=20, what="b to get slots beside a")
     assert abs(a - b) <= 2  # 4 slots: a took them first, b gets its share as soon as slots free
+
+
+def test_runs_get_free_gpus_and_a_gpu_busy_with_someone_else_is_left_alone(
+        hypd_home: Path, daemon_env: dict[str, str]) -> None:
+    from tests.fakes.nvidia_smi import gpu, install_fake_nvidia_smi, write_gpu_state
+
+    state = hypd_home / "gpus.json"
+    install_fake_nvidia_smi(hypd_home / "bin", state)
+    # GPU 1 is busy with a foreign process (memory used, high utilisation).
+    write_gpu_state(state, [gpu(0), gpu(1, memory_used_mib=30000, utilization_pct=95), gpu(2), gpu(3)])
+    d = DaemonProc(hypd_home, daemon_env).start()
+    try:
+        hosts = d.cli("hosts").stdout
+        assert "gpu 1" in hosts and "busy (someone else)" in hosts and hosts.count("free") == 3
+        path = d.write_study("g", """
+            [study]
+            name = "g"
+            objective = { metric = "loss" }
+            algorithm = "grid"
+            parallel = 4
+            gpus = 1
+            [params]
+            x = { type = "int", low = 1, high = 4 }
+            [run]
+            command = "echo \\"devices=$CUDA_VISIBLE_DEVICES order=$CUDA_DEVICE_ORDER\\"; sleep 2; echo 'METRICS: loss={x}'"
+        """)
+        d.cli("submit", str(path))
+        running = wait_for(lambda: len(r := d.runs(state="running")) == 3 and r, timeout=20,
+                           what="three runs on the three free GPUs")
+        assert sorted(g for r in running for g in r["gpus"]) == [0, 2, 3]
+        assert d.run("g:4")["state"] == "pending"  # GPU 1 stays with its owner
+        hosts = d.cli("hosts").stdout
+        assert "g:1" in hosts and "busy (someone else)" in hosts
+        d.wait_finished("g", timeout=30)
+        for r in d.runs(study="g"):
+            first = d.cli("logs", r["name"]).stdout.splitlines()[0]
+            assert first == f"devices={r['gpus'][0]} order=PCI_BUS_ID"
+    finally:
+        d.stop(kill_runs=True)
+
+
+def test_serve_detach_starts_a_background_daemon(hypd_home: Path, daemon_env: dict[str, str]) -> None:
+    result = subprocess.run([sys.executable, "-m", "hypd", "serve", "--detach"], env=daemon_env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "hypd daemon started (pid" in result.stdout
+    try:
+        again = subprocess.run([sys.executable, "-m", "hypd", "serve", "--detach"], env=daemon_env,
+                               capture_output=True, text=True, timeout=60)
+        assert "already runs" in again.stdout
+    finally:
+        subprocess.run([sys.executable, "-m", "hypd", "stop"], env=daemon_env, capture_output=True, timeout=30)
+    wait_for(lambda: not socket_path(hypd_home).exists(), timeout=15, what="the socket to be removed")
+
+
+def test_socket_folder_and_socket_are_private(daemon: DaemonProc) -> None:
+    sock = socket_path(daemon.home)
+    assert (sock.parent.stat().st_mode & 0o777) == 0o700
+    assert (sock.stat().st_mode & 0o777) == 0o600

@@ -242,7 +242,6 @@ async def test_explicit_times_are_kept(store: Store) -> None:
     assert (got["started"], got["ended"]) == (10.0, 20.0)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: lost -> running (host back, same process) overwrites `started`")
 async def test_lost_run_coming_back_keeps_its_start_time(store: Store) -> None:
     (run,) = await new_study(store, "a", trials=1)
     await store.transition(run["id"], R, "started", started=10.0)

@@ -1,0 +1,223 @@
+"""One run: its parameters and state, every metric's curve against step, its log following
+live (the daemon's "log" topic for this run; the text itself is read with op `logs` from
+where the screen got to, so nothing is shown twice or skipped)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
+from textual import work
+from textual.app import ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Header
+
+from hypd.tui.model import Backoff, LogBuffer, run_study
+from hypd.tui.widgets.common import ConnectionBanner
+from hypd.tui.widgets.run_detail import LogView, MetricPlots, RunInfo
+
+LOG_CHUNK = 1 << 20
+
+
+class RunScreen(Screen[None]):
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("k", "kill", "Kill"),
+        Binding("r", "retry", "Retry"),
+        Binding("p", "pause", "Pause study"),
+        Binding("f", "follow", "Follow log"),
+        Binding("l", "log_only", "Log only"),
+        Binding("s", "study", "Study"),
+    ]
+
+    def __init__(self, name: str, *, log_only: bool = False) -> None:
+        super().__init__()
+        self.run_name = name
+        self.start_log_only = log_only
+        self.info: dict[str, Any] | None = None
+        self.reports: list[dict[str, Any]] = []
+        self.log_offset = 0
+        self.log_buffer = LogBuffer()
+        self.log_ended = False
+        self._log_wanted = asyncio.Event()
+        self._metrics_wanted = asyncio.Event()
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield ConnectionBanner()
+        with Horizontal(id="run-top"):
+            with VerticalScroll(id="run-info-box", classes="box"):
+                yield RunInfo(id="run-info")
+            with Vertical(id="plots-box", classes="box"):
+                yield MetricPlots(id="plots")
+        with Vertical(id="log-box", classes="box"):
+            yield LogView(id="log")
+        yield Footer()
+
+    @property
+    def run(self) -> dict[str, Any]:
+        return self.app.runs.get(self.run_name, {"name": self.run_name})  # type: ignore[attr-defined]
+
+    @property
+    def log(self) -> LogView:
+        return self.query_one("#log", LogView)
+
+    def on_mount(self) -> None:
+        app: Any = self.app
+        self.title = f"run {self.run_name}"
+        self.query_one("#run-info-box").border_title = self.run_name
+        self.query_one("#plots-box").border_title = "Metrics against step"
+        self.set_class(self.start_log_only, "-log-only")
+        self._log_title()
+        app.runs_changed.subscribe(self, self._runs_changed)
+        app.reloaded.subscribe(self, lambda _: self._kick())
+        self._show_info()
+        self.set_interval(1.0, self._tick)
+        self.load_details()
+        self.fetch_metrics_loop()
+        self.fetch_log_loop()
+        self.follow_log()
+        self.log.focus()
+
+    def _tick(self) -> None:
+        if self.run.get("state") == "running":
+            self._show_info()
+
+    def _show_info(self) -> None:
+        self.query_one("#run-info", RunInfo).show(self.run, self.info, self.app.clock())  # type: ignore[attr-defined]
+
+    def _runs_changed(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            if row.get("name") == self.run_name:
+                self._show_info()
+                if row.get("reports", 0) != len(self.reports):
+                    self._metrics_wanted.set()
+                self._log_wanted.set()
+
+    def _kick(self) -> None:
+        self._show_info()
+        self._metrics_wanted.set()
+        self._log_wanted.set()
+
+    # ------------------------------------------------------------ loading
+
+    @work(group="run-details", exit_on_error=False)
+    async def load_details(self) -> None:
+        app: Any = self.app
+        try:
+            info = await app.call("info", run=self.run_name)
+        except Exception as exc:
+            self.notify(getattr(exc, "message", str(exc)), title=f"info {self.run_name}", severity="error")
+            return
+        self.info = info
+        self.reports = list(info.get("reports") or [])
+        await self.query_one("#plots", MetricPlots).show(self.reports)
+        self._show_info()
+
+    @work(group="run-metrics", exit_on_error=False)
+    async def fetch_metrics_loop(self) -> None:
+        """Re-read the metrics when a run event says there are new reports (one request at a
+        time; a burst of events is one more request)."""
+        app: Any = self.app
+        while True:
+            await self._metrics_wanted.wait()
+            self._metrics_wanted.clear()
+            try:
+                result = await app.call("metrics", run=self.run_name)
+            except Exception:
+                continue
+            self.reports = list(result.get("reports") or [])
+            await self.query_one("#plots", MetricPlots).show(self.reports)
+            await asyncio.sleep(0.5)  # at most two redraws a second
+
+    @work(group="run-log-fetch", exit_on_error=False)
+    async def fetch_log_loop(self) -> None:
+        """Read the log from where we got to, whenever something says it grew."""
+        app: Any = self.app
+        self._log_wanted.set()
+        while True:
+            await self._log_wanted.wait()
+            self._log_wanted.clear()
+            try:
+                while True:
+                    start = self.log_offset
+                    chunk = await app.call("logs", run=self.run_name, offset=start, limit=LOG_CHUNK)
+                    self.log_offset = chunk["offset"]
+                    self.log.add_lines(self.log_buffer.feed(chunk["text"]))
+                    if chunk["offset"] - start < LOG_CHUNK:
+                        break
+                if not chunk.get("live") and not self.log_ended:
+                    self.log_ended = True
+                    self.log.add_lines(self.log_buffer.flush())
+                    self._log_title()
+                elif chunk.get("live") and self.log_ended:
+                    self.log_ended = False  # retried? no: a lost run came back
+                    self._log_title()
+            except Exception:
+                await asyncio.sleep(0.5)
+
+    @work(group="run-log-follow", exit_on_error=False)
+    async def follow_log(self) -> None:
+        """The daemon's "log" events for this run say when to read more; reconnect if the
+        daemon goes away."""
+        app: Any = self.app
+        backoff = Backoff()
+        while True:
+            try:
+                async with contextlib.aclosing(app.client.events(["log"], run=self.run_name)) as stream:
+                    # The subscription is being set up: read once it surely is, to catch
+                    # lines written meanwhile.
+                    self.set_timer(0.3, self._log_wanted.set)
+                    async for _message in stream:
+                        backoff.reset()
+                        self._log_wanted.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                pass
+            await asyncio.sleep(backoff.next())
+            self._log_wanted.set()
+
+    # ------------------------------------------------------------ actions
+
+    def _log_title(self) -> None:
+        box = self.query_one("#log-box")
+        box.border_title = "Log"
+        if self.log_ended:
+            state = "ended"
+        else:
+            state = "following" if self.log.auto_scroll else "paused (f follows)"
+        box.border_subtitle = state
+
+    def action_follow(self) -> None:
+        self.log.auto_scroll = not self.log.auto_scroll
+        if self.log.auto_scroll:
+            self.log.scroll_end(animate=False)
+        self._log_title()
+
+    def action_log_only(self) -> None:
+        self.toggle_class("-log-only")
+
+    def action_kill(self) -> None:
+        self.app.kill(self.run_name)  # type: ignore[attr-defined]
+
+    def action_retry(self) -> None:
+        self.app.retry(self.run_name)  # type: ignore[attr-defined]
+
+    def action_pause(self) -> None:
+        self.app.toggle_pause(run_study(self.run_name))  # type: ignore[attr-defined]
+
+    def action_study(self) -> None:
+        self.app.open_study(run_study(self.run_name))  # type: ignore[attr-defined]
+
+    def commands(self) -> Iterable[SystemCommand]:
+        yield SystemCommand(f"Kill run {self.run_name}", "after a confirmation", self.action_kill)
+        yield SystemCommand(f"Retry run {self.run_name}", "a new attempt of its trial", self.action_retry)
+        yield SystemCommand("Follow the log / stop following", "keep the newest line in view", self.action_follow)
+        yield SystemCommand("Show the log only", "hide the parameters and plots", self.action_log_only)
+        yield SystemCommand(f"Open study {run_study(self.run_name)}", "its leaderboard and plots", self.action_study)
+        yield SystemCommand("Back to the dashboard", "", self.app.pop_screen)

@@ -1,0 +1,190 @@
+"""The run screen's parts: what the run is, its metric curves, its log."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Grid
+from textual.content import Content
+from textual.widgets import RichLog, Static
+from textual_plotext import PlotextPlot
+
+from hypd.tui.model import STATE_STYLE, fmt_number, fmt_seconds, runtime, where
+
+LOG_LINES = 5000
+
+
+def ago(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{fmt_seconds(seconds)} ago"
+
+
+class RunInfo(Static):
+    """The run's state, place, times, objective, parameters and latest metrics."""
+
+    DEFAULT_CSS = """
+    RunInfo { width: 1fr; height: auto; }
+    """
+
+    def show(self, run: Mapping[str, Any], info: Mapping[str, Any] | None, now: float) -> None:
+        info = info or {}
+        state = run.get("state", "?")
+        key = "$text-muted"
+        parts: list[Any] = [(state, STATE_STYLE.get(state, "")), "  ", (run.get("reason") or "", "italic"), "\n"]
+
+        def row(label: str, value: str | Content, style: str = "") -> None:
+            parts.append((f"{label:<10}", key))
+            parts.append((value, style) if isinstance(value, str) else value)
+            parts.append("\n")
+
+        row("trial", f"{run.get('trial', '?')}  attempt {run.get('attempt', '?')}"
+            + (f" of {info['retries'] + 1}" if info.get("retries") is not None else ""))
+        row("where", where(run))
+        took = fmt_seconds(runtime(run, now))
+        if info.get("timeout"):
+            took += f"  (timeout {fmt_seconds(info['timeout'])})"
+        row("runtime", took)
+        if run.get("started"):
+            row("started", ago(now - run["started"]))
+        else:
+            row("created", ago(now - run["created"]) if run.get("created") else "-")
+        if run.get("ended"):
+            row("ended", ago(now - run["ended"]))
+        if run.get("exit_code") is not None:
+            row("exit", str(run["exit_code"]), "$text-error" if run["exit_code"] else "")
+        metric = info.get("objective_metric")
+        goal = info.get("goal")
+        label = f"{metric} ({goal[:3]})" if metric and goal else "objective"
+        row("objective", Content.assemble((fmt_number(run.get("objective"), 6), "bold"), ("  " + label, key)))
+        params = run.get("params") or {}
+        if params:
+            parts.append(("parameters\n", "bold"))
+            width = max(len(k) for k in params)
+            for k, v in params.items():
+                parts.append((f"  {k:<{width}}  ", key))
+                parts.append(fmt_number(v, 6) + "\n")
+        metrics = run.get("metrics") or {}
+        parts.append((f"metrics  ({run.get('reports', 0)} reports)\n", "bold"))
+        if metrics:
+            width = max(len(k) for k in metrics)
+            for k, v in metrics.items():
+                parts.append((f"  {k:<{width}}  ", key))
+                parts.append(fmt_number(v, 6) + "\n")
+        else:
+            parts.append(("  none yet\n", key))
+        if len(info.get("attempts") or []) > 1:
+            row("attempts", " ".join(info["attempts"]))
+        if run.get("run_dir"):
+            row("run_dir", run["run_dir"])
+        if run.get("last_line"):
+            row("last line", run["last_line"], "italic")
+        self.update(Content.assemble(*parts).rstrip())
+
+
+def metric_series(reports: Sequence[Mapping[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
+    """metric -> (steps, values), finite values only, in the order metrics first appear."""
+    out: dict[str, tuple[list[float], list[float]]] = {}
+    for report in reports:
+        step = report.get("step", 0)
+        for name, value in (report.get("values") or {}).items():
+            xs, ys = out.setdefault(name, ([], []))
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                xs.append(step)
+                ys.append(float(value))
+    return out
+
+
+class MetricPlot(PlotextPlot):
+    """One metric against step."""
+
+    def __init__(self, metric: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.metric = metric
+        self.xs: list[float] = []
+        self.ys: list[float] = []
+
+    def set_data(self, xs: list[float], ys: list[float]) -> None:
+        self.xs, self.ys = xs, ys
+        self.replot()
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.replot()
+
+    def replot(self) -> None:
+        plt = self.plt
+        plt.clear_data()
+        plt.clear_figure()
+        last = fmt_number(self.ys[-1], 5) if self.ys else "-"
+        plt.title(f"{self.metric}  (last {last})")
+        if self.xs:
+            log = len(self.ys) > 1 and min(self.ys) > 0 and max(self.ys) / min(self.ys) > 1000
+            if log:
+                plt.yscale("log")
+            plt.plot(self.xs, self.ys, marker="braille")
+            if len(self.xs) == 1:
+                plt.scatter(self.xs, self.ys)
+        plt.xlabel("step")
+        self.refresh()
+
+
+class MetricPlots(Grid):
+    """A plot per metric; the grid gets more columns as the screen gets wider."""
+
+    DEFAULT_CSS = """
+    MetricPlots { grid-size: 1; grid-gutter: 0 1; height: 1fr; }
+    MetricPlots.-two { grid-size: 2; }
+    MetricPlots.-three { grid-size: 3; }
+    MetricPlots > MetricPlot { height: 1fr; min-height: 8; }
+    MetricPlots > #no-metrics { color: $text-muted; text-style: italic; padding: 1 2; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static("no metrics reported yet", id="no-metrics")
+
+    async def show(self, reports: Sequence[Mapping[str, Any]]) -> None:
+        series = metric_series(reports)
+        plots = {p.metric: p for p in self.query(MetricPlot)}
+        new = [MetricPlot(m) for m in series if m not in plots]
+        if new:
+            await self.mount_all(new)
+            plots.update({p.metric: p for p in new})
+        self.query_one("#no-metrics").display = not series
+        for name, (xs, ys) in series.items():
+            plots[name].set_data(xs, ys)
+        self._arrange()
+
+    def on_resize(self) -> None:
+        self._arrange()
+
+    def _arrange(self) -> None:
+        n = len(self.query(MetricPlot))
+        width = self.size.width
+        columns = 1 if n <= 1 else min(n, 3 if width >= 150 else 2 if width >= 50 else 1)
+        self.set_class(columns == 2, "-two")
+        self.set_class(columns == 3, "-three")
+
+
+class LogView(RichLog):
+    """The run's log; it follows new lines while `auto_scroll` is on."""
+
+    DEFAULT_CSS = """
+    LogView { height: 1fr; background: $surface; }
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(max_lines=LOG_LINES, wrap=False, highlight=False, markup=False, auto_scroll=True,
+                         **kwargs)
+        self.text_lines: list[str] = []  # what was written, for tests and `copy`
+
+    def add_lines(self, lines: Sequence[str]) -> None:
+        if not lines:
+            return
+        lines = list(lines)[-LOG_LINES:]
+        self.text_lines.extend(lines)
+        del self.text_lines[:-LOG_LINES]
+        for line in lines:
+            self.write(Text(line.expandtabs(), no_wrap=True))
