@@ -106,8 +106,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         runs = c.call("ls", state=args.state, study=args.study, limit=args.limit)
     out = sys.stdout
     if args.json:
-        json.dump([run_json(r) for r in runs], out, separators=(",", ":"))
-        out.write("\n")
+        out.write(json.dumps([run_json(r) for r in runs], separators=(",", ":")) + "\n")
         return 0
     if args.tsv:
         cols = ["id", "study", "trial", "state", "host", "gpus", "started", "ended", "objective", "params",

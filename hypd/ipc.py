@@ -15,7 +15,6 @@ the connection closed. Standard library only: the CLI imports this module.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import os
@@ -25,7 +24,10 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the CLI imports this module: asyncio only where the TUI needs it
+    import asyncio
 
 PROTOCOL_VERSION = 1
 MAX_LINE = 1 << 20  # requests; responses may be larger (a long `ls`)
@@ -301,6 +303,8 @@ class AsyncClient:
     """An asyncio client (the TUI's): requests and an event stream on two connections."""
 
     def __init__(self, path: Path | None = None) -> None:
+        import asyncio
+
         self.path = path or socket_path()
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
@@ -309,6 +313,8 @@ class AsyncClient:
         self.hello: dict[str, Any] = {}
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        import asyncio
+
         try:
             reader, writer = await asyncio.open_unix_connection(str(self.path), limit=MAX_RESPONSE)
         except (FileNotFoundError, ConnectionRefusedError) as exc:

@@ -197,6 +197,10 @@ def _ax() -> Any:
         import logging
         import types
 
+        # The one INFO line Ax logs while being imported (before any level can be set):
+        # filter it on its logger, which Ax then finds already made.
+        logging.getLogger("ax.storage.sqa_store.with_db_settings_base").addFilter(
+            lambda record: record.levelno >= logging.WARNING)
         from ax import ChoiceParameterConfig, Client, RangeParameterConfig  # noqa: TID251
         from ax.core.map_metric import MapMetric  # noqa: TID251
         from ax.core.trial_status import TrialStatus  # noqa: TID251

@@ -626,22 +626,21 @@ class SshHost(Host):
                                          errors="replace")
         self.gpu_stream_starts += 1
         block: list[GpuReading] = []
-        expected: int | None = None
+        gap = min(0.1, self.gpu_interval / 4)  # nvidia-smi prints a block's lines together
         errors: list[str] = []
         missing = False
 
         def publish() -> None:
-            nonlocal block, expected
+            nonlocal block
             if block:
                 self._gpu = GpuSnapshot(tuple(block), SOURCE_NVIDIA_SMI, time.time())
                 self._gpu_seen.set()
-                expected = len(block)
                 block = []
 
         try:
             while True:
                 try:
-                    line = await asyncio.wait_for(proc.stdout.readline(), 0.25 if block else stale)
+                    line = await asyncio.wait_for(proc.stdout.readline(), gap if block else stale)
                 except asyncio.TimeoutError:
                     if block:
                         publish()
@@ -666,8 +665,6 @@ class SshHost(Host):
                 if block and readings[0].index <= block[-1].index:
                     publish()
                 block.append(readings[0])
-                if expected is not None and len(block) >= expected:
-                    publish()
             publish()
         finally:
             proc.close()

@@ -13,8 +13,8 @@ with a fake `nvidia-smi` reading gpus.json, and root/ (the host's hypd workdir),
 share nothing. sshd runs in the foreground (-D) as the current user (root in the sandbox:
 PermitRootLogin yes); it needs /run/sshd, which is created.
 
-`sshd_fixture` / the `sshd_cluster` pytest fixture skip the test with a reason when sshd or
-ssh-keygen is missing.
+`sshd_cluster(base)` (a context manager for fixtures) skips the test with a reason when sshd
+or ssh-keygen is missing.
 """
 
 from __future__ import annotations
@@ -285,13 +285,20 @@ class SshdCluster:
             shutil.rmtree(self.base, ignore_errors=True)
 
 
-@pytest.fixture
-def sshd_cluster(tmp_path: Path) -> Iterator[SshdCluster]:
-    """An empty SshdCluster under tmp_path (add hosts with .add()); skips without sshd."""
+@contextlib.contextmanager
+def sshd_cluster(base: str | Path) -> Iterator[SshdCluster]:
+    """An empty SshdCluster under `base` (add hosts with .add()), closed at the end; skips the
+    test when sshd is missing. In a test module:
+
+        @pytest.fixture
+        def cluster(tmp_path):
+            with sshd_cluster(tmp_path / "sshd") as c:
+                yield c
+    """
     reason = sshd_unavailable()
     if reason:
         pytest.skip(reason)
-    cluster = SshdCluster(tmp_path / "sshd")
+    cluster = SshdCluster(base)
     try:
         yield cluster
     finally:

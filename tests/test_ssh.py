@@ -20,8 +20,8 @@ from hypd.hosts import Handle, HostError, Launch, Status
 from hypd.ssh import SshHost
 from hypd.study import parse_study
 from hypd.wrapper import RunScript
-from tests.fakes.nvidia_smi import gpu
-from tests.sshd import SshdCluster, SshdHost, sshd_cluster, sshd_unavailable  # noqa: F401 (fixture)
+from tests.fakes.nvidia_smi import gpu, write_gpu_failure
+from tests.sshd import SshdCluster, SshdHost, sshd_cluster, sshd_unavailable
 
 pytestmark = [pytest.mark.ssh,
               pytest.mark.skipif(sshd_unavailable() is not None, reason=sshd_unavailable() or "")]
@@ -45,6 +45,12 @@ async def until(predicate: Callable[[], Any], timeout: float = 15.0, what: str =
 
 def other_tasks() -> list[asyncio.Task[Any]]:
     return [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Any:
+    with sshd_cluster(tmp_path / "sshd") as c:
+        yield c
 
 
 @pytest.fixture
@@ -98,8 +104,8 @@ def metrics_command(lines: int, pause: float) -> str:
 
 # --------------------------------------------------------------------------- connecting
 
-async def test_connects_up_with_root_and_cpu_slots(sshd_cluster: SshdCluster, hosts: Any) -> None:
-    server = sshd_cluster.add(gpus=[gpu(0)])
+async def test_connects_up_with_root_and_cpu_slots(cluster: SshdCluster, hosts: Any) -> None:
+    server = cluster.add(gpus=[gpu(0)])
     host = await hosts(server, workdir=str(server.root / "sub" / ".." / "work"))
     assert host.state == ("up", "")
     assert host.accepting and host.down_since is None
@@ -112,13 +118,13 @@ async def test_connects_up_with_root_and_cpu_slots(sshd_cluster: SshdCluster, ho
     assert host.accepting
 
 
-async def test_cpu_slots_from_config(sshd_cluster: SshdCluster, hosts: Any) -> None:
-    host = await hosts(sshd_cluster.add(gpus=None), cpu_slots=3)
+async def test_cpu_slots_from_config(cluster: SshdCluster, hosts: Any) -> None:
+    host = await hosts(cluster.add(gpus=None), cpu_slots=3)
     assert host.cpu_slots == 3
 
 
-async def test_unknown_host_key_is_refused(sshd_cluster: SshdCluster, hosts: Any, tmp_path: Path) -> None:
-    server = sshd_cluster.add(gpus=None)
+async def test_unknown_host_key_is_refused(cluster: SshdCluster, hosts: Any, tmp_path: Path) -> None:
+    server = cluster.add(gpus=None)
     empty = tmp_path / "empty_known_hosts"
     empty.write_text("")
     host = await hosts(server, wait=False, known_hosts=str(empty))
@@ -135,7 +141,7 @@ async def test_unknown_host_key_is_refused(sshd_cluster: SshdCluster, hosts: Any
 
     # A changed key (another key recorded for the same host) is refused the same way.
     changed = tmp_path / "changed_known_hosts"
-    other = sshd_cluster.add(gpus=None, start=False)
+    other = cluster.add(gpus=None, start=False)
     changed.write_text(f"[127.0.0.1]:{server.port} {' '.join(other.host_key_pub[:2])}\n")
     host2 = await hosts(server, wait=False, known_hosts=str(changed))
     await until(lambda: "host key" in host2.state[1], what="the changed key refusal")
@@ -145,9 +151,9 @@ async def test_unknown_host_key_is_refused(sshd_cluster: SshdCluster, hosts: Any
     assert host3.state == ("up", "")
 
 
-async def test_unreachable_host_is_down_and_methods_raise_host_error(sshd_cluster: SshdCluster,
+async def test_unreachable_host_is_down_and_methods_raise_host_error(cluster: SshdCluster,
                                                                      hosts: Any) -> None:
-    server = sshd_cluster.add(gpus=None, start=False)
+    server = cluster.add(gpus=None, start=False)
     host = await hosts(server, wait=False)
     await until(lambda: "refused" in host.state[1], what="connection refused")
     assert host.state[0] == "down"
@@ -163,8 +169,8 @@ async def test_unreachable_host_is_down_and_methods_raise_host_error(sshd_cluste
 
 # --------------------------------------------------------------------------- GPUs
 
-async def test_gpus_stream_from_one_nvidia_smi(sshd_cluster: SshdCluster, hosts: Any) -> None:
-    server = sshd_cluster.add(gpus=[gpu(0), gpu(1)])
+async def test_gpus_stream_from_one_nvidia_smi(cluster: SshdCluster, hosts: Any) -> None:
+    server = cluster.add(gpus=[gpu(0), gpu(1)])
     host = await hosts(server)
     snap = await host.read_gpus()
     assert snap.ok and snap.source == "nvidia-smi"
@@ -183,18 +189,16 @@ async def test_gpus_stream_from_one_nvidia_smi(sshd_cluster: SshdCluster, hosts:
     assert host.gpu_stream_starts == 1  # one long-running process, not one per poll
 
 
-async def test_host_without_nvidia_smi_offers_cpu_slots(sshd_cluster: SshdCluster, hosts: Any) -> None:
-    host = await hosts(sshd_cluster.add(gpus=None))
+async def test_host_without_nvidia_smi_offers_cpu_slots(cluster: SshdCluster, hosts: Any) -> None:
+    host = await hosts(cluster.add(gpus=None))
     snap = await host.read_gpus()
     assert snap.source == "none" and not snap.gpus
     assert "nvidia-smi not found" in (snap.error or "")
     assert host.accepting and host.cpu_slots >= 1
 
 
-async def test_broken_driver_is_a_failed_snapshot_then_recovers(sshd_cluster: SshdCluster, hosts: Any) -> None:
-    server = sshd_cluster.add(gpus=[gpu(0)])
-    server.set_gpus([], raw="garbage\n") if False else None
-    from tests.fakes.nvidia_smi import write_gpu_failure
+async def test_broken_driver_is_a_failed_snapshot_then_recovers(cluster: SshdCluster, hosts: Any) -> None:
+    server = cluster.add(gpus=[gpu(0)])
     assert server.gpu_state is not None
     write_gpu_failure(server.gpu_state)
     host = await hosts(server)
@@ -212,9 +216,9 @@ async def test_broken_driver_is_a_failed_snapshot_then_recovers(sshd_cluster: Ss
 
 # --------------------------------------------------------------------------- study code
 
-async def test_prepare_study_copies_changed_files_only(sshd_cluster: SshdCluster, hosts: Any,
+async def test_prepare_study_copies_changed_files_only(cluster: SshdCluster, hosts: Any,
                                                        tmp_path: Path) -> None:
-    server = sshd_cluster.add(gpus=None)
+    server = cluster.add(gpus=None)
     host = await hosts(server)
     src = tmp_path / "src"
     (src / "data" / "deep").mkdir(parents=True)
@@ -260,9 +264,9 @@ async def test_prepare_study_copies_changed_files_only(sshd_cluster: SshdCluster
 
 # --------------------------------------------------------------------------- runs
 
-async def test_launch_streams_log_and_survives_a_dropped_connection(sshd_cluster: SshdCluster, hosts: Any,
+async def test_launch_streams_log_and_survives_a_dropped_connection(cluster: SshdCluster, hosts: Any,
                                                                    tmp_path: Path) -> None:
-    server = sshd_cluster.add(gpus=None)
+    server = cluster.add(gpus=None)
     host = await hosts(server)
     script = run_script(host, 1, metrics_command(40, 0.1))
     log_path = local_log(tmp_path, "s", 1)
@@ -294,8 +298,8 @@ async def test_launch_streams_log_and_survives_a_dropped_connection(sshd_cluster
     assert host.following == []
 
 
-async def test_failed_stage_exit_and_log(sshd_cluster: SshdCluster, hosts: Any, tmp_path: Path) -> None:
-    host = await hosts(sshd_cluster.add(gpus=None), setup="echo setting up")
+async def test_failed_stage_exit_and_log(cluster: SshdCluster, hosts: Any, tmp_path: Path) -> None:
+    host = await hosts(cluster.add(gpus=None), setup="echo setting up")
     script = run_script(host, 2, "echo partial; printf 'no newline'; exit 3")
     script = RunScript(**{**script.__dict__, "setup": host.setup})
     handle = await host.launch(Launch(script, str(local_log(tmp_path, "s", 2))))
@@ -306,9 +310,9 @@ async def test_failed_stage_exit_and_log(sshd_cluster: SshdCluster, hosts: Any, 
     assert "stage train failed" in text
 
 
-async def test_launch_that_cannot_start_is_a_host_error(sshd_cluster: SshdCluster, hosts: Any,
+async def test_launch_that_cannot_start_is_a_host_error(cluster: SshdCluster, hosts: Any,
                                                         tmp_path: Path) -> None:
-    host = await hosts(sshd_cluster.add(gpus=None))
+    host = await hosts(cluster.add(gpus=None))
     script = run_script(host, 3, "true")
     script = RunScript(**{**script.__dict__, "ctl_dir": "/proc/nope/0003"})
     with pytest.raises(HostError) as info:
@@ -317,9 +321,9 @@ async def test_launch_that_cannot_start_is_a_host_error(sshd_cluster: SshdCluste
     assert host.state == ("up", "")
 
 
-async def test_signal_term_ends_the_whole_process_group(sshd_cluster: SshdCluster, hosts: Any,
+async def test_signal_term_ends_the_whole_process_group(cluster: SshdCluster, hosts: Any,
                                                          tmp_path: Path) -> None:
-    server = sshd_cluster.add(gpus=None)
+    server = cluster.add(gpus=None)
     host = await hosts(server)
     script = run_script(host, 4, "sleep 300 & sleep 301 & echo children started; wait")
     handle = await host.launch(Launch(script, str(local_log(tmp_path, "s", 4))))
@@ -327,8 +331,7 @@ async def test_signal_term_ends_the_whole_process_group(sshd_cluster: SshdCluste
                 "both sleeps to run")
     assert await host.group_alive(handle)
     assert await host.signal(handle, signal.SIGTERM)
-    await until(lambda: host.group_alive(handle).__await__ and _not(host.group_alive(handle)), 10,
-                "the group to end")
+    await until(lambda: _not(host.group_alive(handle)), 10, "the group to end")
     check = server.ssh(f"pgrep -g {handle.pid}; echo rc=$?")  # a fresh connection
     assert check.stdout.strip() == "rc=1", check.stdout
     status = await host.status(handle, script.ctl_dir)
@@ -341,9 +344,9 @@ async def _not(value: Awaitable[bool]) -> bool:
     return not await value
 
 
-async def test_adopted_run_resumes_its_log_after_a_daemon_restart(sshd_cluster: SshdCluster, hosts: Any,
+async def test_adopted_run_resumes_its_log_after_a_daemon_restart(cluster: SshdCluster, hosts: Any,
                                                                    tmp_path: Path) -> None:
-    server = sshd_cluster.add(gpus=None)
+    server = cluster.add(gpus=None)
     first = await hosts(server)
     script = run_script(first, 5, metrics_command(30, 0.1))
     log_path = local_log(tmp_path, "s", 5)
@@ -364,8 +367,8 @@ async def test_adopted_run_resumes_its_log_after_a_daemon_restart(sshd_cluster: 
     assert log_path.read_text().count("\n") == 30
 
 
-async def test_status_alone_restarts_following(sshd_cluster: SshdCluster, hosts: Any, tmp_path: Path) -> None:
-    server = sshd_cluster.add(gpus=None)
+async def test_status_alone_restarts_following(cluster: SshdCluster, hosts: Any, tmp_path: Path) -> None:
+    server = cluster.add(gpus=None)
     first = await hosts(server)
     script = run_script(first, 6, metrics_command(10, 0.05))
     log_path = local_log(tmp_path, "s", 6)

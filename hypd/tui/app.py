@@ -130,6 +130,8 @@ class HypdApp(App[int]):
         try:
             runs, studies, hosts = await asyncio.gather(self.call("ls"), self.call("studies"), self.call("hosts"))
             self.hello = dict(getattr(self.client, "hello", {}) or {})
+            if self.hello.get("pid"):
+                self.sub_title = f"daemon pid {self.hello['pid']} · {self.hello.get('home', self.where)}"
             self._apply_snapshot(runs, studies, hosts)
             buffered, self._buffer = self._buffer, None
             for message in buffered:

@@ -66,6 +66,7 @@ class DashboardScreen(Screen[None]):
         app.runs_changed.subscribe(self, self._runs_changed)
         app.reloaded.subscribe(self, lambda _: self._reload())
         app.hosts_changed.subscribe(self, lambda _: self._titles())
+        app.studies_changed.subscribe(self, lambda _: self.call_after_refresh(self._fit_overview))
         self._reload()
         self.table.focus()
         self.set_interval(1.0, self._tick)
@@ -100,10 +101,25 @@ class DashboardScreen(Screen[None]):
         hosts_box = self.query_one("#hosts-box")
         gpus = sum(len(h.get("gpus") or []) for h in app.hosts.values())
         hosts_box.border_title = f"Hosts {len(app.hosts)} · GPUs {gpus}"
-        self.sub_title = ""
+        self._fit_overview()
+
+    def _fit_overview(self) -> None:
+        """Both overview boxes as tall as the taller content needs, within a share of the screen."""
+        if not self.is_mounted:
+            return
+        narrow = self.has_class("-narrow")
+        hosts = self.query_one("#hosts", HostsPanel).get_content_height(None, None, 0)
+        studies = self.studies_table.row_count + 1
+        if narrow:
+            content = hosts if self.has_class("-hosts") else studies
+        else:
+            content = max(hosts, studies)
+        cap = max(5, int(self.size.height * (0.4 if narrow else 0.45)))
+        self.query_one("#overview").styles.height = min(cap, content + 2)
 
     def on_resize(self) -> None:
         self.set_class(self.size.width < NARROW_BELOW, "-narrow")
+        self._fit_overview()
 
     # ------------------------------------------------------------ selection
 
@@ -215,6 +231,7 @@ class DashboardScreen(Screen[None]):
 
     def action_toggle_hosts(self) -> None:
         self.toggle_class("-hosts")
+        self._fit_overview()
 
     # ------------------------------------------------------------ command palette
 

@@ -158,7 +158,7 @@ class RunTable(ScrollView, can_focus=True):
         self.sort_reverse = True
         self.content_width: dict[str, int] = {}
         self.current: str | None = None
-        self._layout_cache: tuple[int, list[tuple[Column, int]]] | None = None
+        self._columns_cache: tuple[int, list[tuple[Column, int]]] | None = None
 
     # ------------------------------------------------------------ data
 
@@ -179,13 +179,13 @@ class RunTable(ScrollView, can_focus=True):
         for key, text in cells.items():
             if len(text) > self.content_width.get(key, 0):
                 self.content_width[key] = len(text)
-                self._layout_cache = None
+                self._columns_cache = None
 
     def replace_all(self, runs: Iterable[Mapping[str, Any]]) -> None:
         """Show exactly these runs (after a reload)."""
         self.rows, self.cells, self.hay = {}, {}, {}
         self.content_width = {"time": 6}
-        self._layout_cache = None
+        self._columns_cache = None
         self.upsert(runs)
         self._rebuild()
 
@@ -318,7 +318,7 @@ class RunTable(ScrollView, can_focus=True):
                 self.action_select()
 
     def on_resize(self) -> None:
-        self._layout_cache = None
+        self._columns_cache = None
         self.virtual_size = Size(self.size.width, len(self.view) + 1)
 
     def on_focus(self) -> None:
@@ -331,9 +331,9 @@ class RunTable(ScrollView, can_focus=True):
 
     def _layout(self) -> list[tuple[Column, int]]:
         width = self.scrollable_content_region.width
-        if self._layout_cache is None or self._layout_cache[0] != width:
-            self._layout_cache = (width, layout(width, self.content_width))
-        return self._layout_cache[1]
+        if self._columns_cache is None or self._columns_cache[0] != width:
+            self._columns_cache = (width, layout(width, self.content_width))
+        return self._columns_cache[1]
 
     def _style(self, name: str) -> Style:
         return self.get_component_rich_style(name, partial=True)

@@ -38,6 +38,13 @@ class StudiesTable(DataTable):
     def on_mount(self) -> None:
         self.app.studies_changed.subscribe(self, self.show)  # type: ignore[attr-defined]
         self._set_columns()
+        self.show_cursor = False
+
+    def on_focus(self) -> None:
+        self.show_cursor = True
+
+    def on_blur(self) -> None:
+        self.show_cursor = False
 
     def on_resize(self) -> None:
         self._set_columns()
@@ -108,8 +115,7 @@ class StudiesTable(DataTable):
         progress.append(f" {done}/{total}" if total else f" {done}")
         if s.get("best_run"):
             best = Text(fmt_number(s.get("best")), style="bold")
-            best.append(f" {s['best_run'].rpartition(':')[2] and '#' + s['best_run'].rpartition(':')[2]}",
-                        style=rich_style(app, "$text-muted"))
+            best.append(f" {s.get('metric', '')} #{s['best_run'].rpartition(':')[2]}", style=rich_style(app, "$text-muted"))
         else:
             best = Text("-", style=rich_style(app, "$text-muted"))
         if "counts" not in s:

@@ -1,0 +1,152 @@
+"""One study: its leaderboard, the objective of each trial with the best so far, and for a
+two-parameter grid a heatmap of the objective."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header
+
+from hypd.tui.model import grid_heatmap, objective_series
+from hypd.tui.widgets.common import ConnectionBanner
+from hypd.tui.widgets.study_detail import HeatmapView, Leaderboard, ObjectivePlot, StudySummary, run_rows
+
+NARROW_BELOW = 120
+
+
+class StudyScreen(Screen[None]):
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("enter", "open_run", "Open run", show=False),
+        Binding("p", "pause", "Pause/resume"),
+        Binding("k", "kill", "Kill study"),
+        Binding("r", "retry", "Retry failed"),
+        Binding("f", "show_runs", "Its runs"),
+    ]
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.study_name = name
+        self.board: dict[str, Any] = {}
+        self._board_wanted = asyncio.Event()
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield ConnectionBanner()
+        yield StudySummary(id="study-summary")
+        with Horizontal(id="study-main"):
+            with Vertical(id="board-box", classes="box"):
+                yield Leaderboard(id="board")
+            with Vertical(id="study-plots"):
+                with Vertical(id="objective-box", classes="box"):
+                    yield ObjectivePlot(id="objective")
+                with VerticalScroll(id="heatmap-box", classes="box"):
+                    yield HeatmapView(id="heatmap")
+        yield Footer()
+
+    @property
+    def summary(self) -> dict[str, Any] | None:
+        return self.app.studies.get(self.study_name)  # type: ignore[attr-defined]
+
+    def on_mount(self) -> None:
+        app: Any = self.app
+        self.title = f"study {self.study_name}"
+        self.query_one("#board-box").border_title = "Leaderboard"
+        app.runs_changed.subscribe(self, self._runs_changed)
+        app.studies_changed.subscribe(self, self._studies_changed)
+        app.reloaded.subscribe(self, lambda _: self._refresh_all())
+        self._refresh_all()
+        self.board_loop()
+        self.query_one("#board").focus()
+
+    def on_resize(self) -> None:
+        self.set_class(self.size.width < NARROW_BELOW, "-narrow")
+
+    def _refresh_all(self) -> None:
+        self.query_one("#study-summary", StudySummary).show(self.summary)
+        self._replot()
+        self._board_wanted.set()
+
+    def _studies_changed(self, changed: list[dict[str, Any]]) -> None:
+        if any(s.get("name") == self.study_name for s in changed):
+            self.query_one("#study-summary", StudySummary).show(self.summary)
+
+    def _runs_changed(self, rows: list[dict[str, Any]]) -> None:
+        if any(r.get("study") == self.study_name for r in rows):
+            self._replot()
+            self._board_wanted.set()
+
+    def _replot(self) -> None:
+        app: Any = self.app
+        summary = self.summary or {}
+        minimize = summary.get("goal", "minimize") != "maximize"
+        metric = summary.get("metric", "objective")
+        runs = run_rows(app.runs, self.study_name)
+        trials, values, best = objective_series(runs, minimize)
+        self.query_one("#objective", ObjectivePlot).show(trials, values, best, metric)
+        box = self.query_one("#objective-box")
+        box.border_title = f"{metric} of each trial · best so far"
+        heat = grid_heatmap(summary, runs, minimize)
+        self.query_one("#heatmap", HeatmapView).show(heat, minimize)
+        heat_box = self.query_one("#heatmap-box")
+        heat_box.display = heat is not None
+        if heat is not None:
+            heat_box.border_title = f"{metric} over the grid"
+
+    @work(group="study-board", exit_on_error=False)
+    async def board_loop(self) -> None:
+        app: Any = self.app
+        while True:
+            await self._board_wanted.wait()
+            self._board_wanted.clear()
+            try:
+                self.board = await app.call("leaderboard", study=self.study_name, limit=None)
+            except Exception:
+                continue
+            self.query_one("#board", Leaderboard).show(self.board, app.clock())
+            self.query_one("#board-box").border_title = f"Leaderboard · {len(self.board.get('runs') or [])} trials"
+            await asyncio.sleep(1.0)
+
+    # ------------------------------------------------------------ actions
+
+    @on(DataTable.RowSelected, "#board")
+    def _row_selected(self, event: DataTable.RowSelected) -> None:
+        self.app.open_run(event.row_key.value)  # type: ignore[attr-defined]
+
+    def action_open_run(self) -> None:
+        run = self.query_one("#board", Leaderboard).current_run
+        if run:
+            self.app.open_run(run)  # type: ignore[attr-defined]
+
+    def action_pause(self) -> None:
+        self.app.toggle_pause(self.study_name)  # type: ignore[attr-defined]
+
+    def action_kill(self) -> None:
+        self.app.kill(self.study_name)  # type: ignore[attr-defined]
+
+    def action_retry(self) -> None:
+        self.app.retry(self.study_name)  # type: ignore[attr-defined]
+
+    def action_show_runs(self) -> None:
+        """Back to the dashboard with the runs table showing this study's runs only."""
+        from hypd.tui.screens.dashboard import DashboardScreen
+
+        self.app.pop_screen()
+        for screen in self.app.screen_stack:
+            if isinstance(screen, DashboardScreen):
+                screen.set_filter(study=self.study_name)
+
+    def commands(self) -> Iterable[SystemCommand]:
+        s = self.study_name
+        yield SystemCommand(f"Pause or resume study {s}", "nothing new starts while paused", self.action_pause)
+        yield SystemCommand(f"Kill study {s}", "kill its runs and pause it, after a confirmation", self.action_kill)
+        yield SystemCommand(f"Retry failed runs of study {s}", "after a confirmation", self.action_retry)
+        yield SystemCommand(f"Show the runs of study {s}", "the dashboard's runs table, filtered", self.action_show_runs)
+        yield SystemCommand("Back to the dashboard", "", self.app.pop_screen)
