@@ -38,6 +38,7 @@ from hypd.study import (
     StudyError,
     StudySpec,
     coerce_value,
+    complete_params,
     format_duration,
     parse_study,
     render_commands,
@@ -266,14 +267,32 @@ class Daemon:
             runtime.exhausted = not suggester.adaptive
             self.studies[row.name] = runtime
 
-    async def _search(self, rt: StudyRuntime, method: Callable[..., Any], *args: Any) -> Any:
+    async def _search(self, rt: StudyRuntime, method: Callable[..., Any], *args: Any,
+                      changes: bool = True) -> Any:
         """Call the study's search off the event loop, one call at a time, and store its
-        state after the call."""
+        state after a call that changes it."""
         async with rt.lock:
             result = await asyncio.to_thread(method, *args)
-            state = await asyncio.to_thread(rt.suggester.dump)
-            await self.db.set_search_state(rt.spec.name, state)
+            if changes:
+                state = await asyncio.to_thread(rt.suggester.dump)
+                await self.db.set_search_state(rt.spec.name, state)
             return result
+
+    async def _new_trials(self, rt: StudyRuntime, count: int | None = None,
+                          params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Ask the search for `count` trials, or attach a hand-given one, and store the
+        trials with the search's new state in one transaction: a crash never leaves the
+        search with trials hypd does not know of."""
+        async with rt.lock:
+            if params is None:
+                trials = await asyncio.to_thread(rt.suggester.ask, count)
+            else:
+                trials = [(await asyncio.to_thread(rt.suggester.attach, params), params)]
+            state = await asyncio.to_thread(rt.suggester.dump)
+            runs = await self.db.add_trials(rt.spec.name, trials, state,
+                                            source="search" if params is None else "user")
+            rt.trials += len(trials)
+            return runs
 
     def _max_gpus_on_a_host(self) -> int:
         return max((len(s.gpus) for s in self.snapshots.values()), default=0)
@@ -354,17 +373,14 @@ class Daemon:
         async def ask(study: str, count: int) -> None:
             rt = self.studies[study]
             try:
-                trials = await self._search(rt, rt.suggester.ask, count)
-            except Exception as exc:  # a search that breaks must not stop the others
-                log.exception("search of study %s failed", study)
+                runs = await self._new_trials(rt, count)
+            except Exception:  # a search that breaks must not stop the others
+                log.exception("search of study %s failed; it proposes nothing more until resubmitted", study)
                 rt.exhausted = True
-                self.bus.publish("study", {"name": study, "error": str(exc)})
                 created[study] = []
                 return
-            if len(trials) < count:
+            if len(runs) < count:
                 rt.exhausted = True
-            runs = await self.db.add_trials(study, trials, None) if trials else []
-            rt.trials += len(trials)
             created[study] = [r["id"] for r in runs]
 
         await asyncio.gather(*(ask(s, len(ps)) for s, ps in wanted.items()))
@@ -480,8 +496,7 @@ class Daemon:
             self.bus.publish("log", {"run": run.name, "text": "\n".join(text_lines) + "\n"}, run=run.name)
             if reports:
                 if rt.spec.early_stop is not None:
-                    for step, _, values in reports:
-                        await self._search(rt, rt.suggester.report, run.trial, step, values)
+                    await self._search(rt, _report_all, rt.suggester, run.trial, reports)
                 await self._publish_run(run.id)
             if used < LOG_READ_LIMIT // 2:
                 return
@@ -784,9 +799,7 @@ class Daemon:
         queued = 0
         if not suggester.adaptive:
             budget = spec.max_trials if spec.max_trials is not None else 1 << 30
-            trials = await self._search(rt, suggester.ask, budget)
-            await self.db.add_trials(spec.name, trials, await asyncio.to_thread(suggester.dump))
-            rt.trials = queued = len(trials)
+            queued = len(await self._new_trials(rt, budget))
             rt.exhausted = True
         log.info("study %s submitted from %s (%d trials queued)", spec.name, path, queued)
         self.wake.set()
@@ -928,7 +941,7 @@ class Daemon:
     async def op_best(self, study: str) -> dict[str, Any]:
         rt = self._study(study)
         board = await self.op_leaderboard(study, 1)
-        predicted = await self._search(rt, rt.suggester.best)
+        predicted = await self._search(rt, rt.suggester.best, changes=False)
         return {"study": study, "observed": board["runs"][0] if board["runs"] else None, "predicted": predicted,
                 "metric": board["metric"], "goal": board["goal"]}
 
@@ -943,19 +956,15 @@ class Daemon:
                     names = ", ".join(p.name for p in rt.spec.params)
                     raise Refusal("invalid", f"unknown parameter {name!r}; the study has {names}") from None
                 values[name] = coerce_value(param, raw) if isinstance(raw, str) else raw
-            from hypd.study import complete_params
-
             full = complete_params(rt.spec, values)
-            trial = await self._search(rt, rt.suggester.attach, full)
+            runs = await self._new_trials(rt, params=full)
         except (ValueError, SearchError) as exc:
             if isinstance(exc, Refusal):
                 raise
             raise Refusal("invalid", str(exc)) from None
-        runs = await self.db.add_trials(study, [(trial, full)], None, source="user")
-        rt.trials += 1
         self.wake.set()
         await self._publish_run(runs[0]["id"])
-        return {"run": runs[0]["name"], "trial": trial, "params": full}
+        return {"run": runs[0]["name"], "trial": runs[0]["trial"], "params": full}
 
     async def _study_summaries(self, only: str | None = None) -> list[dict[str, Any]]:
         counts = await self.db.state_counts()
@@ -1020,6 +1029,11 @@ class Daemon:
         asyncio.get_running_loop().call_soon(self.shutdown.set)
         return {"stopping": True, "killed": names if kill_runs else [],
                 "left_running": [] if kill_runs else names}
+
+
+def _report_all(suggester: Suggester, trial: int, reports: list[tuple[int, float, dict[str, float]]]) -> None:
+    for step, _, values in reports:
+        suggester.report(trial, step, values)
 
 
 def _finite(value: float | None) -> float | None:

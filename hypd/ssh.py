@@ -58,7 +58,7 @@ from hypd.wrapper import parse_exit_file, script_text
 
 log = logging.getLogger("hypd.ssh")
 
-LOG_CHUNK = 1 << 20  # bytes per SFTP read of a run log
+LOG_CHUNK = 4 << 20  # at most this many bytes of a run log per SFTP read (parallel requests)
 MARK = "@hypd"  # prefixes the lines of our remote scripts' output we parse (a noisy .bashrc may print more)
 CODE_MANIFEST = ".hypd-code.json"  # in <root>/studies/<study>/: what code/ holds (size, mtime, mode)
 _NO_NVIDIA_SMI_RETRY = 60.0  # seconds between looks for nvidia-smi on a host that has none
@@ -564,7 +564,7 @@ class SshHost(Host):
         """The start of a remote file, or None if it does not exist."""
         _, sftp = self._require()
         try:
-            async with sftp.open(path, "rb") as f:
+            async with sftp.open(path, "rb", block_size=0) as f:  # one request; /proc files have no size
                 return bytes(await asyncio.wait_for(f.read(limit, 0), self.command_timeout))
         except asyncssh.SFTPNoSuchFile:
             return None
@@ -844,7 +844,7 @@ class SshHost(Host):
         name = signal_module.Signals(sig).name.removeprefix("SIG")
         pg = f"-{handle.pid}"
         result = await self._exec(
-            f'kill -0 -- {pg} 2>/dev/null || {{ echo "{MARK} none"; exit 0; }}; '
+            f'kill -s 0 -- {pg} 2>/dev/null || {{ echo "{MARK} none"; exit 0; }}; '
             f'kill -s {name} -- {pg} && echo "{MARK} sent"')
         words = marked(str(result.stdout or ""))
         if ["sent"] in words:
@@ -858,7 +858,7 @@ class SshHost(Host):
     async def group_alive(self, handle: Handle) -> bool:
         if handle.pid <= 1:
             return False
-        result = await self._exec(f'kill -0 -- -{handle.pid} 2>/dev/null && echo "{MARK} alive"; true')
+        result = await self._exec(f'kill -s 0 -- -{handle.pid} 2>/dev/null && echo "{MARK} alive"; true')
         return ["alive"] in marked(str(result.stdout or ""))
 
     # ------------------------------------------------------------------ logs
@@ -876,10 +876,13 @@ class SshHost(Host):
             copied = 0
             try:
                 async with sftp.open(follow.remote_log, "rb") as remote:
+                    size = (await asyncio.wait_for(remote.stat(), self.command_timeout)).size or 0
                     out = None
                     try:
-                        while True:
-                            data = await asyncio.wait_for(remote.read(LOG_CHUNK, offset), self.command_timeout)
+                        while offset < size:
+                            # Within the size just read: parallel requests, none past the end.
+                            want = min(size - offset, LOG_CHUNK)
+                            data = await asyncio.wait_for(remote.read(want, offset), self.command_timeout)
                             if not data:
                                 break
                             if out is None:

@@ -20,11 +20,12 @@ from typing import Any
 from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.content import Content
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.signal import Signal
 
-from hypd.tui.model import Backoff, Clock, DaemonClient
+from hypd.tui.model import Backoff, Clock, DaemonClient, where
 
 CALL_TIMEOUT = 60.0
 FLUSH_DELAY = 0.1
@@ -218,12 +219,15 @@ class HypdApp(App[int]):
             if run and run.get("state") not in ("pending", "running", "lost"):
                 self.notify(f"{target} is {run.get('state')}: nothing to kill", severity="warning")
                 return
-            prompt = f"Kill run [b]{target}[/b]?"
-            detail = f"It is {run.get('state', '?')}; its trial is retried only if the study allows retries."
+            prompt = Content.from_markup("Kill run [b]$target[/b]?", target=target)
+            place = f" on {where(run)}" if run.get("host") else ""
+            detail = Content(f"It is {run.get('state', '?')}{place}. A killed run is not retried "
+                             "automatically (r retries it).")
         else:
             live = sum((self.studies.get(target, {}).get("counts") or {}).get(s, 0) for s in ("pending", "running", "lost"))
-            prompt = f"Kill study [b]{target}[/b]?"
-            detail = f"Its {live} pending/running run(s) are killed and the study is paused."
+            prompt = Content.from_markup("Kill study [b]$target[/b]?", target=target)
+            detail = Content(f"Its {live} pending or running run(s) are killed and the study is paused "
+                             "(p resumes it).")
 
         def answer(yes: bool | None) -> None:
             if yes:
@@ -248,8 +252,10 @@ class HypdApp(App[int]):
             if yes:
                 self.run_op("retry", _retried, target=target, state="failed")
 
-        self.push_screen(ConfirmScreen(f"Retry the failed runs of study [b]{target}[/b]?",
-                                       f"{failed} run(s) failed; each trial gets one new attempt.", yes="Retry"),
+        self.push_screen(ConfirmScreen(Content.from_markup("Retry the failed runs of study [b]$target[/b]?",
+                                                           target=target),
+                                       Content(f"{failed} run(s) failed; each of their trials gets a new attempt."),
+                                       yes="Retry"),
                          answer)
 
     def toggle_pause(self, study: str) -> None:

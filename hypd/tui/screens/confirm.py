@@ -6,6 +6,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label
 
@@ -19,7 +20,8 @@ class ConfirmScreen(ModalScreen[bool]):
         Binding("left,right", "app.focus_next", "Switch", show=False),
     ]
 
-    def __init__(self, prompt: str, detail: str = "", *, yes: str = "Yes", no: str = "Cancel") -> None:
+    def __init__(self, prompt: str | Content, detail: str | Content = "", *, yes: str = "Yes",
+                 no: str = "Cancel") -> None:
         super().__init__()
         self.prompt = prompt
         self.detail = detail

@@ -28,11 +28,11 @@ class DashboardScreen(Screen[None]):
         Binding("l", "logs", "Logs"),
         Binding("k", "kill", "Kill"),
         Binding("r", "retry", "Retry"),
-        Binding("p", "pause", "Pause/resume"),
+        Binding("p", "pause", "Pause"),
         Binding("s", "cycle_state", "State"),
         Binding("f", "filter_study", "Study"),
         Binding("slash", "search", "Search"),
-        Binding("o", "cycle_sort", "Sort"),
+        Binding("o", "cycle_sort", "Sort", show=False),
         Binding("O", "reverse_sort", "Reverse sort", show=False),
         Binding("h", "toggle_hosts", "Hosts/studies", show=False),
         Binding("escape", "clear_filters", "Clear filters", show=False),
@@ -97,7 +97,7 @@ class DashboardScreen(Screen[None]):
         count = f"{shown:,} of {total:,}" if table.run_filter.active else f"{total:,}"
         box.border_title = f"Runs {count} · {running} running"
         sort = next(c.label for c in COLUMNS if c.key == table.sort_column).lower()
-        box.border_subtitle = (f"{table.run_filter.describe()} · sort {sort} {'▼' if table.sort_reverse else '▲'}")
+        box.border_subtitle = (f"{table.run_filter.describe()} · o sort: {sort} {'▼' if table.sort_reverse else '▲'}")
         hosts_box = self.query_one("#hosts-box")
         gpus = sum(len(h.get("gpus") or []) for h in app.hosts.values())
         hosts_box.border_title = f"Hosts {len(app.hosts)} · GPUs {gpus}"
@@ -118,7 +118,11 @@ class DashboardScreen(Screen[None]):
         self.query_one("#overview").styles.height = min(cap, content + 2)
 
     def on_resize(self) -> None:
-        self.set_class(self.size.width < NARROW_BELOW, "-narrow")
+        narrow = self.size.width < NARROW_BELOW
+        self.set_class(narrow, "-narrow")
+        self.query_one(Footer).compact = narrow
+        self.query_one("#studies-box").border_subtitle = "h hosts" if narrow else ""
+        self.query_one("#hosts-box").border_subtitle = "h studies" if narrow else ""
         self._fit_overview()
 
     # ------------------------------------------------------------ selection

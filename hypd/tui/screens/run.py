@@ -63,7 +63,7 @@ class RunScreen(Screen[None]):
         return self.app.runs.get(self.run_name, {"name": self.run_name})  # type: ignore[attr-defined]
 
     @property
-    def log(self) -> LogView:
+    def log_view(self) -> LogView:
         return self.query_one("#log", LogView)
 
     def on_mount(self) -> None:
@@ -81,7 +81,7 @@ class RunScreen(Screen[None]):
         self.fetch_metrics_loop()
         self.fetch_log_loop()
         self.follow_log()
-        self.log.focus()
+        self.log_view.focus()
 
     def _tick(self) -> None:
         if self.run.get("state") == "running":
@@ -147,12 +147,12 @@ class RunScreen(Screen[None]):
                     start = self.log_offset
                     chunk = await app.call("logs", run=self.run_name, offset=start, limit=LOG_CHUNK)
                     self.log_offset = chunk["offset"]
-                    self.log.add_lines(self.log_buffer.feed(chunk["text"]))
+                    self.log_view.add_lines(self.log_buffer.feed(chunk["text"]))
                     if chunk["offset"] - start < LOG_CHUNK:
                         break
                 if not chunk.get("live") and not self.log_ended:
                     self.log_ended = True
-                    self.log.add_lines(self.log_buffer.flush())
+                    self.log_view.add_lines(self.log_buffer.flush())
                     self._log_title()
                 elif chunk.get("live") and self.log_ended:
                     self.log_ended = False  # retried? no: a lost run came back
@@ -190,13 +190,13 @@ class RunScreen(Screen[None]):
         if self.log_ended:
             state = "ended"
         else:
-            state = "following" if self.log.auto_scroll else "paused (f follows)"
+            state = "following" if self.log_view.auto_scroll else "paused (f follows)"
         box.border_subtitle = state
 
     def action_follow(self) -> None:
-        self.log.auto_scroll = not self.log.auto_scroll
-        if self.log.auto_scroll:
-            self.log.scroll_end(animate=False)
+        self.log_view.auto_scroll = not self.log_view.auto_scroll
+        if self.log_view.auto_scroll:
+            self.log_view.scroll_end(animate=False)
         self._log_title()
 
     def action_log_only(self) -> None:

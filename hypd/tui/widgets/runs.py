@@ -84,13 +84,25 @@ def layout(width: int, content: Mapping[str, int]) -> list[tuple[Column, int]]:
             break
         columns.remove(max((c for c in columns if c.drop), key=lambda c: c.drop))
     if flex:
-        shares = sum(c.flex for c in flex)
+        # Each flexible column gets what its content needs, up to a fair share; what is left
+        # goes to those that wanted more, and the last one takes any rest.
         left = max(0, spare)
-        for i, c in enumerate(flex):
-            w = left if i == len(flex) - 1 else max(c.least, left * c.flex // shares)
-            w = max(c.least, min(w, left))
-            widths[c.key] = w
-            left -= w
+        shares = sum(c.flex for c in flex)
+        want = {c.key: max(c.least, content.get(c.key, 0), len(c.label) + 2) for c in flex}
+        for c in flex:
+            widths[c.key] = max(c.least, min(want[c.key], left * c.flex // shares))
+        rest = left - sum(widths[c.key] for c in flex)
+        for c in flex:
+            if rest <= 0:
+                break
+            extra = min(rest, want[c.key] - widths[c.key])
+            if extra > 0:
+                widths[c.key] += extra
+                rest -= extra
+        if rest > 0:
+            widths[flex[-1].key] += rest
+        elif rest < 0:
+            widths[flex[0].key] = max(1, widths[flex[0].key] + rest)
     return [(c, widths[c.key]) for c in columns]
 
 

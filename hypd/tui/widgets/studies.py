@@ -18,9 +18,9 @@ STUDY_STATE_STYLE = {"active": "$text-primary", "paused": "$text-warning bold", 
 
 # (key, label); the narrow set fits 80 columns.
 WIDE = (("study", "STUDY"), ("state", "STATE"), ("progress", "PROGRESS"), ("running", "RUN"),
-        ("pending", "PEND"), ("failed", "FAIL"), ("best", "BEST"), ("algorithm", "ALGORITHM"))
+        ("pending", "PEND"), ("failed", "FAIL"), ("best", "BEST"), ("algorithm", "ALGO"))
 NARROW = (("study", "STUDY"), ("state", "STATE"), ("progress", "PROGRESS"), ("best", "BEST"))
-WIDE_FROM = 96
+WIDE_FROM = 90
 BAR = 10
 
 
