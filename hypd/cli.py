@@ -306,12 +306,21 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(board))
         return 0
-    rows = [[str(i + 1), r["name"], fmt_number(r["objective"]), r["state"], fmt_seconds(runtime(r)),
-             fmt_params(r["params"])] for i, r in enumerate(board["runs"])]
-    if not rows:
+    if not board["runs"]:
         print(f"no results yet in study {args.study}")
         return 0
-    print(table(rows, ["#", "RUN", f"{board['metric'].upper()} ({board['goal'][:3]})", "STATE", "TIME", "PARAMS"]))
+    objectives = board["objectives"]
+    if len(objectives) > 1:
+        # Several objectives: the Pareto front (marked *) first.
+        rows = [[("*" if r["pareto"] else " ") + str(i + 1), r["name"],
+                 *(fmt_number(r["values"][o["metric"]]) for o in objectives), fmt_seconds(runtime(r)),
+                 fmt_params(r["params"])] for i, r in enumerate(board["runs"])]
+        header = ["#", "RUN", *(f"{o['metric'].upper()} ({o['goal'][:3]})" for o in objectives), "TIME", "PARAMS"]
+    else:
+        rows = [[str(i + 1), r["name"], fmt_number(r["objective"]), r["state"], fmt_seconds(runtime(r)),
+                 fmt_params(r["params"])] for i, r in enumerate(board["runs"])]
+        header = ["#", "RUN", f"{board['metric'].upper()} ({board['goal'][:3]})", "STATE", "TIME", "PARAMS"]
+    print(table(rows, header))
     return 0
 
 

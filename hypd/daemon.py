@@ -29,7 +29,7 @@ from hypd import __version__, ipc
 from hypd.config import Config, load_config
 from hypd.gpus import GpuSnapshot, free_gpus
 from hypd.hosts import Handle, Host, HostError, Launch, LocalHost
-from hypd.metrics import METRICS_PREFIX, MetricsReader, fold_objective, split_lines
+from hypd.metrics import METRICS_PREFIX, MetricsReader, fold_objective, pareto_front, split_lines
 from hypd.runstate import LIVE, STATES, RunState, StopIntent, counts_as_failure, ending
 from hypd.scheduler import HostCapacity, StudyDemand, place
 from hypd.search import SearchError, Suggester, load_suggester, make_suggester
@@ -934,9 +934,34 @@ class Daemon:
 
     async def op_leaderboard(self, study: str, limit: int | None) -> dict[str, Any]:
         rt = self._study(study)
-        rows = await self.db.best_runs(study, rt.spec.objective.minimize, limit)
+        if len(rt.spec.objectives) > 1:
+            rows = self._pareto_board(rt, await self.db.runs(study=study, state=RunState.COMPLETED.value))
+            rows = rows[:limit] if limit is not None else rows
+        else:
+            rows = await self.db.best_runs(study, rt.spec.objective.minimize, limit)
         return {"study": study, "metric": rt.spec.objective.metric, "goal": rt.spec.objective.goal,
                 "objectives": [dataclasses.asdict(o) for o in rt.spec.objectives], "runs": rows}
+
+    @staticmethod
+    def _pareto_board(rt: StudyRuntime, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Runs with a value for every objective: the Pareto front first, each part by
+        the first objective."""
+        objectives = rt.spec.objectives
+        scored = []
+        for run in runs:
+            values = dict(run["metrics"])
+            if run["objective"] is not None:
+                values[objectives[0].metric] = run["objective"]
+            if all(o.metric in values for o in objectives):
+                run["values"] = {o.metric: values[o.metric] for o in objectives}
+                scored.append(run)
+        front = pareto_front([tuple(r["values"][o.metric] for o in objectives) for r in scored],
+                             tuple(o.minimize for o in objectives))
+        for run, on_front in zip(scored, front):
+            run["pareto"] = on_front
+        first = objectives[0]
+        scored.sort(key=lambda r: (not r["pareto"], r["values"][first.metric] * (1 if first.minimize else -1)))
+        return scored
 
     async def op_best(self, study: str) -> dict[str, Any]:
         rt = self._study(study)

@@ -95,3 +95,14 @@ def fold_objective(current: float | None, new: float, minimize: bool, use: str) 
     if math.isnan(new):
         return current
     return min(current, new) if minimize else max(current, new)
+
+
+def pareto_front(points: list[tuple[float, ...]], minimize: tuple[bool, ...]) -> list[bool]:
+    """For each point, whether no other point is at least as good in every objective and
+    better in one (the Pareto front of several objectives)."""
+    signed = [tuple(v if m else -v for v, m in zip(p, minimize)) for p in points]
+
+    def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+        return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+    return [not any(dominates(other, p) for other in signed if other is not p) for p in signed]

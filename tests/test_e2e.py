@@ -489,3 +489,25 @@ def test_socket_folder_and_socket_are_private(daemon: DaemonProc) -> None:
     sock = socket_path(daemon.home)
     assert (sock.parent.stat().st_mode & 0o777) == 0o700
     assert (sock.stat().st_mode & 0o777) == 0o600
+
+
+def test_several_objectives_give_a_pareto_front_in_the_leaderboard(daemon: DaemonProc) -> None:
+    path = daemon.write_study("mo", """
+        [study]
+        name = "mo"
+        objective = [{ metric = "loss", goal = "minimize" }, { metric = "latency_ms", goal = "minimize" }]
+        algorithm = "grid"
+        [params]
+        size = { type = "choice", values = [1, 2, 3, 4] }
+        [run]
+        command = "python3 -c 'import sys; s = int(sys.argv[1]); print(\\"METRICS: loss=%g latency_ms=%g\\" % (10 / s + (5 if s == 3 else 0), s * 10))' {size}"
+    """)
+    daemon.cli("submit", str(path))
+    daemon.wait_finished("mo")
+    board = daemon.cli_json("leaderboard", "mo")
+    front = {r["name"]: r["pareto"] for r in board["runs"]}
+    # size 3 is dominated by size 2 (worse loss and latency); the others trade off.
+    assert front == {"mo:1": True, "mo:2": True, "mo:3": False, "mo:4": True}
+    assert [r["name"] for r in board["runs"]][-1] == "mo:3"
+    text = daemon.cli("leaderboard", "mo").stdout
+    assert "LOSS (min)" in text and "LATENCY_MS (min)" in text and "*1" in text
