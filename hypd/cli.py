@@ -204,6 +204,17 @@ def cmd_logs(args: argparse.Namespace) -> int:
             time.sleep(0.25)
 
 
+def assignments(items: list[str]) -> dict[str, str]:
+    """NAME=VALUE arguments, as typed."""
+    out = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or not name:
+            raise CliError(f"{item!r}: give values as NAME=VALUE, e.g. lr=0.01", ExitCode.USAGE)
+        out[name] = raw
+    return out
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     from hypd.study import (
         StudyError,
@@ -220,10 +231,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     except StudyError as exc:
         raise CliError(str(exc), ExitCode.INVALID) from None
     given: dict[str, Any] = {}
-    for item in args.values:
-        name, sep, raw = item.partition("=")
-        if not sep:
-            raise CliError(f"{item!r}: give values as NAME=VALUE, e.g. lr=0.01", ExitCode.USAGE)
+    for name, raw in assignments(args.values).items():
         try:
             given[name] = coerce_value(spec.param(name), raw)
         except KeyError:
@@ -346,14 +354,8 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:
-    params = {}
-    for item in args.values:
-        name, sep, raw = item.partition("=")
-        if not sep:
-            raise CliError(f"{item!r}: give values as NAME=VALUE, e.g. lr=0.01", ExitCode.USAGE)
-        params[name] = raw
     with connect() as c:
-        result = c.call("suggest", study=args.study, params=params)
+        result = c.call("suggest", study=args.study, params=assignments(args.values))
     print(f"queued {result['run']} (trial {result['trial']}): {fmt_params(result['params'])}")
     return 0
 

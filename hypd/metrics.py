@@ -39,31 +39,22 @@ class MetricsReader:
         self.next_step = next_step
 
     def line(self, line: str) -> Report | None:
-        values: dict[str, float] = {}
-        step: int | None = None
         stripped = line.strip()
         if stripped.startswith(METRICS_PREFIX):
-            for key, raw in _PAIR_RE.findall(stripped[len(METRICS_PREFIX):]):
-                number = _number(raw)
-                if number is None:
-                    continue
-                if key == "step":
-                    if math.isfinite(number):
-                        step = int(number)
-                else:
-                    values[key] = number
-        elif self.regexes:
-            for key, pattern in self.regexes.items():
-                m = pattern.search(line)
-                if m and m.group(1) is not None:
-                    number = _number(m.group(1))
-                    if number is None:
-                        continue
-                    if key == "step":
-                        if math.isfinite(number):
-                            step = int(number)
-                    else:
-                        values[key] = number
+            pairs = _PAIR_RE.findall(stripped[len(METRICS_PREFIX):])
+        else:
+            pairs = [(key, m.group(1)) for key, pattern in self.regexes.items()
+                     if (m := pattern.search(line)) and m.group(1) is not None]
+        values: dict[str, float] = {}
+        step: int | None = None
+        for key, raw in pairs:
+            number = _number(raw)
+            if number is None:
+                continue
+            if key != "step":
+                values[key] = number
+            elif math.isfinite(number):
+                step = int(number)
         if not values:
             return None
         if step is None:

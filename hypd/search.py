@@ -615,12 +615,19 @@ class AxSuggester(Suggester):
 
     def dump(self) -> str:
         with self._lock:
-            snapshot = self._client._to_json_snapshot()
-            gs = snapshot.get("generation_strategy")
-            if isinstance(gs, dict):
-                # A second copy of the experiment; Ax's decoder takes the experiment from
-                # the snapshot's top level when it restores (see _restore), so drop it.
-                gs["experiment"] = None
+            # Ax's snapshot holds the experiment twice: at its top level and inside the
+            # generation strategy. Encoding it is most of dump()'s time (a pandas frame per
+            # trial's data), and on restore Ax's decoder takes the top-level one for the
+            # strategy (Client._from_json_snapshot passes it), so leave the inner one out.
+            gs = self._client._maybe_generation_strategy
+            saved = gs._experiment if gs is not None else None
+            try:
+                if gs is not None:
+                    gs._experiment = None
+                snapshot = self._client._to_json_snapshot()
+            finally:
+                if gs is not None:
+                    gs._experiment = saved
             return json.dumps({"algorithm": self.spec.algorithm, "format": "ax-client-snapshot",
                                "ax": snapshot})
 

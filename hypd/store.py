@@ -345,6 +345,10 @@ class Store:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += f" ORDER BY {order}"
+        return await self._fetch_runs(sql, args, columns, limit)
+
+    async def _fetch_runs(self, sql: str, args: list[Any], columns: Sequence[str],
+                          limit: int | None) -> list[dict[str, Any]]:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
@@ -406,13 +410,7 @@ class Store:
                f"  GROUP BY trial) b ON r.trial=b.trial AND r.objective=b.best "
                f"WHERE r.study=? AND r.state IN ('completed','stopped') "
                f"GROUP BY r.trial ORDER BY r.objective {order}, r.id")
-        args: list[Any] = [study, study]
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(limit)
-        async with self.db.execute(sql, args) as cur:
-            rows = await cur.fetchall()
-        return [_run_dict(r, RUN_COLUMNS) for r in rows]
+        return await self._fetch_runs(sql, [study, study], RUN_COLUMNS, limit)
 
 
 _ALL_COLUMNS = RUN_COLUMNS + ("pid", "proc_start", "ctl_dir", "log_offset", "stop_intent", "stop_sent")

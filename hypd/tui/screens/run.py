@@ -32,6 +32,7 @@ class RunScreen(Screen[None]):
         Binding("f", "follow", "Follow log"),
         Binding("l", "log_only", "Log only"),
         Binding("s", "study", "Study"),
+        Binding("m", "more_metrics", "More plots", show=False),
     ]
 
     def __init__(self, name: str, *, log_only: bool = False) -> None:
@@ -82,6 +83,9 @@ class RunScreen(Screen[None]):
         self.fetch_log_loop()
         self.follow_log()
         self.log_view.focus()
+
+    def on_resize(self) -> None:
+        self.set_class(self.size.width < 120, "-narrow")
 
     def _tick(self) -> None:
         if self.run.get("state") == "running":
@@ -198,6 +202,17 @@ class RunScreen(Screen[None]):
         if self.log_view.auto_scroll:
             self.log_view.scroll_end(animate=False)
         self._log_title()
+
+    def on_metric_plots_arranged(self, _message: MetricPlots.Arranged) -> None:
+        plots = self.query_one("#plots", MetricPlots)
+        box = self.query_one("#plots-box")
+        if plots.pages > 1:
+            box.border_subtitle = f"m: more ({plots.page + 1}/{plots.pages})"
+        else:
+            box.border_subtitle = ""
+
+    def action_more_metrics(self) -> None:
+        self.query_one("#plots", MetricPlots).next_page()
 
     def action_log_only(self) -> None:
         self.toggle_class("-log-only")

@@ -68,15 +68,16 @@ class StudyScreen(Screen[None]):
 
     def on_resize(self) -> None:
         self.set_class(self.size.width < NARROW_BELOW, "-narrow")
+        self.query_one("#study-summary", StudySummary).show(self.summary, self.size.width >= NARROW_BELOW)
 
     def _refresh_all(self) -> None:
-        self.query_one("#study-summary", StudySummary).show(self.summary)
+        self.query_one("#study-summary", StudySummary).show(self.summary, self.size.width >= NARROW_BELOW)
         self._replot()
         self._board_wanted.set()
 
     def _studies_changed(self, changed: list[dict[str, Any]]) -> None:
         if any(s.get("name") == self.study_name for s in changed):
-            self.query_one("#study-summary", StudySummary).show(self.summary)
+            self.query_one("#study-summary", StudySummary).show(self.summary, self.size.width >= NARROW_BELOW)
 
     def _runs_changed(self, rows: list[dict[str, Any]]) -> None:
         if any(r.get("study") == self.study_name for r in rows):

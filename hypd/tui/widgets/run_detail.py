@@ -9,6 +9,7 @@ from typing import Any
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Grid
+from textual.message import Message
 from textual.content import Content
 from textual.widgets import RichLog, Static
 from textual_plotext import PlotextPlot
@@ -33,19 +34,23 @@ class RunInfo(Static):
         info = info or {}
         state = run.get("state", "?")
         key = "$text-muted"
-        parts: list[Any] = [(state, STATE_STYLE.get(state, "")), "  ", (run.get("reason") or "", "italic"), "\n"]
+        parts: list[Any] = [(state, STATE_STYLE.get(state, "") + " bold"), "\n"]
+        if run.get("reason"):
+            parts += [(run["reason"], "italic $text-muted"), "\n"]
 
         def row(label: str, value: str | Content, style: str = "") -> None:
-            parts.append((f"{label:<10}", key))
+            parts.append((f"{label[:9]:<10}", key))
             parts.append((value, style) if isinstance(value, str) else value)
             parts.append("\n")
 
-        row("trial", f"{run.get('trial', '?')}  attempt {run.get('attempt', '?')}"
-            + (f" of {info['retries'] + 1}" if info.get("retries") is not None else ""))
+        attempts = f"{run.get('attempt', '?')}"
+        if info.get("retries") is not None:
+            attempts += f"/{info['retries'] + 1}"
+        row("trial", f"{run.get('trial', '?')} · attempt {attempts}")
         row("where", where(run))
         took = fmt_seconds(runtime(run, now))
         if info.get("timeout"):
-            took += f"  (timeout {fmt_seconds(info['timeout'])})"
+            took += f" (timeout {fmt_seconds(info['timeout'])})"
         row("runtime", took)
         if run.get("started"):
             row("started", ago(now - run["started"]))
@@ -55,10 +60,10 @@ class RunInfo(Static):
             row("ended", ago(now - run["ended"]))
         if run.get("exit_code") is not None:
             row("exit", str(run["exit_code"]), "$text-error" if run["exit_code"] else "")
-        metric = info.get("objective_metric")
+        metric = info.get("objective_metric") or "objective"
         goal = info.get("goal")
-        label = f"{metric} ({goal[:3]})" if metric and goal else "objective"
-        row("objective", Content.assemble((fmt_number(run.get("objective"), 6), "bold"), ("  " + label, key)))
+        row(metric, Content.assemble((fmt_number(run.get("objective"), 6), "bold"),
+                                     (f" ({goal[:3]})" if goal else "", key)))
         params = run.get("params") or {}
         if params:
             parts.append(("parameters\n", "bold"))
@@ -67,7 +72,8 @@ class RunInfo(Static):
                 parts.append((f"  {k:<{width}}  ", key))
                 parts.append(fmt_number(v, 6) + "\n")
         metrics = run.get("metrics") or {}
-        parts.append((f"metrics  ({run.get('reports', 0)} reports)\n", "bold"))
+        parts.append(("metrics", "bold"))
+        parts.append((f" · {run.get('reports', 0)} reports\n", key))
         if metrics:
             width = max(len(k) for k in metrics)
             for k, v in metrics.items():
@@ -95,6 +101,22 @@ def metric_series(reports: Sequence[Mapping[str, Any]]) -> dict[str, tuple[list[
                 xs.append(step)
                 ys.append(float(value))
     return out
+
+
+def int_ticks(xs: Sequence[float], most: int) -> list[int]:
+    """Whole-number ticks across xs (steps are whole numbers), at most `most` of them."""
+    if not xs or any(x != int(x) for x in xs):
+        return []
+    lo, hi = int(min(xs)), int(max(xs))
+    if hi == lo:
+        return [lo]
+    raw = (hi - lo) / max(1, most - 1)
+    magnitude = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    step = max(1, int(step))
+    first = lo - lo % step if lo % step else lo
+    ticks = list(range(first, hi + 1, step))
+    return [t for t in ticks if t >= lo] or [lo]
 
 
 class MetricPlot(PlotextPlot):
@@ -127,27 +149,42 @@ class MetricPlot(PlotextPlot):
             plt.plot(self.xs, self.ys, marker="braille")
             if len(self.xs) == 1:
                 plt.scatter(self.xs, self.ys)
+            ticks = int_ticks(self.xs, max(2, (self.size.width or 40) // 10))
+            if ticks:
+                plt.xticks(ticks, [str(t) for t in ticks])
         plt.xlabel("step")
         self.refresh()
 
 
 class MetricPlots(Grid):
-    """A plot per metric; the grid gets more columns as the screen gets wider."""
+    """A plot per metric, as many side by side and stacked as the space allows (each at
+    least PLOT_WIDTH x PLOT_HEIGHT); `next_page` shows the others when they do not all fit."""
 
     DEFAULT_CSS = """
     MetricPlots { grid-size: 1; grid-gutter: 0 1; height: 1fr; }
-    MetricPlots.-two { grid-size: 2; }
-    MetricPlots.-three { grid-size: 3; }
-    MetricPlots > MetricPlot { height: 1fr; min-height: 8; }
+    MetricPlots > MetricPlot { height: 1fr; }
     MetricPlots > #no-metrics { color: $text-muted; text-style: italic; padding: 1 2; }
     """
+
+    PLOT_WIDTH = 34
+    PLOT_HEIGHT = 9
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.page = 0
+        self.pages = 1
+        self.shown: list[str] = []
 
     def compose(self) -> ComposeResult:
         yield Static("no metrics reported yet", id="no-metrics")
 
+    @property
+    def plots(self) -> list[MetricPlot]:
+        return list(self.query(MetricPlot))
+
     async def show(self, reports: Sequence[Mapping[str, Any]]) -> None:
         series = metric_series(reports)
-        plots = {p.metric: p for p in self.query(MetricPlot)}
+        plots = {p.metric: p for p in self.plots}
         new = [MetricPlot(m) for m in series if m not in plots]
         if new:
             await self.mount_all(new)
@@ -160,12 +197,30 @@ class MetricPlots(Grid):
     def on_resize(self) -> None:
         self._arrange()
 
+    def next_page(self) -> None:
+        self.page = (self.page + 1) % max(1, self.pages)
+        self._arrange()
+
     def _arrange(self) -> None:
-        n = len(self.query(MetricPlot))
-        width = self.size.width
-        columns = 1 if n <= 1 else min(n, 3 if width >= 150 else 2 if width >= 50 else 1)
-        self.set_class(columns == 2, "-two")
-        self.set_class(columns == 3, "-three")
+        plots = self.plots
+        if not plots:
+            return
+        width, height = self.size.width or 80, self.size.height or 20
+        cols = max(1, min(len(plots), (width + 1) // (self.PLOT_WIDTH + 1)))
+        rows = max(1, min(-(-len(plots) // cols), height // self.PLOT_HEIGHT))
+        per_page = cols * rows
+        self.pages = -(-len(plots) // per_page)
+        self.page %= self.pages
+        shown = plots[self.page * per_page:(self.page + 1) * per_page]
+        for plot in plots:
+            plot.display = plot in shown
+        self.styles.grid_size_columns = min(cols, len(shown))
+        self.styles.grid_size_rows = -(-len(shown) // cols)
+        self.shown = [p.metric for p in shown]
+        self.post_message(self.Arranged())
+
+    class Arranged(Message):
+        """The plots shown changed (the screen retitles its box)."""
 
 
 class LogView(RichLog):

@@ -262,7 +262,7 @@ class RunTable(ScrollView, can_focus=True):
         if column not in COLUMN_KEYS:
             raise ValueError(f"no column {column!r}")
         if reverse is None:
-            reverse = (not self.sort_reverse) if column == self.sort_column else column in ("objective", "time", "run")
+            reverse = (not self.sort_reverse) if column == self.sort_column else column in ("time", "run")
         self.sort_column, self.sort_reverse = column, reverse
         self._resort()
 

@@ -32,7 +32,7 @@ class StudySummary(Static):
     StudySummary { height: auto; padding: 0 1; }
     """
 
-    def show(self, s: Mapping[str, Any] | None) -> None:
+    def show(self, s: Mapping[str, Any] | None, wide: bool = True) -> None:
         if s is None:
             self.update(Content.assemble(("no such study (any more)", "$text-error")))
             return
@@ -44,19 +44,22 @@ class StudySummary(Static):
         style = {"paused": "$text-warning bold", "finished": "$text-success", "active": "$text-primary"}[state]
         done, total = study_done(s), study_total(s)
         muted = "$text-muted"
-        parts: list[Any] = [(s["name"], "bold"), "  ", (state, style), ("  ·  ", muted), (s.get("algorithm", "?"), ""),
-                            ("  ·  ", muted), f"{s.get('metric', '?')} ({s.get('goal', '?')})", ("  ·  best ", muted),
+        dot = ("  ·  ", muted)
+        goal = str(s.get("goal", "?"))
+        parts: list[Any] = [(s["name"], "bold"), "  ", (state, style), dot, (s.get("algorithm", "?"), ""), dot,
+                            f"{s.get('metric', '?')} ({goal[:3]})", dot, ("best ", muted),
                             (fmt_number(s.get("best"), 6), "bold")]
         if s.get("best_run"):
-            parts.append((f" {s['best_run']}", muted))
+            parts.append((f" #{s['best_run'].rpartition(':')[2]}", muted))
         parts.append("\n")
         parts.append((f"{done}/{total} done", "bold"))
         for key in ("running", "pending", "failed", "killed", "stopped", "lost"):
             n = counts.get(key, 0)
             if n or key in ("running", "pending", "failed"):
-                parts.append(("  ·  ", muted))
+                parts.append(dot)
                 parts.append((f"{n} {key}", STATE_STYLE[key] if n else muted))
-        parts.append((f"  ·  parallel {s.get('parallel', '?')}  ·  gpus/run {s.get('gpus', '?')}", muted))
+        if wide:
+            parts.append((f"  ·  parallel {s.get('parallel', '?')}  ·  {s.get('gpus', '?')} GPU(s) a run", muted))
         self.update(Content.assemble(*parts))
 
 
@@ -71,7 +74,11 @@ class Leaderboard(DataTable):
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
 
     def on_mount(self) -> None:
-        for key, label in (("rank", "#"), ("run", "RUN"), ("objective", "OBJECTIVE"), ("time", "TIME"),
+        self._columns("objective")
+
+    def _columns(self, objective: str) -> None:
+        self.clear(columns=True)
+        for key, label in (("rank", "#"), ("run", "RUN"), ("objective", objective), ("time", "TIME"),
                            ("params", "PARAMS")):
             self.add_column(label, key=key)
 
@@ -82,9 +89,8 @@ class Leaderboard(DataTable):
                 current = self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
             except Exception:
                 current = None
-        self.clear()
         metric = board.get("metric", "objective")
-        self.columns["objective"].label = Text(f"{metric.upper()} ({str(board.get('goal', ''))[:3]})")
+        self._columns(f"{metric.upper()} ({str(board.get('goal', ''))[:3]})")
         for i, run in enumerate(board.get("runs") or []):
             self.add_row(Text(str(i + 1), style=rich_style(self.app, "$text-muted"), justify="right"),
                          Text(run["name"], style="bold" if i == 0 else ""),
