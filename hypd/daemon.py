@@ -50,6 +50,7 @@ log = logging.getLogger("hypd.daemon")
 
 LOG_READ_LIMIT = 1 << 20  # bytes of a run's log read per check
 EARLY_STOP_EVERY = 5.0  # seconds between early-stopping checks of a study
+RELEASE_TIMEOUT = 60.0  # seconds a GPU waits for a reading after its run ended
 
 
 class Refusal(Exception):
@@ -151,6 +152,7 @@ class Daemon:
         self.studies: dict[str, StudyRuntime] = {}
         self.broken_studies: dict[str, str] = {}
         self.active: dict[int, ActiveRun] = {}
+        self.released: dict[tuple[str, int], float] = {}  # (host, GPU) -> when its last run ended
         self.bus = EventBus()
         self.wake = asyncio.Event()
         self.shutdown = asyncio.Event()
@@ -332,13 +334,8 @@ class Daemon:
             else:
                 cpu_used[run.host.name] += 1
         for name, host in self.hosts.items():
-            snap = self.snapshots.get(name)
-            gpus: tuple[int, ...] = ()
-            if snap is not None and snap.gpus:
-                gpus = tuple(free_gpus(snap, set(held[name]), set(host.allowed_gpus) if host.allowed_gpus is not None else None,
-                                       memory_threshold_mib=host.busy_memory_mib,
-                                       utilization_threshold_pct=host.busy_utilization))
-            capacities.append(HostCapacity(name, gpus, max(0, host.cpu_slots - cpu_used[name]), host.accepting))
+            capacities.append(HostCapacity(name, self._free_gpu_slots(name, host, held[name]),
+                                           max(0, host.cpu_slots - cpu_used[name]), host.accepting))
         if not any(c.free_gpus or c.free_cpu_slots for c in capacities if c.accepting):
             return
         running: dict[str, int] = defaultdict(int)
@@ -398,6 +395,34 @@ class Daemon:
         for study in {p.study for p in placements}:
             await self.db.set_last_served(study, now)
             await self._publish_study(study)
+
+    def _free_gpu_slots(self, name: str, host: Host, held: list[int]) -> tuple[int, ...]:
+        """The GPU indexes runs may be given now, each repeated once per run it can take:
+        not someone else's, within the host's allowed GPUs and runs per GPU, and not a GPU
+        whose last run ended after the latest reading (its memory may not be free yet)."""
+        snap = self.snapshots.get(name)
+        if snap is None or not snap.gpus:
+            return ()
+        allowed = set(host.allowed_gpus) if host.allowed_gpus is not None else None
+        idle = set(free_gpus(snap, set(held), allowed, memory_threshold_mib=host.busy_memory_mib,
+                             utilization_threshold_pct=host.busy_utilization))
+        slots: list[int] = []
+        for reading in snap.gpus:
+            index = reading.index
+            released = self.released.get((name, index))
+            if released is not None:
+                if snap.taken_at <= released:
+                    if time.time() - released < RELEASE_TIMEOUT:
+                        continue
+                    log.warning("%s GPU %d: no reading since its last run ended %.0fs ago; handing it out",
+                                name, index, RELEASE_TIMEOUT)
+                del self.released[(name, index)]
+            ours = held.count(index)
+            if index in idle:
+                slots += [index] * host.max_per_gpu
+            elif 0 < ours < host.max_per_gpu and (allowed is None or index in allowed):
+                slots += [index] * (host.max_per_gpu - ours)  # shared: room beside our own runs
+        return tuple(slots)
 
     async def _launch(self, run_id: int, host: Host, gpus: tuple[int, ...]) -> None:
         row = await self.db.run_by_id(run_id)
@@ -530,6 +555,8 @@ class Daemon:
     async def _finish(self, run: ActiveRun, state: RunState, reason: str, code: int | None) -> None:
         await self.db.transition(run.id, state, reason, exit_code=code)
         self.active.pop(run.id, None)
+        for gpu in run.gpus:
+            self.released[(run.host.name, gpu)] = time.time()
         log.info("%s %s: %s", run.name, state.value, reason)
         if run.stop_intent and run.handle is not None and await run.host.group_alive(run.handle):
             # The wrapper is gone but some of its processes linger: end them after the grace.

@@ -66,6 +66,7 @@ class Host(ABC):
     name: str
     root: str  # on the host: runs/<study>/<NNNN>/ (control files) and studies/<study>/ (outputs)
     cpu_slots: int
+    max_per_gpu: int = 1  # runs that may share one GPU
     busy_memory_mib: int
     busy_utilization: int
     allowed_gpus: tuple[int, ...] | None
