@@ -1,0 +1,173 @@
+"""Adaptive searches (Ax) run in a child process.
+
+Fitting a Bayesian model is seconds of Python and PyTorch work; in a thread of the daemon
+it would hold the GIL and slow every socket reply. In a process of its own it cannot, and
+a search that crashes or leaks memory takes only that process down: the next call starts
+a fresh one and reloads each study from its last stored state.
+
+`RemoteSuggester` has the `Suggester` interface; its methods block (the daemon calls them
+in worker threads, as it calls every search method).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import threading
+from collections.abc import Mapping
+from multiprocessing.connection import Connection
+from typing import Any
+
+from hypd.search import SearchError, Suggester, load_suggester
+from hypd.study import StudySpec
+
+log = logging.getLogger("hypd.search")
+
+# Algorithms whose work is heavy enough to belong in the worker process.
+REMOTE_ALGORITHMS = ("ax", "sobol")
+
+
+def _serve(conn: Connection) -> None:
+    """The worker's loop: (study, method, args) in, (ok, value) out, until the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the daemon's to handle
+    suggesters: dict[str, Suggester] = {}
+    while True:
+        try:
+            study, method, args = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            if method == "__load__":
+                spec, state = args
+                suggesters[study] = load_suggester(spec, state)
+                value: Any = None
+            elif method == "__spec__":
+                suggesters[study].spec = args[0]
+                value = None
+            elif method == "__drop__":
+                suggesters.pop(study, None)
+                value = None
+            else:
+                value = getattr(suggesters[study], method)(*args)
+            conn.send((True, value))
+        except BaseException as exc:  # every failure goes back to the caller, as a value
+            conn.send((False, (type(exc).__name__, str(exc) or repr(exc))))
+
+
+class SearchWorker:
+    """The child process, started on first use and again after it dies."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self.conn: Connection | None = None
+        self.generation = 0  # bumped at each start: suggesters then reload
+
+    def _start(self) -> None:
+        ctx = multiprocessing.get_context("spawn")  # never fork a threaded asyncio process
+        parent, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve, args=(child,), name="hypd-search", daemon=True)
+        self.process.start()
+        child.close()
+        self.conn = parent
+        self.generation += 1
+        log.info("search worker started (pid %s)", self.process.pid)
+
+    def call(self, study: str, method: str, args: tuple[Any, ...], reload: RemoteSuggester | None = None) -> Any:
+        with self.lock:
+            if self.process is None or not self.process.is_alive():
+                if self.process is not None:
+                    log.warning("search worker died (exit %s); starting a new one", self.process.exitcode)
+                self._start()
+            assert self.conn is not None
+            if reload is not None and reload.generation != self.generation:
+                self._roundtrip(study, "__load__", (reload.spec, reload.state))
+                reload.generation = self.generation
+            return self._roundtrip(study, method, args)
+
+    def _roundtrip(self, study: str, method: str, args: tuple[Any, ...]) -> Any:
+        assert self.conn is not None
+        try:
+            self.conn.send((study, method, args))
+            ok, value = self.conn.recv()
+        except (EOFError, OSError, BrokenPipeError) as exc:
+            self.process = None
+            raise SearchError(f"the search worker died during {method}: {exc or 'no reply'}") from None
+        if ok:
+            return value
+        kind, message = value
+        if kind == "SearchError":
+            raise SearchError(message)
+        raise RuntimeError(f"{kind}: {message}")
+
+    def close(self) -> None:
+        with self.lock:
+            if self.conn is not None:
+                self.conn.close()
+            if self.process is not None:
+                self.process.join(5)
+                if self.process.is_alive():
+                    self.process.kill()
+                    self.process.join(5)
+            self.process = self.conn = None
+
+
+class RemoteSuggester(Suggester):
+    """A study's suggester living in the worker process."""
+
+    adaptive = True
+
+    def __init__(self, spec: StudySpec, state: str | None, worker: SearchWorker) -> None:
+        super().__init__(spec)
+        self.worker = worker
+        self.state = state  # the last dump, to reload from if the worker restarts
+        self.generation = -1
+        self._call("dump")  # load it now: a bad state or space fails at submit, not later
+
+    def _call(self, method: str, *args: Any) -> Any:
+        value = self.worker.call(self.spec.name, method, args, reload=self)
+        if method == "dump":
+            self.state = value
+        return value
+
+    def ask(self, n: int) -> list[tuple[int, dict[str, Any]]]:
+        return [(int(t), dict(p)) for t, p in self._call("ask", n)]
+
+    def attach(self, params: Mapping[str, Any]) -> int:
+        return int(self._call("attach", dict(params)))
+
+    def report(self, trial: int, step: int, values: Mapping[str, float]) -> None:
+        self._call("report", trial, step, dict(values))
+
+    def complete(self, trial: int, values: Mapping[str, float]) -> None:
+        self._call("complete", trial, dict(values))
+
+    def fail(self, trial: int) -> None:
+        self._call("fail", trial)
+
+    def abandon(self, trial: int) -> None:
+        self._call("abandon", trial)
+
+    def early_stop(self, running: list[int]) -> list[int]:
+        return list(self._call("early_stop", list(running)))
+
+    def best(self) -> dict[str, Any] | None:
+        return self._call("best")
+
+    def dump(self) -> str:
+        return self._call("dump")
+
+    def update_spec(self, spec: StudySpec) -> None:
+        super().update_spec(spec)
+        self._call("__spec__", spec)
+
+    def _restore(self, state: Mapping[str, Any]) -> None:  # pragma: no cover - loaded in the worker
+        raise NotImplementedError
+
+
+def open_suggester(spec: StudySpec, state: str | None, worker: SearchWorker) -> Suggester:
+    """The study's search: adaptive ones in the worker process, the others in place."""
+    if spec.algorithm in REMOTE_ALGORITHMS:
+        return RemoteSuggester(spec, state, worker)
+    return load_suggester(spec, state)
