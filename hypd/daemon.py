@@ -856,24 +856,29 @@ class Daemon:
         row["timeout"] = rt.spec.timeout
         return row
 
-    async def op_logs(self, run: str, offset: int, limit: int) -> dict[str, Any]:
+    async def op_logs(self, run: str, offset: int, limit: int, tail: int | None) -> dict[str, Any]:
         row = await self._run(run)
         data = b""
+        size = 0
         if row["log_path"]:
             try:
                 with open(row["log_path"], "rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    if tail is not None:
+                        offset = max(0, size - tail)
                     f.seek(max(0, offset))
                     data = f.read(max(0, min(limit, 16 << 20)))
             except FileNotFoundError:
                 pass
-        return {"text": data.decode("utf-8", errors="replace"), "offset": max(0, offset) + len(data),
+        return {"text": data.decode("utf-8", errors="replace"), "offset": max(0, offset) + len(data), "size": size,
                 "state": row["state"], "live": row["state"] in (RunState.PENDING.value, RunState.RUNNING.value,
                                                                RunState.LOST.value),
                 "path": row["log_path"]}
 
-    async def op_metrics(self, run: str) -> dict[str, Any]:
+    async def op_metrics(self, run: str, since: int) -> dict[str, Any]:
         row = await self._run(run)
-        return {"run": row["name"], "reports": await self.db.reports(row["id"])}
+        reports = await self.db.reports(row["id"], since)
+        return {"run": row["name"], "reports": reports, "next": max(since, 0) + len(reports)}
 
     async def op_kill(self, target: str) -> dict[str, Any]:
         if _parse_run_name(target) is None:

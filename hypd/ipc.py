@@ -80,8 +80,10 @@ OPS: dict[str, dict[str, Arg]] = {
     "submit": {"path": Arg(str), "text": Arg(str), "as_name": _opt_str},
     "ls": {"state": _opt_str, "study": _opt_str, "limit": _opt_int},
     "info": {"run": Arg(str)},
-    "logs": {"run": Arg(str), "offset": Arg(int, 0), "limit": Arg(int, 1 << 20)},
-    "metrics": {"run": Arg(str)},
+    # tail: start that many bytes before the end instead of at offset.
+    "logs": {"run": Arg(str), "offset": Arg(int, 0), "limit": Arg(int, 1 << 20), "tail": _opt_int},
+    # since: only the reports from that sequence number on; the reply's "next" continues.
+    "metrics": {"run": Arg(str), "since": Arg(int, 0)},
     "kill": {"target": Arg(str)},
     "retry": {"target": Arg(str), "state": _opt_str},
     "pause": {"study": Arg(str)},
@@ -337,22 +339,32 @@ class AsyncClient:
                 while True:
                     line = await self.reader.readline()
                     if not line:
+                        self._drop()
                         raise DaemonError("no_daemon", "the daemon closed the connection")
                     msg = json.loads(line)
                     if msg.get("id") == self.next_id:
                         return _result(msg)
             except (ConnectionError, OSError) as exc:
-                self.writer = None
+                self._drop()
                 raise DaemonError("no_daemon", f"lost the daemon: {exc}") from None
 
+    def _drop(self) -> None:
+        """Forget a dead connection: the next call opens a new one."""
+        if self.writer is not None:
+            self.writer.close()
+        self.writer = None
+
     async def events(self, topics: list[str] | None = None, run: str | None = None) -> AsyncIterator[dict[str, Any]]:
-        """Events on a connection of their own; ends when the daemon goes away."""
+        """Events on a connection of their own; ends when the daemon goes away. The first
+        is {"event": "subscribed"}: from then on nothing is missed, so a client loads its
+        state after it."""
         reader, writer = await self._open()
         try:
             writer.write(encode({"id": 0, "op": "subscribe",
                                  "args": {"topics": topics or ["run", "study", "host"], "run": run}}))
             await writer.drain()
-            _result(json.loads(await reader.readline()))
+            ack = _result(json.loads(await reader.readline()))
+            yield {"v": PROTOCOL_VERSION, "event": "subscribed", "data": {**ack, "run": run}}
             while True:
                 line = await reader.readline()
                 if not line:

@@ -377,9 +377,10 @@ class Store:
             rows = await cur.fetchall()
         return [{"at": r[0], "from": r[1], "to": r[2], "reason": r[3]} for r in rows]
 
-    async def reports(self, run_id: int) -> list[dict[str, Any]]:
+    async def reports(self, run_id: int, since: int = 0) -> list[dict[str, Any]]:
+        """The run's reports from sequence number `since` on, in order."""
         async with self.db.execute(
-            "SELECT step, at, data FROM reports WHERE run_id=? ORDER BY seq", (run_id,)) as cur:
+            "SELECT step, at, data FROM reports WHERE run_id=? AND seq>=? ORDER BY seq", (run_id, since)) as cur:
             rows = await cur.fetchall()
         return [{"step": r[0], "at": r[1], "values": json.loads(r[2])} for r in rows]
 

@@ -80,6 +80,11 @@ def test_grid_study_runs_to_completion_and_the_cli_reports_it(daemon: DaemonProc
 
     log = daemon.cli("logs", "quadratic:1").stdout
     assert "epoch 5: loss" in log and log.count("METRICS:") == 5
+    # Clients can read only what is new: reports from a sequence number, a log's tail.
+    later = daemon.call("metrics", run="quadratic:1", since=3)
+    assert [r["step"] for r in later["reports"]] == [4, 5] and later["next"] == 5
+    tail = daemon.call("logs", run="quadratic:1", offset=0, limit=1 << 20, tail=20)
+    assert tail["text"] == log.encode()[-20:].decode() and tail["size"] == len(log.encode())
 
     studies = daemon.cli("studies").stdout
     assert "quadratic" in studies and "finished" in studies and "9/9" in studies

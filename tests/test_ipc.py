@@ -56,8 +56,8 @@ VALID: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "submit": ({"path": "/s/a.toml", "text": "[study]"}, {"path": "/s/a.toml", "text": "[study]", "as_name": None}),
     "ls": ({}, {"state": None, "study": None, "limit": None}),
     "info": ({"run": "a:1"}, {"run": "a:1"}),
-    "logs": ({"run": "a:1"}, {"run": "a:1", "offset": 0, "limit": 1 << 20}),
-    "metrics": ({"run": "a:1"}, {"run": "a:1"}),
+    "logs": ({"run": "a:1"}, {"run": "a:1", "offset": 0, "limit": 1 << 20, "tail": None}),
+    "metrics": ({"run": "a:1"}, {"run": "a:1", "since": 0}),
     "kill": ({"target": "a"}, {"target": "a"}),
     "retry": ({"target": "a:3"}, {"target": "a:3", "state": None}),
     "pause": ({"study": "a"}, {"study": "a"}),
@@ -75,7 +75,8 @@ VALID: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 FULL: dict[str, dict[str, Any]] = {
     "submit": {"path": "p", "text": "t", "as_name": "b"},
     "ls": {"state": "running", "study": "a", "limit": 5},
-    "logs": {"run": "a:1", "offset": 100, "limit": 10},
+    "logs": {"run": "a:1", "offset": 100, "limit": 10, "tail": 50},
+    "metrics": {"run": "a:1", "since": 4},
     "retry": {"target": "a", "state": "failed"},
     "leaderboard": {"study": "a", "limit": 3},
     "stop": {"kill_runs": True},
@@ -311,7 +312,7 @@ def test_event_round_trip() -> None:
 
 def test_a_client_request_parses_back() -> None:
     data = encode({"id": 4, "op": "logs", "args": {"run": "a:1", "offset": 3}})
-    assert parse_request(data) == Request(4, "logs", {"run": "a:1", "offset": 3, "limit": 1 << 20})
+    assert parse_request(data) == Request(4, "logs", {"run": "a:1", "offset": 3, "limit": 1 << 20, "tail": None})
 
 
 def test_max_line() -> None:

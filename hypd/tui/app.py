@@ -61,6 +61,7 @@ class HypdApp(App[int]):
         self.hosts: dict[str, dict[str, Any]] = {}
         self.hello: dict[str, Any] = {}
         self.attempts = 0
+        self.events_received = 0
         # Published with the list of changed rows (runs), or the changed summaries.
         self.runs_changed: Signal[list[dict[str, Any]]] = Signal(self, "runs_changed")
         self.studies_changed: Signal[list[dict[str, Any]]] = Signal(self, "studies_changed")
@@ -110,8 +111,8 @@ class HypdApp(App[int]):
                 raise
             except Exception as exc:  # DaemonError, OSError, a garbled line: all mean "try again"
                 self.problem = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-            self.connected = False
             self.attempts += 1
+            self.connected = False
             close = getattr(self.client, "close", None)
             if close is not None:
                 # hypd.ipc.AsyncClient keeps a dead request connection after an EOF: drop it.
@@ -165,6 +166,7 @@ class HypdApp(App[int]):
     # ------------------------------------------------------------ events
 
     def _on_event(self, message: dict[str, Any]) -> None:
+        self.events_received += 1
         if self._buffer is not None:
             self._buffer.append(message)
             return

@@ -38,6 +38,7 @@ class ConfirmScreen(ModalScreen[bool]):
                 yield Button(f"{self.yes} (y)", variant="error", id="yes")
 
     def on_mount(self) -> None:
+        self.query_one("#dialog").border_title = "Confirm"
         self.query_one("#no", Button).focus()
 
     @on(Button.Pressed, "#yes")

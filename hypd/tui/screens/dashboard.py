@@ -24,13 +24,13 @@ STATE_CYCLE: tuple[str | None, ...] = (None, *STATES)
 
 class DashboardScreen(Screen[None]):
     BINDINGS = [
-        Binding("enter", "open", "Details", show=False),
+        Binding("enter", "open", "Open"),
         Binding("l", "logs", "Logs"),
         Binding("k", "kill", "Kill"),
         Binding("r", "retry", "Retry"),
         Binding("p", "pause", "Pause"),
         Binding("s", "cycle_state", "State"),
-        Binding("f", "filter_study", "Study"),
+        Binding("f", "filter_study", "Study", show=False),
         Binding("slash", "search", "Search"),
         Binding("o", "cycle_sort", "Sort", show=False),
         Binding("O", "reverse_sort", "Reverse sort", show=False),

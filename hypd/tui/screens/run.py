@@ -21,6 +21,7 @@ from hypd.tui.widgets.common import ConnectionBanner
 from hypd.tui.widgets.run_detail import LogView, MetricPlots, RunInfo
 
 LOG_CHUNK = 1 << 20
+ENDED = ("completed", "failed", "killed", "stopped")  # no more output will come
 
 
 class RunScreen(Screen[None]):
@@ -28,8 +29,8 @@ class RunScreen(Screen[None]):
         Binding("escape", "app.pop_screen", "Back"),
         Binding("k", "kill", "Kill"),
         Binding("r", "retry", "Retry"),
-        Binding("p", "pause", "Pause study"),
-        Binding("f", "follow", "Follow log"),
+        Binding("p", "pause", "Pause"),
+        Binding("f", "follow", "Follow"),
         Binding("l", "log_only", "Log only"),
         Binding("s", "study", "Study"),
         Binding("m", "more_metrics", "More plots", show=False),
@@ -81,7 +82,8 @@ class RunScreen(Screen[None]):
         self.load_details()
         self.fetch_metrics_loop()
         self.fetch_log_loop()
-        self.follow_log()
+        if self.run.get("state") not in ENDED:
+            self.follow_log()
         self.log_view.focus()
 
     def on_resize(self) -> None:

@@ -19,13 +19,14 @@ from hypd.tui.widgets.common import ConnectionBanner
 from hypd.tui.widgets.study_detail import HeatmapView, Leaderboard, ObjectivePlot, StudySummary, run_rows
 
 NARROW_BELOW = 120
+REPLOT_EVERY = 1.0
 
 
 class StudyScreen(Screen[None]):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("enter", "open_run", "Open run", show=False),
-        Binding("p", "pause", "Pause/resume"),
+        Binding("p", "pause", "Pause"),
         Binding("k", "kill", "Kill study"),
         Binding("r", "retry", "Retry failed"),
         Binding("f", "show_runs", "Its runs"),
@@ -36,6 +37,7 @@ class StudyScreen(Screen[None]):
         self.study_name = name
         self.board: dict[str, Any] = {}
         self._board_wanted = asyncio.Event()
+        self._replot_timer: Any = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -81,8 +83,13 @@ class StudyScreen(Screen[None]):
 
     def _runs_changed(self, rows: list[dict[str, Any]]) -> None:
         if any(r.get("study") == self.study_name for r in rows):
-            self._replot()
             self._board_wanted.set()
+            if self._replot_timer is None:  # at most one redraw a second, however busy the study
+                self._replot_timer = self.set_timer(REPLOT_EVERY, self._replot_now)
+
+    def _replot_now(self) -> None:
+        self._replot_timer = None
+        self._replot()
 
     def _replot(self) -> None:
         app: Any = self.app
@@ -93,7 +100,8 @@ class StudyScreen(Screen[None]):
         trials, values, best = objective_series(runs, minimize)
         self.query_one("#objective", ObjectivePlot).show(trials, values, best, metric)
         box = self.query_one("#objective-box")
-        box.border_title = f"{metric} of each trial · best so far"
+        box.border_title = f"{metric} by trial"
+        box.border_subtitle = "line: best so far"
         heat = grid_heatmap(summary, runs, minimize)
         self.query_one("#heatmap", HeatmapView).show(heat, minimize)
         heat_box = self.query_one("#heatmap-box")

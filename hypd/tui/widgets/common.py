@@ -77,10 +77,9 @@ class ConnectionBanner(Static):
             problem = app.problem or "connecting"  # type: ignore[attr-defined]
             verb = "Reconnecting" if app.loaded else "Connecting"  # type: ignore[attr-defined]
             attempts = app.attempts  # type: ignore[attr-defined]
-            tail = f" (attempt {attempts + 1})" if attempts else ""
-            self.update(Content.assemble(f"⚠ {verb} to the hypd daemon{tail}… ",
-                                         (problem, "not bold"), ("   ctrl+r retries now", "not bold italic")))
-
+            tries = f"  (tried {attempts}×; ctrl+r tries now)" if attempts else ""
+            self.update(Content.assemble(f"⚠ {verb} to the hypd daemon…  ", (problem, "not bold"),
+                                         (tries, "not bold italic")))
 
 
 def rich_style(app: object, spec: str) -> Style:

@@ -27,47 +27,65 @@ def gpu_user(gpu: Mapping[str, Any]) -> tuple[str, str]:
     if not gpu.get("allowed", True):
         return "not for hypd", "$text-muted"
     if gpu.get("foreign"):
-        return "busy: someone else", "$text-warning bold"
+        return "someone else", "$text-warning bold"
     return "free", "$text-success"
+
+
+def gpu_models(gpus: list[Mapping[str, Any]]) -> str:
+    """"4× A100-SXM4-40GB", or "2× A100, 1× H100" for a mixed host."""
+    counts: dict[str, int] = {}
+    for gpu in gpus:
+        name = short_gpu_name(gpu.get("name", "?"))
+        counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{n}× {name}" for name, n in counts.items())
 
 
 def host_lines(host: Mapping[str, Any], width: int) -> list[Content]:
     lines: list[Content] = []
+    muted = "$text-muted"
     state = host.get("state", "?")
     state_style = "$text-success" if state == "up" else "$text-warning bold"
     slots, used = host.get("cpu_slots", 0), host.get("cpu_used", 0)
+    gpus = host.get("gpus") or []
     head: list[Any] = [(host.get("name", "?"), "bold"), "  ", (state, state_style)]
     if host.get("why"):
         head.append((f" ({host['why']})", "$text-warning"))
-    bw = max(4, min(12, (width - 30) // 3))
-    head += ["  cpu ", bar(used / slots if slots else None, bw, "$accent"), f" {used}/{slots}"]
+    head += [("  cpu ", muted), bar(used / slots if slots else None, 6, "$primary"), f" {used}/{slots}"]
+    if gpus:
+        head += [("  ·  ", muted), (gpu_models(gpus), muted)]
     lines.append(Content.assemble(*head))
-    gpus = host.get("gpus") or []
     if not gpus:
         note = host.get("gpu_error") or "none found"
-        lines.append(Content.assemble(("  no GPUs: ", "$text-muted"), (note, "$text-muted italic")))
+        lines.append(Content.assemble(("   no GPUs: ", muted), (note, "$text-muted italic")))
         return lines
-    # index, name, util bar + %, mem bar + used/total, user
-    bw = max(4, min(16, (width - 38) // 4))
-    nw = max(6, min(18, (width - 38) // 4))
+    mixed = len({g.get("name") for g in gpus}) > 1
+    # " 0 " [name] util-bar " 97% " mem-bar " 30.5/40G " user
+    fixed = 3 + 6 + 11
+    user_room = 12
+    name_w = 10 if mixed else 0
+    bw = max(4, min(16, (width - fixed - user_room - name_w) // 2))
     for gpu in gpus:
         user, user_style = gpu_user(gpu)
         util = gpu.get("utilization_pct")
         total = gpu.get("memory_total_mib") or 0
         used_mib = gpu.get("memory_used_mib") or 0
-        fill = "$warning" if gpu.get("foreign") else ("$accent" if gpu.get("runs") else "$success")
-        name = short_gpu_name(gpu.get("name", ""))
-        if len(name) > nw:
-            name = name[: nw - 1] + "…"
+        fill = "$warning" if gpu.get("foreign") else ("$primary" if gpu.get("runs") else "$success")
+        parts: list[Any] = [(f"{gpu.get('index', '?'):>2} ", "bold")]
+        if mixed:
+            name = short_gpu_name(gpu.get("name", ""))
+            parts.append((f"{name[:name_w - 1]:<{name_w}}", muted))
         util_text = "  -" if util is None else f"{util:>3}"
-        mem_text = f"{fmt_mib(used_mib)}/{fmt_mib(total)}"
-        lines.append(Content.assemble(
-            (f" {gpu.get('index', '?'):>2} ", "bold"), (name.ljust(nw), "$text-muted"), " ",
-            bar(None if util is None else util / 100, bw, fill), f" {util_text}%  ",
-            bar(used_mib / total if total else None, bw, fill), f" {mem_text:>11}  ",
-            (user, user_style),
-        ))
+        parts += [bar(None if util is None else util / 100, bw, fill), f" {util_text}% ",
+                  bar(used_mib / total if total else None, bw, fill), f" {mem_text(used_mib, total):>9} ",
+                  (user, user_style)]
+        lines.append(Content.assemble(*parts))
     return lines
+
+
+def mem_text(used: float, total: float) -> str:
+    if total >= 1024:
+        return f"{used / 1024:.1f}/{total / 1024:.0f}G"
+    return f"{fmt_mib(used)}/{fmt_mib(total)}"
 
 
 class HostsPanel(Widget):
@@ -91,7 +109,7 @@ class HostsPanel(Widget):
             return Content.assemble(("no hosts yet", "$text-muted italic"))
         width = self.size.width or 80
         lines: list[Content] = []
-        for name in sorted(hosts):
+        for name in sorted(hosts, key=lambda n: (n != "local", n)):
             lines.extend(host_lines(hosts[name], width))
         return Content("\n").join(lines)
 

@@ -9,8 +9,8 @@ from typing import Any
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Grid
-from textual.message import Message
 from textual.content import Content
+from textual.message import Message
 from textual.widgets import RichLog, Static
 from textual_plotext import PlotextPlot
 
@@ -242,4 +242,7 @@ class LogView(RichLog):
         self.text_lines.extend(lines)
         del self.text_lines[:-LOG_LINES]
         for line in lines:
-            self.write(Text(line.expandtabs(), no_wrap=True))
+            text = Text(line.expandtabs(), no_wrap=True)
+            if line.lstrip().startswith("METRICS:"):
+                text.stylize("dim")
+            self.write(text)

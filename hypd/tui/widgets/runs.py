@@ -17,6 +17,7 @@ from rich.segment import Segment
 from rich.style import Style
 from textual import events
 from textual.binding import Binding, BindingType
+from textual.cache import LRUCache
 from textual.geometry import Size
 from textual.message import Message
 from textual.reactive import reactive
@@ -51,7 +52,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("run", "RUN", 6, 26),
     Column("state", "STATE", 9, 9),
     Column("where", "WHERE", 5, 16, drop=1),
-    Column("time", "TIME", 6, 7, right=True),
+    Column("time", "TIME", 5, 7, right=True),
     Column("objective", "OBJECTIVE", 9, 11, right=True),
     Column("params", "PARAMS", 12, 0, flex=3),
     Column("metrics", "METRICS", 10, 0, flex=2, drop=2),
@@ -71,13 +72,18 @@ def fit(text: str, width: int, right: bool = False) -> str:
     return pad + text if right else text + pad
 
 
-def layout(width: int, content: Mapping[str, int]) -> list[tuple[Column, int]]:
-    """The columns shown at this width, and each one's width."""
+def layout(width: int, content: Mapping[str, int], sort: str = "") -> list[tuple[Column, int]]:
+    """The columns shown at this width, and each one's width (the sorted column's label has
+    an arrow)."""
     columns = list(COLUMNS)
+
+    def label(c: Column) -> int:
+        return len(c.label) + (2 if c.key == sort else 0)
+
     while True:
         fixed = [c for c in columns if not c.flex]
         flex = [c for c in columns if c.flex]
-        widths = {c.key: max(c.least, min(c.most, max(len(c.label) + 2, content.get(c.key, 0)))) for c in fixed}
+        widths = {c.key: max(c.least, min(c.most, max(label(c), content.get(c.key, 0)))) for c in fixed}
         gaps = GAP * (len(columns) - 1) + 1  # and one cell of margin on the left
         spare = width - sum(widths.values()) - gaps
         if spare >= sum(c.least for c in flex) or not any(c.drop for c in columns):
@@ -88,7 +94,7 @@ def layout(width: int, content: Mapping[str, int]) -> list[tuple[Column, int]]:
         # goes to those that wanted more, and the last one takes any rest.
         left = max(0, spare)
         shares = sum(c.flex for c in flex)
-        want = {c.key: max(c.least, content.get(c.key, 0), len(c.label) + 2) for c in flex}
+        want = {c.key: max(c.least, content.get(c.key, 0), label(c)) for c in flex}
         for c in flex:
             widths[c.key] = max(c.least, min(want[c.key], left * c.flex // shares))
         rest = left - sum(widths[c.key] for c in flex)
@@ -110,7 +116,7 @@ class RunTable(ScrollView, can_focus=True):
     """Runs, one per line: filter with `filter`, sort with `sort_by`, feed with `upsert`."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("enter", "select", "Open", show=False),
+        Binding("enter", "select", "Open"),
         Binding("up", "cursor(-1)", "Up", show=False),
         Binding("down", "cursor(1)", "Down", show=False),
         Binding("pageup", "page(-1)", "Page up", show=False),
@@ -171,6 +177,10 @@ class RunTable(ScrollView, can_focus=True):
         self.content_width: dict[str, int] = {}
         self.current: str | None = None
         self._columns_cache: tuple[int, list[tuple[Column, int]]] | None = None
+        self._strips: LRUCache[tuple[Any, ...], Strip] = LRUCache(1000)
+        self._versions: dict[str, int] = {}
+        self._styles: dict[str, Style] = {}
+        self._layout_version = 0
 
     # ------------------------------------------------------------ data
 
@@ -211,6 +221,7 @@ class RunTable(ScrollView, can_focus=True):
             cells = self._format(run)
             self.rows[name] = run
             self.cells[name] = cells
+            self._versions[name] = self._versions.get(name, 0) + 1
             self.hay[name] = haystack(run)
             self._measure(cells)
             was_in = name in self.position
@@ -264,6 +275,7 @@ class RunTable(ScrollView, can_focus=True):
         if reverse is None:
             reverse = (not self.sort_reverse) if column == self.sort_column else column in ("time", "run")
         self.sort_column, self.sort_reverse = column, reverse
+        self._columns_cache = None
         self._resort()
 
     # ------------------------------------------------------------ cursor
@@ -333,6 +345,11 @@ class RunTable(ScrollView, can_focus=True):
         self._columns_cache = None
         self.virtual_size = Size(self.size.width, len(self.view) + 1)
 
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._strips.clear()
+        self._styles = {}
+
     def on_focus(self) -> None:
         self.refresh()
 
@@ -344,11 +361,15 @@ class RunTable(ScrollView, can_focus=True):
     def _layout(self) -> list[tuple[Column, int]]:
         width = self.scrollable_content_region.width
         if self._columns_cache is None or self._columns_cache[0] != width:
-            self._columns_cache = (width, layout(width, self.content_width))
+            self._columns_cache = (width, layout(width, self.content_width, self.sort_column))
+            self._layout_version += 1
         return self._columns_cache[1]
 
     def _style(self, name: str) -> Style:
-        return self.get_component_rich_style(name, partial=True)
+        style = self._styles.get(name)
+        if style is None:
+            style = self._styles[name] = self.get_component_rich_style(name, partial=True)
+        return style
 
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width
@@ -371,6 +392,17 @@ class RunTable(ScrollView, can_focus=True):
         run = self.rows[name]
         cells = self.cells[name]
         on_cursor = index == self.cursor
+        time_text = fmt_seconds(runtime(run, self.now()))
+        key = (name, self._versions.get(name, 0), width, on_cursor and (1 + self.has_focus), time_text,
+               self._layout_version, base)
+        strip = self._strips.get(key)
+        if strip is None:
+            strip = self._render_row(run, cells, columns, width, base, on_cursor, time_text)
+            self._strips[key] = strip
+        return strip
+
+    def _render_row(self, run: Mapping[str, Any], cells: Mapping[str, str], columns: list[tuple[Column, int]],
+                    width: int, base: Style, on_cursor: bool, time_text: str) -> Strip:
         line = base
         if on_cursor:
             line = base + self._style("run-table--cursor" if self.has_focus else "run-table--cursor-blurred")
@@ -379,7 +411,7 @@ class RunTable(ScrollView, can_focus=True):
         for column, w in columns:
             key = column.key
             if key == "time":
-                text = fmt_seconds(runtime(run, self.now()))
+                text = time_text
             else:
                 text = cells[key]
             style = line

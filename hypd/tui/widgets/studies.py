@@ -100,16 +100,16 @@ class StudiesTable(DataTable):
         counts = s.get("counts") or {}
         done, total = study_done(s), study_total(s)
         failed = counts.get("failed", 0) + counts.get("lost", 0)
-        parts = [(done, "$success"), (counts.get("running", 0), "$primary"), (failed, "$error"),
-                 (counts.get("killed", 0), "$warning"), (counts.get("pending", 0), "$text-muted")]
+        parts = [(done, "█", "$success"), (counts.get("running", 0), "█", "$primary"), (failed, "█", "$error"),
+                 (counts.get("killed", 0), "█", "$warning"), (counts.get("pending", 0), "▒", "$primary")]
         progress = Text()
-        fill = max(total, sum(n for n, _ in parts), 1)
+        fill = max(total, sum(n for n, _, _ in parts), 1)
         used = 0
-        for count, spec in parts:
+        for count, char, spec in parts:
             if count <= 0:
                 continue
             n = min(max(1, round(count / fill * BAR)), BAR - used)
-            progress.append("█" * n, rich_style(app, spec))
+            progress.append(char * n, rich_style(app, spec))
             used += n
         progress.append("█" * (BAR - used), rich_style(app, "$surface-lighten-2"))
         progress.append(f" {done}/{total}" if total else f" {done}")

@@ -64,7 +64,8 @@ class StudySummary(Static):
 
 
 class Leaderboard(DataTable):
-    """The study's best run of each trial, best first (op `leaderboard`)."""
+    """The study's best run of each trial, best first (op `leaderboard`); with several
+    objectives, ★ marks the runs on the Pareto front."""
 
     DEFAULT_CSS = """
     Leaderboard { height: 1fr; }
@@ -92,7 +93,10 @@ class Leaderboard(DataTable):
         metric = board.get("metric", "objective")
         self._columns(f"{metric.upper()} ({str(board.get('goal', ''))[:3]})")
         for i, run in enumerate(board.get("runs") or []):
-            self.add_row(Text(str(i + 1), style=rich_style(self.app, "$text-muted"), justify="right"),
+            rank = Text(str(i + 1), style=rich_style(self.app, "$text-muted"), justify="right")
+            if run.get("pareto"):
+                rank = Text(f"★{i + 1}", style=rich_style(self.app, "$text-warning"), justify="right")
+            self.add_row(rank,
                          Text(run["name"], style="bold" if i == 0 else ""),
                          Text(fmt_number(run.get("objective"), 6), justify="right",
                               style=rich_style(self.app, "$text-success bold") if i == 0 else ""),
@@ -128,8 +132,12 @@ class ObjectivePlot(PlotextPlot):
         super().on_mount()
         self.replot()
 
+    def on_resize(self) -> None:
+        self.replot()
+
     def replot(self) -> None:
         trials, values, best = self.data
+        roomy = self.size.width >= 50 and self.size.height >= 12
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
@@ -137,8 +145,8 @@ class ObjectivePlot(PlotextPlot):
             positive = min(values) > 0
             if positive and len(values) > 1 and max(values) / min(values) > 1000:
                 plt.yscale("log")
-            plt.scatter(trials, values, marker="dot", label=self.metric)
-            plt.plot(trials, best, marker="braille", label="best so far")
+            plt.scatter(trials, values, marker="dot", label=self.metric if roomy else "")
+            plt.plot(trials, best, marker="braille", label="best so far" if roomy else "")
         else:
             plt.title("no results yet")
         plt.xlabel("trial")

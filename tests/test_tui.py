@@ -1,0 +1,297 @@
+"""`hypd tui` driven by Textual's pilot against a real daemon (the `daemon` fixture).
+
+The app gets an hypd.ipc.AsyncClient on the test daemon's socket, as `hypd tui` does. Blocking
+fixture calls (the CLI, waiting on the daemon) go through asyncio.to_thread so the app keeps
+running while they wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from textual.command import CommandPalette
+
+from hypd.ipc import AsyncClient, socket_path
+from hypd.tui import make_app
+from hypd.tui.app import HypdApp
+from hypd.tui.model import LogBuffer, RunFilter, grid_heatmap, objective_series
+from hypd.tui.screens.confirm import ConfirmScreen
+from hypd.tui.screens.run import RunScreen
+from hypd.tui.widgets.common import ConnectionBanner
+from hypd.tui.widgets.runs import RunTable, layout
+
+if TYPE_CHECKING:
+    from conftest import DaemonProc
+
+REPO = Path(__file__).resolve().parents[1]
+
+SIZE = (120, 36)
+
+
+async def until(pilot: Any, predicate: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+    """Let the app run until predicate() is truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        await pilot.pause(0.05)
+
+
+def study(name: str, command: str, values: str = "[1]", parallel: int = 4) -> str:
+    return textwrap.dedent(f"""\
+        [study]
+        name = "{name}"
+        objective = {{ metric = "loss", goal = "minimize" }}
+        algorithm = "grid"
+        parallel = {parallel}
+        gpus = 0
+
+        [params]
+        x = {{ type = "choice", values = {values} }}
+
+        [run]
+        command = "{command}"
+        """)
+
+
+def app_for(daemon: DaemonProc) -> HypdApp:
+    return make_app(AsyncClient(socket_path(daemon.home)), where=str(daemon.home))
+
+
+def table_of(app: HypdApp) -> RunTable:
+    return app.screen_stack[0].query_one("#runs", RunTable)
+
+
+def shown(table: RunTable, name: str) -> str:
+    """The text of a run's line as drawn on screen."""
+    table.select(name)
+    return table.render_line(table.cursor - int(table.scroll_y) + 1).text
+
+
+def state_of(app: HypdApp, name: str) -> str | None:
+    """The state the dashboard's runs table shows."""
+    return table_of(app).rows.get(name, {}).get("state")
+
+
+async def submit(daemon: DaemonProc, name: str, text: str) -> None:
+    path = daemon.write_study(name, text)
+    await asyncio.to_thread(daemon.cli, "submit", str(path))
+
+
+# ------------------------------------------------------------------ against the daemon
+
+async def test_a_finishing_run_shows_up_without_a_key_press(daemon: DaemonProc) -> None:
+    app = app_for(daemon)
+    calls: list[str] = []
+    call = app.client.call
+
+    async def counting_call(op: str, **args: Any) -> Any:
+        calls.append(op)
+        return await call(op, **args)
+
+    app.client.call = counting_call  # type: ignore[method-assign]
+    async with app.run_test(size=SIZE) as pilot:
+        # Loaded, and the event subscription is up (the GPU poller's host events arrive).
+        await until(pilot, lambda: app.loaded and app.events_received, what="the load and the first event")
+        assert table_of(app).view == []
+        await submit(daemon, "fin", study("fin", "python3 -c 'import time; time.sleep(0.8); print(\\\"METRICS: loss=0.25\\\")'"))
+        await until(pilot, lambda: state_of(app, "fin:1") == "running", what="fin:1 running")
+        loads = [op for op in calls if op == "ls"]
+        await until(pilot, lambda: state_of(app, "fin:1") == "completed", what="fin:1 completed")
+        assert [op for op in calls if op == "ls"] == loads, "the change came as an event, not a reload"
+        line = shown(table_of(app), "fin:1")
+        assert "completed" in line and "0.25" in line
+        # The studies panel follows too.
+        await until(pilot, lambda: app.studies["fin"]["finished"], what="the study summary")
+
+
+async def test_kill_a_running_run_from_the_dashboard(daemon: DaemonProc) -> None:
+    await submit(daemon, "sleepy", study("sleepy", "python3 -c 'import time; time.sleep(60)'", "[1, 2]"))
+    app = app_for(daemon)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: state_of(app, "sleepy:2") == "running", what="sleepy:2 running")
+        table = table_of(app)
+        assert table.select("sleepy:2")
+        await pilot.press("k")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the confirmation")
+        await pilot.press("y")
+        run = await asyncio.to_thread(daemon.wait_state, "sleepy:2", "killed", timeout=15)
+        assert run["reason"] == "killed on request"
+        await until(pilot, lambda: state_of(app, "sleepy:2") == "killed", what="the TUI to show the kill")
+        assert state_of(app, "sleepy:1") == "running"
+        # Retry the killed run: a new attempt of its trial.
+        table_of(app).select("sleepy:2")
+        await pilot.press("r")
+        await until(pilot, lambda: state_of(app, "sleepy:3") in ("pending", "running"), what="the retry")
+        assert (await asyncio.to_thread(daemon.run, "sleepy:3"))["trial"] == 1
+        # Pause and resume the study.
+        await pilot.press("p")
+        await until(pilot, lambda: app.studies["sleepy"]["paused"], what="the study paused")
+        await pilot.press("p")
+        await until(pilot, lambda: not app.studies["sleepy"]["paused"], what="the study resumed")
+        # Saying no kills nothing.
+        table_of(app).select("sleepy:1")
+        await pilot.press("k")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("n")
+        await pilot.pause(0.3)
+        assert (await asyncio.to_thread(daemon.run, "sleepy:1"))["state"] == "running"
+
+
+async def test_filter_by_state_and_study_search_and_sort(daemon: DaemonProc) -> None:
+    # loss = x; x = 3 exits 1 after reporting.
+    command = "python3 -c 'import sys; print(\\\"METRICS: loss={x}\\\"); sys.exit(1 if {x} == 3 else 0)'"
+    await submit(daemon, "mixed", study("mixed", command, "[1, 2, 3, 4]"))
+    await submit(daemon, "other", study("other", command, "[5]"))
+    await asyncio.to_thread(daemon.wait_finished, "mixed")
+    await asyncio.to_thread(daemon.wait_finished, "other")
+    app = app_for(daemon)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: len(table_of(app).view) == 5, what="all runs")
+        table = table_of(app)
+        assert table.view == ["other:1", "mixed:4", "mixed:3", "mixed:2", "mixed:1"]  # newest first
+        for _ in STATE_PRESSES_TO_FAILED:
+            await pilot.press("s")
+        assert table.run_filter.state == "failed"
+        assert table.view == ["mixed:3"]
+        await pilot.press("s")  # killed: none
+        assert table.view == []
+        await pilot.press("escape")
+        assert len(table.view) == 5
+        # Study filter: the highlighted run's study.
+        table.select("other:1")
+        await pilot.press("f")
+        assert table.view == ["other:1"]
+        await pilot.press("f")
+        assert len(table.view) == 5
+        # Search.
+        await pilot.press("slash", *"x=2")
+        await until(pilot, lambda: table.view == ["mixed:2"], what="the search to filter")
+        await pilot.press("enter", "escape")
+        assert len(table.view) == 5 and table.has_focus
+        # Sort by objective (ascending first), then reversed.
+        while table.sort_column != "objective":
+            await pilot.press("o")
+        assert table.view == ["mixed:1", "mixed:2", "mixed:3", "mixed:4", "other:1"]
+        await pilot.press("O")
+        assert table.view == ["other:1", "mixed:4", "mixed:3", "mixed:2", "mixed:1"]
+        # A click on a header sorts by that column.
+        await pilot.click(RunTable, offset=(2, 0))
+        assert table.sort_column == "run"
+        # The command palette has the rest, e.g. any state filter.
+        await pilot.press("ctrl+p")
+        await until(pilot, lambda: isinstance(app.screen, CommandPalette), what="the command palette")
+        await pilot.press(*"only failed runs")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await until(pilot, lambda: table.view == ["mixed:3"], what="the palette's filter")
+
+
+STATE_PRESSES_TO_FAILED = range(("pending", "running", "completed", "failed").index("failed") + 1)
+
+
+async def test_the_run_screen_follows_the_log(daemon: DaemonProc) -> None:
+    command = ("python3 -c 'import time\\nfor i in range(30):\\n    print(\\\"line %d\\\" % i, flush=True)\\n"
+               "    print(\\\"METRICS: step=%d loss=%g\\\" % (i, 1.0 / (i + 1)), flush=True)\\n"
+               "    time.sleep(0.1)'")
+    await submit(daemon, "chatty", study("chatty", command))
+    app = app_for(daemon)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: state_of(app, "chatty:1") == "running", what="chatty:1 running")
+        table_of(app).select("chatty:1")
+        await pilot.press("enter")
+        screen = await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen)
+        log = screen.log_view
+
+        def printed() -> list[str]:
+            return [line for line in log.text_lines if line.startswith("line ")]
+
+        await until(pilot, lambda: len(printed()) >= 3, what="the first lines")
+        seen_early = len(printed())
+        assert seen_early < 30, "the run should still be printing"
+        await until(pilot, lambda: len(printed()) == 30, what="the log to follow to the end")
+        assert printed() == [f"line {i}" for i in range(30)]  # in order, none twice, none lost
+        await until(pilot, lambda: screen.log_ended, what="the log to end")
+        # The metric curve is there too.
+        await until(pilot, lambda: len(screen.reports) == 30, what="all reports")
+
+
+async def test_reconnect_banner_while_the_daemon_is_down(daemon: DaemonProc) -> None:
+    app = app_for(daemon)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.loaded and app.connected)
+        banner = app.screen.query_one(ConnectionBanner)
+        assert not banner.display or not banner.has_class("-down")
+        await asyncio.to_thread(daemon.stop)
+        await until(pilot, lambda: banner.has_class("-down") and not app.connected, what="the banner")
+        assert banner.display
+        await asyncio.to_thread(daemon.start)
+        await until(pilot, lambda: app.connected and not banner.has_class("-down"), timeout=20,
+                    what="the app to reconnect by itself")
+        # Events flow again on the new connection.
+        await submit(daemon, "after", study("after", "true"))
+        await until(pilot, lambda: state_of(app, "after:1") == "completed", what="a run after the restart")
+
+
+# ------------------------------------------------------------------ no daemon needed
+
+def test_importing_the_tui_loads_neither_ax_nor_torch() -> None:
+    code = textwrap.dedent("""
+        import sys
+        from pathlib import Path
+        from hypd.ipc import AsyncClient
+        from hypd.tui import make_app
+        import hypd.tui.screens.dashboard, hypd.tui.screens.run, hypd.tui.screens.study, hypd.tui.screens.confirm
+        app = make_app(AsyncClient(Path("/nonexistent/hypd.sock")))
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("ax", "torch", "botorch", "gpytorch"))
+        print(",".join(heavy))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""
+
+
+def test_log_buffer_keeps_partial_lines_and_progress_bars() -> None:
+    buf = LogBuffer()
+    assert buf.feed("a\nb") == ["a"]
+    assert buf.feed("c\n10%\r50%\r100%\n") == ["bc", "100%"]
+    assert buf.feed("tail") == []
+    assert buf.flush() == ["tail"]
+
+
+def test_study_series_and_heatmap() -> None:
+    runs = [{"trial": t, "state": s, "objective": o, "params": {"a": a, "b": b, "fixed": 1}}
+            for t, s, o, a, b in [(0, "completed", 3.0, 1, "x"), (1, "completed", 1.0, 1, "y"),
+                                  (2, "failed", None, 2, "x"), (3, "completed", 2.0, 2, "y")]]
+    assert objective_series(runs, minimize=True) == ([0, 1, 3], [3.0, 1.0, 2.0], [3.0, 1.0, 1.0])
+    heat = grid_heatmap({"algorithm": "grid"}, runs, minimize=True)
+    assert heat is not None and (heat.y_name, heat.x_name) == ("a", "b")
+    assert heat.cells == {(0, 0): 3.0, (0, 1): 1.0, (1, 1): 2.0}
+    assert grid_heatmap({"algorithm": "random"}, runs, minimize=True) is None
+
+
+@pytest.mark.parametrize("width", [60, 78, 118, 158])
+def test_runs_table_columns_fit_the_width(width: int) -> None:
+    columns = layout(width, {"run": 18, "state": 9, "where": 9, "params": 40, "metrics": 30})
+    assert sum(w for _, w in columns) + len(columns) <= width
+    assert [c.key for c, _ in columns][:2] == ["run", "state"]
+
+
+def test_filter_matches_state_study_and_text() -> None:
+    run = {"name": "s:1", "state": "failed", "study": "s"}
+    assert RunFilter(state="failed", study="s", text="lr=0").matches(run, "s:1 failed lr=0.1")
+    assert not RunFilter(state="running").matches(run, "")
+    assert not RunFilter(text="zzz").matches(run, "s:1")
