@@ -32,7 +32,8 @@ from hypd.hosts import Handle, Host, HostError, Launch, LocalHost
 from hypd.metrics import METRICS_PREFIX, MetricsReader, fold_objective, pareto_front, split_lines
 from hypd.runstate import LIVE, STATES, RunState, StopIntent, counts_as_failure, ending
 from hypd.scheduler import HostCapacity, StudyDemand, place
-from hypd.search import SearchError, Suggester, load_suggester, make_suggester
+from hypd.search import SearchError, Suggester
+from hypd.searchworker import SearchWorker, open_suggester
 from hypd.store import RUN_COLUMNS, Store
 from hypd.study import (
     StudyError,
@@ -51,6 +52,7 @@ log = logging.getLogger("hypd.daemon")
 LOG_READ_LIMIT = 1 << 20  # bytes of a run's log read per check
 EARLY_STOP_EVERY = 5.0  # seconds between early-stopping checks of a study
 RELEASE_TIMEOUT = 60.0  # seconds a GPU waits for a reading after its run ended
+SEARCH_FLUSH_EVERY = 10.0  # seconds intermediate reports may wait before the search state is stored
 
 
 class Refusal(Exception):
@@ -76,6 +78,7 @@ class StudyRuntime:
     exhausted: bool = False  # the search proposed fewer trials than asked
     trials: int = 0
     last_early_stop: float = 0.0
+    dirty_since: float | None = None  # reports told to the search and not yet stored
 
 
 @dataclass
@@ -97,6 +100,7 @@ class ActiveRun:
     deadline: float | None
     stop_intent: str | None = None
     stop_sent: float | None = None
+    stop_reason: str = ""  # why a kill was hypd's own decision, if it was
     hard_killed: bool = False
     lost: bool = False
 
@@ -153,6 +157,7 @@ class Daemon:
         self.broken_studies: dict[str, str] = {}
         self.active: dict[int, ActiveRun] = {}
         self.released: dict[tuple[str, int], float] = {}  # (host, GPU) -> when its last run ended
+        self.search_worker = SearchWorker()
         self.bus = EventBus()
         self.wake = asyncio.Event()
         self.shutdown = asyncio.Event()
@@ -223,6 +228,8 @@ class Daemon:
             for host in self.hosts.values():
                 with contextlib.suppress(Exception):
                     await host.close()
+            await self._flush_search_states()
+            await asyncio.to_thread(self.search_worker.close)
             if self.store is not None:
                 await self.store.close()
             if self.lock_file is not None:
@@ -258,7 +265,7 @@ class Daemon:
         for row in await self.db.studies():
             try:
                 spec = parse_study(row.text, row.source, row.base_dir)
-                suggester = await asyncio.to_thread(load_suggester, spec, row.search_state)
+                suggester = await asyncio.to_thread(open_suggester, spec, row.search_state, self.search_worker)
             except (StudyError, SearchError, ValueError) as exc:
                 self.broken_studies[row.name] = str(exc)
                 log.error("study %s cannot be loaded: %s", row.name, exc)
@@ -270,15 +277,29 @@ class Daemon:
             self.studies[row.name] = runtime
 
     async def _search(self, rt: StudyRuntime, method: Callable[..., Any], *args: Any,
-                      changes: bool = True) -> Any:
+                      changes: bool | Callable[[Any], bool] = True) -> Any:
         """Call the study's search off the event loop, one call at a time, and store its
-        state after a call that changes it."""
+        state after a call that changes it (`changes` may judge by the call's result)."""
         async with rt.lock:
             result = await asyncio.to_thread(method, *args)
-            if changes:
-                state = await asyncio.to_thread(rt.suggester.dump)
-                await self.db.set_search_state(rt.spec.name, state)
+            if changes(result) if callable(changes) else changes:
+                await self._store_search_state(rt)
             return result
+
+    async def _store_search_state(self, rt: StudyRuntime) -> None:
+        """(Under rt.lock.) Dumping an Ax experiment takes up to seconds at a few hundred
+        trials, so intermediate reports mark the state dirty and are stored with the next
+        change, or by the monitor within SEARCH_FLUSH_EVERY."""
+        state = await asyncio.to_thread(rt.suggester.dump)
+        await self.db.set_search_state(rt.spec.name, state)
+        rt.dirty_since = None
+
+    async def _flush_search_states(self, older_than: float = 0.0) -> None:
+        for rt in self.studies.values():
+            if rt.dirty_since is not None and time.time() - rt.dirty_since >= older_than:
+                async with rt.lock:
+                    if rt.dirty_since is not None:
+                        await self._store_search_state(rt)
 
     async def _new_trials(self, rt: StudyRuntime, count: int | None = None,
                           params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -293,6 +314,7 @@ class Daemon:
             state = await asyncio.to_thread(rt.suggester.dump)
             runs = await self.db.add_trials(rt.spec.name, trials, state,
                                             source="search" if params is None else "user")
+            rt.dirty_since = None
             rt.trials += len(trials)
             return runs
 
@@ -329,6 +351,8 @@ class Daemon:
         held: dict[str, list[int]] = defaultdict(list)
         cpu_used: dict[str, int] = defaultdict(int)
         for run in self.active.values():
+            if run.lost:
+                continue  # its host is gone: its slot is not counted
             if run.gpus:
                 held[run.host.name].extend(run.gpus)
             else:
@@ -340,7 +364,8 @@ class Daemon:
             return
         running: dict[str, int] = defaultdict(int)
         for run in self.active.values():
-            running[run.study] += 1
+            if not run.lost:
+                running[run.study] += 1
         demands = []
         for name, rt in self.studies.items():
             if rt.paused:
@@ -472,6 +497,7 @@ class Daemon:
     # ---------------------------------------------------------------- monitoring
 
     async def _monitor(self) -> None:
+        await self._flush_search_states(older_than=SEARCH_FLUSH_EVERY)
         for run in list(self.active.values()):
             try:
                 await self._check(run)
@@ -521,19 +547,37 @@ class Daemon:
             self.bus.publish("log", {"run": run.name, "text": "\n".join(text_lines) + "\n"}, run=run.name)
             if reports:
                 if rt.spec.early_stop is not None:
-                    await self._search(rt, _report_all, rt.suggester, run.trial, reports)
+                    await self._search(rt, _report_all, rt.suggester, run.trial, reports, changes=False)
+                    rt.dirty_since = rt.dirty_since or time.time()
                 await self._publish_run(run.id)
             if used < LOG_READ_LIMIT // 2:
                 return
 
     async def _check(self, run: ActiveRun) -> None:
         await self._ingest(run)
-        status = await run.host.status(run.handle, run.ctl_dir)
+        try:
+            status = await run.host.status(run.handle, run.ctl_dir)
+        except HostError as exc:
+            await self._unreachable(run, str(exc))
+            return
         now = time.time()
+        if run.lost:
+            if status.alive and (run.stop_intent is None and await self._retried_meanwhile(run)):
+                # Its trial got a new attempt while the host was away: one attempt is enough.
+                await self._request_stop(run, StopIntent.KILL)
+                run.stop_reason = "ended: its trial was retried while its host was away"
+            elif status.alive and run.stop_intent is None:
+                run.lost = False
+                await self.db.transition(run.id, RunState.RUNNING, f"host {run.host.name} is back; run adopted")
+                log.info("%s: host %s is back; run adopted", run.name, run.host.name)
+                await self._publish_run(run.id)
+                self.wake.set()
+                return
         if status.alive:
             if run.stop_intent is None and run.deadline is not None and now >= run.deadline:
                 await self._request_stop(run, StopIntent.TIMEOUT)
-            elif run.stop_sent is not None and not run.hard_killed and now - run.stop_sent >= self.config.kill_grace:
+            elif (run.stop_sent is not None and not run.hard_killed
+                  and now - run.stop_sent >= self.config.kill_grace):
                 log.info("%s: still alive %.0fs after SIGTERM: SIGKILL", run.name, now - run.stop_sent)
                 run.hard_killed = True
                 if run.handle is not None:
@@ -550,13 +594,40 @@ class Daemon:
         code, stage = status.exit if status.exit else (None, None)
         timeout_text = format_duration(self.studies[run.study].spec.timeout or 0)
         end = ending(code, stage, run.stop_intent, timeout_text)
-        await self._finish(run, end.state, end.reason, code)
+        reason = run.stop_reason if run.stop_reason and end.state is RunState.KILLED else end.reason
+        await self._finish(run, end.state, reason, code)
+
+    async def _unreachable(self, run: ActiveRun, why: str) -> None:
+        """The run's host does not answer. Past the host's grace the run is lost: its
+        slot no longer counts and its trial is retried elsewhere, within the retry budget."""
+        host = run.host
+        if run.lost or host.down_since is None or time.time() - host.down_since < host.lost_after:
+            return
+        run.lost = True
+        reason = f"host {host.name} unreachable for {format_duration(time.time() - host.down_since)}: {why}"
+        await self.db.transition(run.id, RunState.LOST, reason)
+        log.warning("%s lost: %s", run.name, reason)
+        await self._after_end(run, RunState.LOST)
+        await self._publish_run(run.id)
+        await self._publish_study(run.study)
+        self.wake.set()
+
+    async def _retried_meanwhile(self, run: ActiveRun) -> bool:
+        others = await self.db.runs(study=run.study, trial=run.trial, columns=("id",),
+                                    states=[RunState.PENDING.value, RunState.RUNNING.value])
+        return any(o["id"] != run.id for o in others)
 
     async def _finish(self, run: ActiveRun, state: RunState, reason: str, code: int | None) -> None:
+        was_lost = run.lost
         await self.db.transition(run.id, state, reason, exit_code=code)
         self.active.pop(run.id, None)
         for gpu in run.gpus:
             self.released[(run.host.name, gpu)] = time.time()
+        if was_lost:
+            # Its trial was dealt with (retried or abandoned) when the run was lost.
+            await self._publish_run(run.id)
+            self.wake.set()
+            return
         log.info("%s %s: %s", run.name, state.value, reason)
         if run.stop_intent and run.handle is not None and await run.host.group_alive(run.handle):
             # The wrapper is gone but some of its processes linger: end them after the grace.
@@ -617,7 +688,7 @@ class Daemon:
                    if r.study == study and r.stop_intent is None and not r.lost}
         if not running:
             return
-        for trial in await self._search(rt, rt.suggester.early_stop, sorted(running)):
+        for trial in await self._search(rt, rt.suggester.early_stop, sorted(running), changes=bool):
             run = running.get(trial)
             if run is not None:
                 log.info("%s: early-stopped by the search", run.name)
@@ -630,7 +701,11 @@ class Daemon:
         run.stop_sent = time.time()
         await self.db.update_run(run.id, stop_intent=run.stop_intent, stop_sent=run.stop_sent)
         if run.handle is not None:
-            await run.host.signal(run.handle, signal.SIGTERM)
+            try:
+                await run.host.signal(run.handle, signal.SIGTERM)
+            except HostError as exc:
+                # Recorded: the kill escalates (SIGKILL) once the host answers again.
+                log.warning("%s: cannot signal now (%s); it is ended when its host answers", run.name, exc)
 
     async def _poll_gpus(self) -> None:
         for name, host in list(self.hosts.items()):
@@ -807,7 +882,7 @@ class Daemon:
                 raise Refusal("conflict", f"study {spec.name} exists with a different search space ({change}); "
                                           f"submit it under another name with --as NAME")
             existing.spec = spec
-            existing.suggester.spec = spec
+            await self._search(existing, existing.suggester.update_spec, spec, changes=False)
             existing.paused = False
             existing.exhausted = False
             await self.db.update_study_source(spec.name, path, stored_text, base_dir)
@@ -816,7 +891,7 @@ class Daemon:
             await self._publish_study(spec.name)
             return {"study": spec.name, "continued": True, "queued": 0, "warnings": warnings}
         try:
-            suggester = await asyncio.to_thread(make_suggester, spec)
+            suggester = await asyncio.to_thread(open_suggester, spec, None, self.search_worker)
         except SearchError as exc:
             raise Refusal("invalid", f"{path}: study.algorithm: {exc}") from None
         state = await asyncio.to_thread(suggester.dump)
@@ -959,6 +1034,7 @@ class Daemon:
     async def op_resume(self, study: str) -> dict[str, Any]:
         rt = self._study(study)
         rt.paused = False
+        rt.exhausted = not rt.suggester.adaptive  # an adaptive search that failed gets another go
         await self.db.set_paused(study, False)
         self.wake.set()
         await self._publish_study(study)
@@ -1066,7 +1142,8 @@ class Daemon:
                              "foreign": not held.get(g.index) and (
                                  g.memory_used_mib > host.busy_memory_mib
                                  or (g.utilization_pct or 0) > host.busy_utilization)})
-        return {"name": name, "state": "up" if host.accepting else "draining", "why": "",
+        state, why = host.state
+        return {"name": name, "state": state, "why": why, "down_since": host.down_since,
                 "cpu_slots": host.cpu_slots, "cpu_used": sum(1 for r in runs if not r.gpus),
                 "cpu_runs": [r.name for r in runs if not r.gpus], "gpus": gpus,
                 "gpu_source": snap.source if snap else None, "gpu_error": snap.error if snap else None,

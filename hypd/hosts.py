@@ -67,6 +67,8 @@ class Host(ABC):
     root: str  # on the host: runs/<study>/<NNNN>/ (control files) and studies/<study>/ (outputs)
     cpu_slots: int
     max_per_gpu: int = 1  # runs that may share one GPU
+    down_since: float | None = None  # when the host became unreachable; None while reachable
+    lost_after: float = 120.0  # seconds unreachable before its runs count as lost
     busy_memory_mib: int
     busy_utilization: int
     allowed_gpus: tuple[int, ...] | None

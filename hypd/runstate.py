@@ -3,7 +3,7 @@
     pending -> running -> completed | failed | killed | stopped | lost
     pending -> killed                    (killed before it started)
     lost    -> running                   (its host came back and the run was still alive)
-    lost    -> completed | failed | killed  (its host came back and told how it ended)
+    lost    -> completed | failed | killed | stopped  (its host came back and told how it ended)
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     RunState.PENDING: frozenset({RunState.RUNNING, RunState.KILLED}),
     RunState.RUNNING: frozenset({RunState.COMPLETED, RunState.FAILED, RunState.KILLED,
                                  RunState.STOPPED, RunState.LOST}),
-    RunState.LOST: frozenset({RunState.RUNNING, RunState.COMPLETED, RunState.FAILED, RunState.KILLED}),
+    RunState.LOST: frozenset({RunState.RUNNING, RunState.COMPLETED, RunState.FAILED, RunState.KILLED,
+                              RunState.STOPPED}),
     RunState.COMPLETED: frozenset(),
     RunState.FAILED: frozenset(),
     RunState.KILLED: frozenset(),

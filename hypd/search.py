@@ -10,12 +10,13 @@ Trial numbers are the suggester's: the daemon stores trials under the numbers it
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from hypd.study import (
@@ -53,6 +54,11 @@ class Suggester(ABC):
     def attach(self, params: Mapping[str, Any]) -> int:
         """Register a hand-given trial (`hypd suggest`); returns its trial number.
         Raises SearchError if the values are outside the space."""
+
+    def update_spec(self, spec: StudySpec) -> None:
+        """Take an edited study file whose search space is unchanged (a new max_trials,
+        seed, early_stop, ...); the next calls follow it."""
+        self.spec = spec
 
     def report(self, trial: int, step: int, values: Mapping[str, float]) -> None:
         """An intermediate report of a running trial (for early stopping)."""
@@ -237,6 +243,12 @@ def _quiet_ax_loggers() -> None:
                 lg.setLevel(logging.WARNING)
 
 
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """An Ax error message (often several lines) as one short line."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _plain(value: Any) -> Any:
     """A numpy scalar as the Python value (JSON-serialisable)."""
     return value.item() if hasattr(value, "item") and not isinstance(value, (str, bytes)) else value
@@ -256,6 +268,7 @@ class _AxParam:
         self.decode: dict[Any, Any] = {}  # Ax's choice value -> ours (choices only)
         self.encode: list[tuple[Any, Any]] = []  # (ours, Ax's) for choices
         self.round_to: tuple[float, float] | None = None  # (low, step) when rounded here
+        self.size: int | None = None  # how many values Ax can propose; None: a continuum
         ax = _ax()
         if isinstance(param, ChoiceParam):
             values = list(param.values)
@@ -263,18 +276,21 @@ class _AxParam:
                 kind, ax_values = "bool", values
             elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
                 kind, ax_values = "int", values
-            elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            elif (all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+                  and len({float(v) for v in values}) == len(values)):
                 kind, ax_values = "float", [float(v) for v in values]
             elif all(isinstance(v, str) for v in values):
                 kind, ax_values = "str", values
-            else:  # mixed kinds: Ax wants one type; JSON text keeps 1, "1" and true apart
+            else:  # mixed kinds: Ax wants one type; JSON text keeps 1, 1.0, "1", true apart
                 kind, ax_values = "str", [json.dumps(v) for v in values]
+            self.size = len(values)
             self.decode = dict(zip(ax_values, values))
             self.encode = list(zip(values, ax_values))
             self.config = ax.ChoiceParameterConfig(
                 name=param.name, values=ax_values, parameter_type=kind, is_ordered=param.ordered)
         elif isinstance(param, IntParam):
             count = (param.high - param.low) // param.step + 1
+            self.size = count
             if param.step > 1 and count <= _MAX_STEP_CHOICES:
                 values = list(range(param.low, param.high + 1, param.step))
                 self.config = ax.ChoiceParameterConfig(
@@ -288,6 +304,7 @@ class _AxParam:
         elif isinstance(param, FloatParam):
             values = grid_axes((param,), None)[0] if param.step is not None else None
             if values is not None and len(values) <= _MAX_STEP_CHOICES:
+                self.size = len(values)
                 self.config = ax.ChoiceParameterConfig(
                     name=param.name, values=[float(v) for v in values], parameter_type="float",
                     is_ordered=True)
@@ -305,10 +322,10 @@ class _AxParam:
         p = self.param
         if isinstance(p, ChoiceParam):
             return self.decode[value]
-        if self.round_to is not None:
+        if self.round_to is not None:  # onto the step, at most the last point of the grid
             low, step = self.round_to
-            value = low + round((value - low) / step) * step
-            value = round(value, 12) if isinstance(p, FloatParam) else int(value)
+            index = min(round((value - low) / step), int((p.high - low) / step + 1e-9))  # type: ignore[union-attr]
+            value = round(low + index * step, 12) if isinstance(p, FloatParam) else int(low + index * step)
         if isinstance(p, FloatParam):
             value = float(value)
         elif isinstance(p, IntParam):
@@ -365,23 +382,35 @@ class AxSuggester(Suggester):
     the state; the daemon should still make one call at a time per study. Note that Ax
     re-seeds the global torch/numpy RNGs around each `ask` when the study has a seed.
 
-    Cost: `ask` is milliseconds during the Sobol phase and then fits a GP on every call
-    (about a second at tens of trials, growing with the trial count); `best` may fit too
-    (cross-validation). `dump()` is the whole Ax experiment and generation strategy as JSON
-    (several kB per trial).
+    Running trials' intermediate reports are part of Ax's data: the model fits each trial's
+    latest reported value (Ax's default for curves) until its final one arrives.
+
+    In a finite space (every parameter a choice, an int, or a stepped float) `ask` never
+    asks Ax for more points than are left unproposed (ignoring parameter constraints), so
+    it ends with a short batch and then none, the space covered.
+
+    Cost (2 CPU cores, CPU torch, ask(4) on a 6-d space): `ask` is milliseconds in the
+    Sobol phase, then a GP fit plus the acquisition each call: ~1.5-4 s with 30 completed
+    trials, ~1.6-5 s at 100, ~2-6 s at 200 (idle vs busy machine); choice parameters and
+    linear parameter constraints make it several times slower (up to tens of seconds).
+    `best` refits and cross-validates: ~0.5-2 s (more with several objectives). `dump()` is the whole Ax experiment and generation strategy as JSON, about
+    7 kB per trial, and takes ~0.5 s per 100 trials (most of it Ax encoding its data).
+    The first AxSuggester in a process pays for importing Ax and torch: ~5 s.
     """
 
     adaptive = True
 
     def __init__(self, spec: StudySpec) -> None:
-        super().__init__(spec)
         import threading
 
-        ax = _ax()
         self._lock = threading.Lock()
+        super().__init__(spec)
+        ax = _ax()
         self._params = [_AxParam(p) for p in spec.searched]
         self._by_name = {p.name: p for p in self._params}
         self._objective_metrics = [o.metric for o in spec.objectives]
+        sizes = [p.size for p in self._params]
+        self._space_size = math.prod(sizes) if None not in sizes else None  # type: ignore[arg-type]
         client = ax.Client(random_seed=spec.seed)
         try:
             client.configure_experiment(
@@ -394,7 +423,7 @@ class AxSuggester(Suggester):
                 outcome_constraints=list(spec.constraints) or None,
             )
         except (ax.AxError, ValueError, TypeError) as exc:
-            raise SearchError(f"Ax cannot take this study: {exc}") from None
+            raise SearchError(f"Ax cannot take this study: {_one_line(exc)}") from None
         if spec.algorithm == "sobol":
             # Ax's "random_search" strategy is one Sobol node with no way out: no model.
             client.configure_generation_strategy(
@@ -409,9 +438,31 @@ class AxSuggester(Suggester):
                 allow_exceeding_initialization_budget=True)
         self._client = client
         self._setup_early_stopping()
+        self._spec_applied = True
         _quiet_ax_loggers()
 
     # -- set-up
+
+    @property
+    def spec(self) -> StudySpec:
+        return self._spec
+
+    @spec.setter
+    def spec(self, spec: StudySpec) -> None:
+        # The daemon swaps in an edited study file (same space) by assigning `spec`, from
+        # the event loop and maybe while a call runs: the seed and the early-stopping
+        # settings are applied to Ax at the start of the next call, under the lock.
+        self._spec = spec
+        self._spec_applied = False
+
+    @contextlib.contextmanager
+    def _session(self) -> Iterator[None]:
+        with self._lock:
+            if not self._spec_applied:
+                self._client._random_seed = self._spec.seed
+                self._setup_early_stopping()
+                self._spec_applied = True
+            yield
 
     def _objective_string(self) -> str:
         return ", ".join(("-" if o.minimize else "") + o.metric for o in self.spec.objectives)
@@ -485,10 +536,16 @@ class AxSuggester(Suggester):
     # -- the interface
 
     def ask(self, n: int) -> list[tuple[int, dict[str, Any]]]:
-        with self._lock:
+        with self._session():
             ax = _ax()
+            experiment = self._client._experiment
             budget = self.spec.max_trials if self.spec.max_trials is not None else 1 << 62
-            k = min(n, budget - len(self._client._experiment.trials))
+            k = min(n, budget - len(experiment.trials))
+            if self._space_size is not None:
+                # A finite space: never ask Ax for more new points than are left (it
+                # deduplicates against every arm but those of FAILED trials). Asked for
+                # more, it searches for long and then gives nothing at all.
+                k = min(k, self._space_size - len(experiment.arms_by_signature_for_deduplication))
             if k <= 0:
                 return []
             try:
@@ -500,7 +557,7 @@ class AxSuggester(Suggester):
             return [(int(i), self._full_params(p)) for i, p in sorted(trials.items())]
 
     def attach(self, params: Mapping[str, Any]) -> int:
-        with self._lock:
+        with self._session():
             ax = _ax()
             try:
                 full = complete_params(self.spec, params)
@@ -510,10 +567,10 @@ class AxSuggester(Suggester):
             try:
                 return int(self._client.attach_trial(parameters=ax_params))
             except (ax.AxError, ValueError) as exc:
-                raise SearchError(str(exc)) from None
+                raise SearchError(_one_line(exc)) from None
 
     def report(self, trial: int, step: int, values: Mapping[str, float]) -> None:
-        with self._lock:
+        with self._session():
             status = self._trial(trial).status
             if not (status.is_running or status.is_early_stopped):
                 return
@@ -522,7 +579,7 @@ class AxSuggester(Suggester):
                 self._client.attach_data(trial_index=trial, raw_data=data, progression=int(step))
 
     def complete(self, trial: int, values: Mapping[str, float]) -> None:
-        with self._lock:
+        with self._session():
             status = self._trial(trial).status
             data = self._values(values)
             if status.is_early_stopped:
@@ -543,19 +600,19 @@ class AxSuggester(Suggester):
                                         progression=self._last_step(trial))
 
     def fail(self, trial: int) -> None:
-        with self._lock:
+        with self._session():
             if not self._ended(self._trial(trial).status):
                 self._client.mark_trial_failed(trial)
 
     def abandon(self, trial: int) -> None:
-        with self._lock:
+        with self._session():
             if not self._ended(self._trial(trial).status):
                 self._client.mark_trial_abandoned(trial)
 
     def early_stop(self, running: list[int]) -> list[int]:
         if self.spec.early_stop is None:
             return []
-        with self._lock:
+        with self._session():
             trials = self._client._experiment.trials
             candidates = [t for t in running if t in trials and trials[t].status.is_running]
             stop = [t for t in candidates if self._client.should_stop_trial_early(trial_index=t)]
@@ -568,7 +625,7 @@ class AxSuggester(Suggester):
         for one objective; {"pareto": [such, ...]} for several. "prediction" is the model's
         (predicted = true) when there is a fitted model, else the observed values (sem None
         when unknown). None until some trial has a value for every objective."""
-        with self._lock:
+        with self._session():
             ax = _ax()
             client = self._client
             df = client._experiment.lookup_data().df
@@ -614,7 +671,7 @@ class AxSuggester(Suggester):
     # -- state
 
     def dump(self) -> str:
-        with self._lock:
+        with self._session():
             # Ax's snapshot holds the experiment twice: at its top level and inside the
             # generation strategy. Encoding it is most of dump()'s time (a pandas frame per
             # trial's data), and on restore Ax's decoder takes the top-level one for the
@@ -633,15 +690,15 @@ class AxSuggester(Suggester):
 
     def _restore(self, state: Mapping[str, Any]) -> None:
         ax = _ax()
-        snapshot = state.get("ax") if isinstance(state, Mapping) else None
-        if state.get("format") != "ax-client-snapshot" or not isinstance(snapshot, dict):
-            raise SearchError("the stored search state is not an Ax snapshot "
-                              f"(algorithm {state.get('algorithm')!r})")
+        if not isinstance(state, Mapping) or state.get("format") != "ax-client-snapshot" \
+                or not isinstance(state.get("ax"), dict):
+            algorithm = state.get("algorithm") if isinstance(state, Mapping) else None
+            raise SearchError(f"the stored search state is not an Ax snapshot (algorithm {algorithm!r})")
+        snapshot = state["ax"]  # consumed: Ax's decoder pops keys off it
         try:
             client = ax.Client._from_json_snapshot(snapshot=snapshot)
         except Exception as exc:  # any decoding failure: a bad state
-            raise SearchError(f"cannot restore the Ax state: {exc}") from None
-        client._random_seed = self.spec.seed  # not part of the snapshot
+            raise SearchError(f"cannot restore the Ax state: {_one_line(exc)}") from None
         stored = set(client._experiment.search_space.parameters)
         if stored != set(self._by_name):
             raise SearchError(
@@ -649,7 +706,7 @@ class AxSuggester(Suggester):
                 "the study's parameters changed: start a new study")
         with self._lock:
             self._client = client
-            self._setup_early_stopping()
+            self._spec_applied = False  # the seed and early stopping are not in the snapshot
         _quiet_ax_loggers()
 
 

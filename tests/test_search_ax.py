@@ -207,6 +207,24 @@ def test_fail_abandon_and_missing_objective():
     assert [t for t, _ in s.ask(2)] == [4, 5]
 
 
+def test_a_finite_space_is_covered_then_exhausted():
+    params = """\
+        lr = { values = [0.01, 0.03, 0.1] }
+        momentum = { values = [0.0, 0.5, 0.9] }
+        epochs = 20
+        """
+    s = make_suggester(study(params, algorithm="sobol", max_trials=20))
+    sizes, seen = [], set()
+    for _ in range(4):
+        batch = s.ask(4)
+        sizes.append(len(batch))
+        for trial, p in batch:
+            seen.add((p["lr"], p["momentum"]))
+            s.complete(trial, {"loss": p["lr"] + p["momentum"]})
+    assert sizes == [4, 4, 1, 0]  # the last point, then nothing: no long search for more
+    assert len(seen) == 9
+
+
 def test_parameter_kinds_round_trip():
     params = """\
         lr = { type = "float", low = 1e-5, high = 1e-1, log = true }
@@ -309,6 +327,7 @@ def test_early_stopping_stops_the_clearly_worse_curve():
         for t, final in ((good1, 1.05), (good2, 1.15), (bad, 50.0)):
             s.report(t, step, {"loss": curve(final, step)})
     assert s.early_stop(running) == []
+    s = load_suggester(spec, s.dump())  # a daemon restart mid-study keeps it all
     for step in range(2, 4):
         for t, final in ((good1, 1.05), (good2, 1.15), (bad, 50.0)):
             s.report(t, step, {"loss": curve(final, step)})
@@ -332,3 +351,26 @@ def test_early_stop_is_off_without_the_setting():
     trials = [t for t, _ in s.ask(2)]
     s.report(trials[0], 1, {"loss": 3.0})
     assert s.early_stop(trials) == []
+
+
+def test_an_edited_study_file_takes_effect_on_the_next_call():
+    # The daemon swaps in an edited study file (same space) with update_spec.
+    plain = study(BRANIN_PARAMS, algorithm="sobol", seed=1)
+    edited = study(BRANIN_PARAMS, algorithm="sobol", seed=2, max_trials=3,
+                   extra='early_stop = { metric = "loss", min_step = 1 }')
+    s = make_suggester(plain)
+    s.ask(1)
+    s.update_spec(edited)
+    assert s._client._maybe_early_stopping_strategy is None  # applied under the lock, later
+    assert len(s.ask(5)) == 2  # the new budget
+    strategy = s._client._maybe_early_stopping_strategy
+    assert strategy is not None and strategy.min_progression == 1
+    assert s._client._random_seed == 2
+
+
+def test_what_ax_refuses_is_a_one_line_search_error():
+    for objective in ('{ metric = "lambda" }', '{ metric = "1loss" }'):
+        with pytest.raises(SearchError, match="^Ax cannot take this study: [^\n]*$"):
+            make_suggester(study(BRANIN_PARAMS, objective=objective))
+    with pytest.raises(SearchError, match="objective"):  # a constraint on the objective itself
+        make_suggester(study(BRANIN_PARAMS, extra='constraints = ["loss <= 3.0"]'))
