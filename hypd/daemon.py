@@ -50,7 +50,7 @@ from hypd.wrapper import RunScript, gpu_env
 log = logging.getLogger("hypd.daemon")
 
 LOG_READ_LIMIT = 1 << 20  # bytes of a run's log read per check
-EARLY_STOP_EVERY = 5.0  # seconds between early-stopping checks of a study
+EARLY_STOP_EVERY = 2.0  # seconds between early-stopping checks of a study
 RELEASE_TIMEOUT = 60.0  # seconds a GPU waits for a reading after its run ended
 SEARCH_FLUSH_EVERY = 10.0  # seconds intermediate reports may wait before the search state is stored
 
