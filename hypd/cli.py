@@ -404,6 +404,39 @@ def cmd_wait(args: argparse.Namespace) -> int:
             time.sleep(0.5)
 
 
+def cmd_hosts_add(args: argparse.Namespace) -> int:
+    options: dict[str, Any] = {}
+    if args.gpus is not None:
+        try:
+            options["gpus"] = [int(g) for g in args.gpus.split(",") if g.strip()]
+        except ValueError:
+            raise CliError(f"--gpus {args.gpus!r}: give GPU indexes such as 0,1", ExitCode.USAGE) from None
+    for key in ("max_per_gpu", "key", "workdir", "setup", "cpu_slots", "lost_after"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    if args.no_host_key_check:
+        options["known_hosts"] = False
+    with connect() as c:
+        host = c.call("hosts_add", name=args.name, target=args.target, options=options)
+    why = f": {host['why']}" if host.get("why") else ""
+    print(f"host {args.name} added ({host['state']}{why})")
+    return 0
+
+
+def cmd_hosts_rm(args: argparse.Namespace) -> int:
+    with connect() as c:
+        c.call("hosts_rm", name=args.name)
+    print(f"host {args.name} removed")
+    return 0
+
+
+def cmd_hosts_drain(args: argparse.Namespace) -> int:
+    with connect() as c:
+        host = c.call("hosts_drain", name=args.name, undo=args.undo)
+    print(f"host {args.name} {host['state']}" + (f": {len(host['runs'])} run(s) finishing" if host["runs"] else ""))
+    return 0
+
+
 def cmd_hosts(args: argparse.Namespace) -> int:
     with connect() as c:
         hosts = c.call("hosts")
@@ -411,6 +444,9 @@ def cmd_hosts(args: argparse.Namespace) -> int:
         print(json.dumps(hosts))
         return 0
     for h in hosts:
+        if h["state"] == "error":
+            print(f"{h['name']}: {h['why']}")
+            continue
         why = f" ({h['why']})" if h.get("why") else ""
         print(f"{h['name']}  {h['state']}{why}  cpu slots {h['cpu_used']}/{h['cpu_slots']}"
               + (f"  [{' '.join(h['cpu_runs'])}]" if h["cpu_runs"] else ""))
@@ -553,6 +589,29 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--timeout", type=float, help="give up after this many seconds (exit 1)")
     sp = add("hosts", cmd_hosts, "hosts, their GPUs or CPU slots, and what runs where")
     sp.add_argument("--json", action="store_true")
+    hosts = sp.add_subparsers(dest="hosts_command", metavar="ACTION")
+    hp = hosts.add_parser("ls", help="list the hosts (the default)")
+    hp.add_argument("--json", action="store_true")
+    hp.set_defaults(fn=cmd_hosts)
+    hp = hosts.add_parser("add", help="add an SSH host: NAME [user@]address[:port]")
+    hp.add_argument("name")
+    hp.add_argument("target", metavar="[USER@]ADDRESS[:PORT]")
+    hp.add_argument("--gpus", help="the GPUs hypd may use there, e.g. 0,1 (default: all)")
+    hp.add_argument("--max-per-gpu", type=int, help="runs that may share one GPU (default 1)")
+    hp.add_argument("--key", help="private key file (default: as ssh would: agent, ~/.ssh keys and config)")
+    hp.add_argument("--workdir", help="where runs keep their files on the host (default ~/.hypd-runs)")
+    hp.add_argument("--setup", help="a line run before each trial, e.g. 'source ~/venv/bin/activate'")
+    hp.add_argument("--cpu-slots", type=int, help="CPU slots for gpus = 0 runs (default: its cores)")
+    hp.add_argument("--lost-after", help="how long unreachable before its runs are lost (default 2m)")
+    hp.add_argument("--no-host-key-check", action="store_true", help="do not check the host key (unsafe)")
+    hp.set_defaults(fn=cmd_hosts_add)
+    hp = hosts.add_parser("rm", help="remove a host (none of its runs may be going)")
+    hp.add_argument("name")
+    hp.set_defaults(fn=cmd_hosts_rm)
+    hp = hosts.add_parser("drain", help="finish what runs on a host, start nothing new there")
+    hp.add_argument("name")
+    hp.add_argument("--undo", action="store_true", help="take new runs again")
+    hp.set_defaults(fn=cmd_hosts_drain)
     sp = add("stop", cmd_stop, "stop the daemon (runs keep going unless --kill-runs)")
     sp.add_argument("--kill-runs", action="store_true", help="kill every run first")
     return p

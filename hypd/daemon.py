@@ -29,6 +29,18 @@ from hypd import __version__, ipc
 from hypd.config import Config, load_config
 from hypd.gpus import GpuSnapshot, free_gpus
 from hypd.hosts import Handle, Host, HostError, Launch, LocalHost
+from hypd.inventory import (
+    HostConfig,
+    InventoryError,
+    add_host,
+    inventory_path,
+    load_inventory,
+    make_host,
+    parse_target,
+    remove_host,
+    save_inventory,
+    set_draining,
+)
 from hypd.metrics import METRICS_PREFIX, MetricsReader, fold_objective, pareto_front, split_lines
 from hypd.runstate import LIVE, STATES, RunState, StopIntent, counts_as_failure, ending
 from hypd.scheduler import HostCapacity, StudyDemand, place
@@ -158,6 +170,8 @@ class Daemon:
         self.active: dict[int, ActiveRun] = {}
         self.released: dict[tuple[str, int], float] = {}  # (host, GPU) -> when its last run ended
         self.search_worker = SearchWorker()
+        self.inventory_mtime: float | None = None
+        self.inventory_error = ""
         self.bus = EventBus()
         self.wake = asyncio.Event()
         self.shutdown = asyncio.Event()
@@ -202,6 +216,7 @@ class Daemon:
             self.store = await Store.open(self.home / "hypd.db")
             if self.config.local.enabled:
                 self.hosts["local"] = LocalHost(self.config.local, self.home)
+            await self._reload_inventory()
             await self._poll_gpus()
             await self._load_studies()
             await self._recover_runs()
@@ -707,7 +722,68 @@ class Daemon:
                 # Recorded: the kill escalates (SIGKILL) once the host answers again.
                 log.warning("%s: cannot signal now (%s); it is ended when its host answers", run.name, exc)
 
+    # ---------------------------------------------------------------- hosts
+
+    async def _reload_inventory(self) -> None:
+        """Bring the SSH hosts in line with $HYPD_HOME/hosts.toml: hosts added start,
+        hosts removed close, hosts changed are replaced (their runs move to the new
+        object and go on). Called at start, after `hypd hosts ...`, and when the file's
+        modification time changes."""
+        path = inventory_path(self.home)
+        try:
+            self.inventory_mtime = path.stat().st_mtime if path.exists() else None
+            configs = {c.name: c for c in load_inventory(path)}
+            self.inventory_error = ""
+        except InventoryError as exc:
+            self.inventory_error = str(exc)
+            log.error("%s (hosts unchanged until it is fixed)", exc)
+            return
+        from hypd.ssh import SshHost  # asyncssh: only where SSH hosts are used
+
+        for name, host in list(self.hosts.items()):
+            if isinstance(host, LocalHost):
+                continue
+            config = configs.get(name)
+            old = getattr(host, "config", None)
+            if config == old:
+                continue
+            if config is not None and dataclasses.replace(config, draining=old.draining) == old:
+                host.set_draining(config.draining)  # type: ignore[attr-defined]
+                host.config = config  # type: ignore[attr-defined]
+                log.info("host %s %s", name, "draining" if config.draining else "taking runs again")
+                continue
+            if config is None and any(r.host is host for r in self.active.values()):
+                host.set_draining(True)  # type: ignore[attr-defined]
+                log.warning("host %s left hosts.toml with runs going: draining until they end", name)
+                continue
+            del self.hosts[name]
+            self.snapshots.pop(name, None)
+            replacement = None
+            if config is not None:
+                replacement = SshHost(config, self.home)
+                self.hosts[name] = replacement
+                await replacement.start()
+                for run in self.active.values():
+                    if run.host is host:
+                        run.host = replacement
+            await host.close()
+            log.info("host %s %s", name, "changed" if replacement else "removed")
+        for name, config in configs.items():
+            if name not in self.hosts:
+                host = SshHost(config, self.home)
+                self.hosts[name] = host
+                await host.start()
+                log.info("host %s added (%s)", name, config.address)
+        self.wake.set()
+
+    def _check_inventory_file(self) -> bool:
+        path = inventory_path(self.home)
+        mtime = path.stat().st_mtime if path.exists() else None
+        return mtime != self.inventory_mtime
+
     async def _poll_gpus(self) -> None:
+        if self._check_inventory_file():
+            await self._reload_inventory()
         for name, host in list(self.hosts.items()):
             try:
                 snap = await host.read_gpus()
@@ -1150,7 +1226,53 @@ class Daemon:
                 "runs": [r.name for r in runs]}
 
     async def op_hosts(self) -> list[dict[str, Any]]:
-        return [await self._host_summary(name) for name in self.hosts]
+        out = [await self._host_summary(name) for name in self.hosts]
+        if self.inventory_error:
+            out.append({"name": "hosts.toml", "state": "error", "why": self.inventory_error, "cpu_slots": 0,
+                        "cpu_used": 0, "cpu_runs": [], "gpus": [], "gpu_source": None, "gpu_error": None,
+                        "runs": [], "down_since": None})
+        return out
+
+    async def _edit_inventory(self, change: Callable[[list[HostConfig]], list[HostConfig]]) -> None:
+        path = inventory_path(self.home)
+        try:
+            save_inventory(path, change(load_inventory(path)))
+        except InventoryError as exc:
+            raise Refusal("invalid", str(exc)) from None
+        await self._reload_inventory()
+
+    async def op_hosts_add(self, name: str, target: str, options: dict[str, Any]) -> dict[str, Any]:
+        try:
+            user, address, port = parse_target(target)
+            values = {"address": address, **({"user": user} if user else {}), **({"port": port} if port else {}),
+                      **options}
+            config = make_host(name, values)
+        except InventoryError as exc:
+            raise Refusal("invalid", str(exc)) from None
+        await self._edit_inventory(lambda hosts: add_host(hosts, config))
+        host = self.hosts[name]
+        await host.wait_up(5)  # type: ignore[attr-defined]
+        return await self._host_summary(name)
+
+    async def op_hosts_rm(self, name: str) -> dict[str, Any]:
+        host = self.hosts.get(name)
+        if isinstance(host, LocalHost):
+            raise Refusal("invalid", "the local host is not in hosts.toml; set [local] enabled = false in config.toml")
+        going = [r.name for r in self.active.values() if r.host is host]
+        if going:
+            raise Refusal("conflict", f"host {name} has {len(going)} run(s) going ({', '.join(going[:5])}); "
+                                      f"`hypd hosts drain {name}` and remove it once they end, or kill them")
+        await self._edit_inventory(lambda hosts: remove_host(hosts, name))
+        return {"removed": name}
+
+    async def op_hosts_drain(self, name: str, undo: bool) -> dict[str, Any]:
+        host = self.hosts.get(name)
+        if isinstance(host, LocalHost):
+            host.draining = not undo  # the local host is not in hosts.toml: until the daemon restarts
+            self.wake.set()
+        else:
+            await self._edit_inventory(lambda hosts: set_draining(hosts, name, not undo))
+        return await self._host_summary(name)
 
     async def op_stop(self, kill_runs: bool) -> dict[str, Any]:
         names = [r.name for r in self.active.values()]

@@ -134,12 +134,21 @@ class LocalHost(Host):
 
     def __init__(self, config: LocalHostConfig, root: Path) -> None:
         self.root = str(root)
+        self.draining = False
         self.cpu_slots = config.cpu_slots
         self.busy_memory_mib = config.busy_memory_mib
         self.busy_utilization = config.busy_utilization
         self.allowed_gpus = config.gpus
         self.probe = LocalGpuProbe()
         self.children: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def accepting(self) -> bool:
+        return not self.draining
+
+    @property
+    def state(self) -> tuple[str, str]:
+        return ("draining", "drained by hand") if self.draining else ("up", "")
 
     async def read_gpus(self) -> GpuSnapshot:
         return await self.probe.read()

@@ -93,6 +93,10 @@ OPS: dict[str, dict[str, Arg]] = {
     "suggest": {"study": Arg(str), "params": Arg(dict)},
     "studies": {},
     "hosts": {},
+    # options: any hosts.toml key (gpus, max_per_gpu, key, workdir, setup, known_hosts, ...)
+    "hosts_add": {"name": Arg(str), "target": Arg(str), "options": Arg(dict, {})},
+    "hosts_rm": {"name": Arg(str)},
+    "hosts_drain": {"name": Arg(str), "undo": Arg(bool, False)},
     "stop": {"kill_runs": Arg(bool, False)},
     # A stream of events until the connection closes. topics: any of "run", "study",
     # "host", "log"; run: only events of that run ("study:N").

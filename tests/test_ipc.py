@@ -68,6 +68,9 @@ VALID: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "studies": ({}, {}),
     "hosts": ({}, {}),
     "stop": ({}, {"kill_runs": False}),
+    "hosts_add": ({"name": "g", "target": "u@h"}, {"name": "g", "target": "u@h", "options": {}}),
+    "hosts_rm": ({"name": "g"}, {"name": "g"}),
+    "hosts_drain": ({"name": "g"}, {"name": "g", "undo": False}),
     "subscribe": ({}, {"topics": ["run", "study", "host"], "run": None}),
 }
 
