@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import signal
 import threading
+import warnings
 from collections.abc import Mapping
 from multiprocessing.connection import Connection
 from typing import Any
@@ -31,6 +32,9 @@ REMOTE_ALGORITHMS = ("ax", "sobol")
 def _serve(conn: Connection) -> None:
     """The worker's loop: (study, method, args) in, (ok, value) out, until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the daemon's to handle
+    # BoTorch warns at length about optimizer restarts and jitter: routine for it, noise in
+    # the daemon's log.
+    warnings.simplefilter("ignore")
     suggesters: dict[str, Suggester] = {}
     while True:
         try:
