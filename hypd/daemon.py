@@ -113,6 +113,7 @@ class ActiveRun:
     stop_intent: str | None = None
     stop_sent: float | None = None
     stop_reason: str = ""  # why a kill was hypd's own decision, if it was
+    launching: bool = False  # its host has not yet said it started: not checked until then
     hard_killed: bool = False
     lost: bool = False
 
@@ -422,6 +423,7 @@ class Daemon:
 
         await asyncio.gather(*(ask(s, len(ps)) for s, ps in wanted.items()))
         now = time.time()
+        launches = []
         for p in placements:
             run_id = p.run_id
             if run_id is None:
@@ -429,9 +431,12 @@ class Daemon:
                 if not ids:
                     continue
                 run_id = ids.pop(0)
-            rt = self.studies[p.study]
-            rt.last_served = now
-            await self._launch(run_id, self.hosts[p.host], p.gpus)
+            self.studies[p.study].last_served = now
+            launches.append(self._launch(run_id, self.hosts[p.host], p.gpus))
+        # Launched together: each waits on its own host, not on the others.
+        for outcome in await asyncio.gather(*launches, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                log.error("launch failed: %s", outcome, exc_info=outcome)
         for study in {p.study for p in placements}:
             await self.db.set_last_served(study, now)
             await self._publish_study(study)
@@ -499,12 +504,15 @@ class Daemon:
                         reader=MetricsReader(spec.metrics_regex), metrics={}, objective=None, last_line="",
                         deadline=deadline)
         self.active[run_id] = run
+        run.launching = True
         try:
             run.handle = await host.launch(Launch(script, str(log_path)))
         except HostError as exc:
             log.error("%s: launch failed: %s", run.name, exc)
             await self._finish(run, RunState.FAILED, f"launch failed: {exc}", None)
             return
+        finally:
+            run.launching = False
         await self.db.update_run(run_id, pid=run.handle.pid, proc_start=run.handle.proc_start)
         log.info("%s started on %s (pid %d)", run.name, where, run.handle.pid)
         await self._publish_run(run_id)
@@ -513,11 +521,16 @@ class Daemon:
 
     async def _monitor(self) -> None:
         await self._flush_search_states(older_than=SEARCH_FLUSH_EVERY)
-        for run in list(self.active.values()):
-            try:
-                await self._check(run)
-            except HostError as exc:
-                log.warning("%s: cannot check: %s", run.name, exc)
+        # Runs are checked concurrently: a remote check is a network round trip.
+        await asyncio.gather(*(self._check_one(run) for run in list(self.active.values()) if not run.launching))
+
+    async def _check_one(self, run: ActiveRun) -> None:
+        try:
+            await self._check(run)
+        except HostError as exc:
+            log.warning("%s: cannot check: %s", run.name, exc)
+        except Exception:
+            log.exception("%s: check failed; carrying on", run.name)
 
     def _read_log(self, run: ActiveRun, final: bool) -> tuple[list[str], int]:
         try:
@@ -758,6 +771,7 @@ class Daemon:
                 continue
             del self.hosts[name]
             self.snapshots.pop(name, None)
+            await host.close()  # first: two hosts must never follow the same logs
             replacement = None
             if config is not None:
                 replacement = SshHost(config, self.home)
@@ -766,7 +780,6 @@ class Daemon:
                 for run in self.active.values():
                     if run.host is host:
                         run.host = replacement
-            await host.close()
             log.info("host %s %s", name, "changed" if replacement else "removed")
         for name, config in configs.items():
             if name not in self.hosts:

@@ -14,8 +14,7 @@ Over that connection:
 - one long-running /bin/sh (one channel) runs our short scripts one after another: it
   starts runs (run.sh arrives in the same round trip) and signals process groups, with no
   login shell per command (a user's rc files can take longer than the launch itself).
-So a host uses 3 sessions of the 10 OpenSSH's sshd allows per connection (MaxSessions),
-plus one briefly at each connection to resolve the root.
+So a host uses 3 of the 10 sessions OpenSSH's sshd allows per connection (MaxSessions).
 
 Runs start detached on the host in their own session (`setsid`, else perl's or python's
 setsid, else a job-controlled `nohup`), so they outlive the connection and the daemon.
@@ -108,6 +107,22 @@ def parse_proc_stat(text: str) -> tuple[str, str] | None:
     if len(fields) < 20:
         return None
     return fields[0], fields[19]
+
+
+async def _wait_event(event: asyncio.Event, timeout: float | None) -> bool:
+    """Wait until `event` is set or `timeout` seconds pass; whether it is set. (Not
+    wait_for(event.wait()): Python 3.11's wait_for can swallow a cancellation that arrives
+    as the wait ends, and a task cancelled there never ends.)"""
+    if event.is_set():
+        return True
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=timeout)
+    finally:
+        if not waiter.done():
+            waiter.cancel()
+            await asyncio.gather(waiter, return_exceptions=True)
+    return event.is_set()
 
 
 def marked(stdout: str) -> list[list[str]]:
@@ -330,6 +345,8 @@ class SshHost(Host):
         self._gpu_seen = asyncio.Event()
         self._shell: _Shell | None = None
         self._follows: dict[str, _Follow] = {}
+        self._launching: dict[str, asyncio.Future[Handle | None]] = {}  # ctl_dir -> launch()'s handle
+        self._orphans: set[str] = set()  # ctl_dirs of launches cut off midway: ended when up again
         self._pump_wake = asyncio.Event()
         self._prepared: dict[str, str] = {}  # study -> manifest digest known to be on the host
         self._study_locks: dict[str, asyncio.Lock] = {}
@@ -383,20 +400,19 @@ class SshHost(Host):
 
     async def wait_up(self, timeout: float | None = None) -> bool:
         """Wait until the host is up; False after `timeout` seconds."""
-        try:
-            await asyncio.wait_for(self._up_event.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
+        return await _wait_event(self._up_event, timeout)
 
     async def close(self) -> None:
         """Stop the supervisor, the GPU stream and the log pump, and close the connection.
         Runs on the host go on. Never raises."""
         self._closing = True
-        tasks = [t for t in (self._supervisor, self._pump, self._gpu_task) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        pending = {t for t in (self._supervisor, self._pump, self._gpu_task) if t is not None}
+        for _ in range(20):  # again if a cancellation was swallowed (asyncio.wait_for in 3.11)
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
         self._supervisor = self._pump = self._gpu_task = None
         await self._drop_connection()
         self._up = False
@@ -541,8 +557,7 @@ class SshHost(Host):
         self._gpu_seen.clear()
         self._gpu_task = asyncio.create_task(self._gpu_stream(conn), name=f"ssh-gpus:{self.name}")
         # Up means ready: the first GPU reading (or its failure) is in before runs are placed.
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._gpu_seen.wait(), max(5.0, 3 * self.gpu_interval))
+        await _wait_event(self._gpu_seen, max(5.0, 3 * self.gpu_interval))
 
     def _require(self) -> tuple[asyncssh.SSHClientConnection, asyncssh.SFTPClient]:
         conn, sftp = self._conn, self._sftp
@@ -597,7 +612,7 @@ class SshHost(Host):
 
     async def _gpu_stream(self, conn: asyncssh.SSHClientConnection) -> None:
         delay = 1.0
-        while True:
+        while not self._closing:
             started = time.monotonic()
             try:
                 error, missing = await self._stream_once(conn)
@@ -742,7 +757,29 @@ class SshHost(Host):
         log into `launch.log_path`."""
         script = launch.script
         ctl = script.ctl_dir
-        result = await self._exec(launch_script(ctl, script_text(script)))
+        done: asyncio.Future[Handle | None] = asyncio.get_running_loop().create_future()
+        self._launching[ctl] = done
+        handle = None
+        try:
+            handle = await self._launch(launch)
+            return handle
+        finally:
+            self._launching.pop(ctl, None)
+            done.set_result(handle)
+
+    async def _launch(self, launch: Launch) -> Handle:
+        script = launch.script
+        ctl = script.ctl_dir
+        local = Path(launch.log_path)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes(b"")  # a fresh run: its log starts empty here as on the host
+        try:
+            result = await self._exec(launch_script(ctl, script_text(script)))
+        except BaseException:
+            # Cut off mid-launch: the run may have started. The daemon is told it failed, so
+            # end it when the host is back rather than leave it holding a GPU unseen.
+            self._orphans.add(ctl)
+            raise
         pid = start = None
         errors = []
         for words in marked(str(result.stdout or "")):
@@ -758,12 +795,16 @@ class SshHost(Host):
                                                       f"status {result.exit_status}")
             raise HostError(f"host {self.name}: cannot start {script.run}: {why}")
         handle = Handle(pid, start)
-        local = Path(launch.log_path)
-        local.parent.mkdir(parents=True, exist_ok=True)
-        local.write_bytes(b"")  # a fresh run: its log starts empty here as on the host
         self._follows[ctl] = _Follow(ctl, str(local), handle)
         self._pump_wake.set()
         return handle
+
+    async def _launched(self, ctl_dir: str) -> Handle | None:
+        """Wait until a launch() into ctl_dir under way (if any) has returned; its handle."""
+        pending = self._launching.get(ctl_dir)
+        if pending is None:
+            return None
+        return await asyncio.shield(pending)
 
     def follow(self, ctl_dir: str, log_path: str, handle: Handle | None = None) -> None:
         """Copy the run's log into `log_path` (from that file's size on) until it ends. For a
@@ -805,7 +846,12 @@ class SshHost(Host):
     async def status(self, handle: Handle | None, ctl_dir: str) -> Status:
         """Alive or not (pid there, not a zombie, same start time) and the exit file. When
         the run has ended, returns only after its whole log has been copied here.
-        HostError while the host is down."""
+        HostError while the host is down. Asked about a run whose launch() is still under
+        way, it waits for that first and answers with the handle launch() returns (the
+        daemon's monitor may look before launch() has returned)."""
+        launched = await self._launched(ctl_dir)
+        if handle is None:
+            handle = launched
         follow = self._follow_for(ctl_dir, handle)
         self._require()
         alive = handle is not None and await self._alive(handle)
@@ -823,6 +869,7 @@ class SshHost(Host):
 
     @_public
     async def find_handle(self, ctl_dir: str) -> Handle | None:
+        await self._launched(ctl_dir)
         data = await self._read(f"{ctl_dir}/pid", 64)
         if not data:
             return None
@@ -901,8 +948,14 @@ class SshHost(Host):
 
     async def _pump_logs(self) -> None:
         """Copy the logs of running runs every `log_interval` seconds while up."""
-        while True:
+        while not self._closing:
             await self._up_event.wait()
+            for ctl in list(self._orphans):
+                try:
+                    await self._end_orphan(ctl)
+                except (HostError, asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
+                    log.debug("host %s: ending %s: %s", self.name, ctl, _exc_text(exc))
+                    break
             follows = [f for f in self._follows.values() if not f.done]
             if follows:
                 results = await asyncio.gather(*(self._copy(f) for f in follows), return_exceptions=True)
@@ -914,8 +967,18 @@ class SshHost(Host):
             for ctl in [c for c, f in self._follows.items() if f.done]:
                 del self._follows[ctl]
             self._pump_wake.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._pump_wake.wait(), self.log_interval)
+            await _wait_event(self._pump_wake, self.log_interval)
+
+    async def _end_orphan(self, ctl_dir: str) -> None:
+        """SIGKILL the process group of a run whose launch() failed midway, if it started."""
+        data = await self._read(f"{ctl_dir}/pid", 64)
+        text = data.decode(errors="replace").strip() if data else ""
+        if text.isdigit() and int(text) > 1:
+            result = await self._exec(f"kill -s KILL -- -{int(text)} 2>/dev/null && echo \"{MARK} killed\"; true")
+            if ["killed"] in marked(result.stdout):
+                log.warning("host %s: ended %s (pid %s): its launch had been reported failed",
+                            self.name, ctl_dir, text)
+        self._orphans.discard(ctl_dir)
 
     @property
     def following(self) -> list[str]:

@@ -152,6 +152,7 @@ class SshdHost:
             lines.append("PerSourcePenalties no")  # killed connections must not lock us out
         self.config_path.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen[bytes] | None = None
+        self._frozen = False
 
     # -- what a client needs
 
@@ -218,6 +219,23 @@ class SshdHost:
                 os.kill(p, signal.SIGKILL)
         self.proc.wait(10)
         self.proc = None
+
+    def freeze(self) -> None:
+        """SIGSTOP the listener and its connection children: connections stay open but
+        nothing answers (a machine that hangs, a network that drops packets)."""
+        assert self.proc is not None
+        for p in [self.proc.pid] + [p for p in descendants(self.proc.pid) if _comm(p).startswith("sshd")]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGSTOP)
+        self._frozen = True
+
+    def thaw(self) -> None:
+        """SIGCONT what freeze() stopped."""
+        assert self.proc is not None
+        for p in [self.proc.pid] + descendants(self.proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGCONT)
+        self._frozen = False
 
     def restart(self) -> SshdHost:
         self.kill()

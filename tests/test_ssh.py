@@ -104,7 +104,7 @@ def metrics_command(lines: int, pause: float) -> str:
 
 # --------------------------------------------------------------------------- connecting
 
-async def test_connects_up_with_root_and_cpu_slots(cluster: SshdCluster, hosts: Any) -> None:
+async def test_connects_up_with_root_and_cpu_slots_and_closes_cleanly(cluster: SshdCluster, hosts: Any) -> None:
     server = cluster.add(gpus=[gpu(0)])
     host = await hosts(server, workdir=str(server.root / "sub" / ".." / "work"))
     assert host.state == ("up", "")
@@ -116,6 +116,10 @@ async def test_connects_up_with_root_and_cpu_slots(cluster: SshdCluster, hosts: 
     assert host.state[0] == "draining" and not host.accepting
     host.set_draining(False)
     assert host.accepting
+    await host.close()
+    assert other_tasks() == []  # no supervisor, GPU stream or log pump left
+    assert host.state == ("down", "closed") and not host.accepting
+    await host.close()  # twice is fine
 
 
 async def test_cpu_slots_from_config(cluster: SshdCluster, hosts: Any) -> None:
@@ -165,6 +169,18 @@ async def test_unreachable_host_is_down_and_methods_raise_host_error(cluster: Ss
         assert "\n" not in str(info.value) and "refused" in str(info.value)
     server.start()  # comes up by itself once the server is there
     assert await host.wait_up(10)
+
+
+async def test_a_host_that_stops_answering_goes_down_by_keepalive(cluster: SshdCluster, hosts: Any) -> None:
+    server = cluster.add(gpus=None)
+    host = await hosts(server)  # keepalive every 1 s, down after 3 unanswered
+    server.freeze()
+    try:
+        await until(lambda: host.state[0] == "down", 15, "the keepalive to give up")
+        assert "keepalive" in host.state[1].lower(), host.state
+    finally:
+        server.thaw()
+    assert await host.wait_up(15)
 
 
 # --------------------------------------------------------------------------- GPUs
@@ -298,6 +314,20 @@ async def test_launch_streams_log_and_survives_a_dropped_connection(cluster: Ssh
     assert host.following == []
 
 
+async def test_status_and_find_handle_during_launch_wait_for_it(cluster: SshdCluster, hosts: Any, tmp_path: Path) -> None:
+    # The daemon's monitor may ask about a run whose launch() has not returned yet.
+    host = await hosts(cluster.add(gpus=None))
+    script = run_script(host, 7, "sleep 1")
+    launching = asyncio.create_task(host.launch(Launch(script, str(local_log(tmp_path, "s", 7)))))
+    await asyncio.sleep(0)
+    early = await host.status(None, script.ctl_dir)  # answered with the handle launch() returns
+    found = await host.find_handle(script.ctl_dir)
+    handle = await launching
+    assert early.alive and found == handle
+    assert (await host.status(found, script.ctl_dir)).alive
+    assert (await wait_ended(host, handle, script.ctl_dir)).exit == (0, "-")
+
+
 async def test_failed_stage_exit_and_log(cluster: SshdCluster, hosts: Any, tmp_path: Path) -> None:
     host = await hosts(cluster.add(gpus=None), setup="echo setting up")
     script = run_script(host, 2, "echo partial; printf 'no newline'; exit 3")
@@ -338,6 +368,17 @@ async def test_signal_term_ends_the_whole_process_group(cluster: SshdCluster, ho
     assert not status.alive and status.exit is None  # killed as a whole: no exit file
     assert not await host.signal(handle, signal.SIGTERM)  # nothing left to signal
     assert "children started" in local_log(tmp_path, "s", 4).read_text()
+
+
+async def test_a_launch_cut_off_midway_is_ended_when_the_host_is_back(cluster: SshdCluster, hosts: Any,
+                                                                     tmp_path: Path) -> None:
+    server = cluster.add(gpus=None)
+    host = await hosts(server)
+    script = run_script(host, 8, "sleep 300")
+    handle = await host.launch(Launch(script, str(local_log(tmp_path, "s", 8))))
+    host._orphans.add(script.ctl_dir)  # as if the connection had dropped before launch() returned
+    await until(lambda: _not(host.group_alive(handle)), 10, "the orphan to be ended")
+    assert host._orphans == set()
 
 
 async def _not(value: Awaitable[bool]) -> bool:
