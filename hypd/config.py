@@ -9,6 +9,7 @@
     enabled = true
     cpu_slots = 8              # default: one per core
     gpus = [0, 1]              # which GPUs hypd may use; default: all
+    max_per_gpu = 1            # runs that may share a GPU
     busy_memory_mib = 1024     # a GPU hypd did not hand out is busy with someone else's
     busy_utilization = 30      #   work above either threshold
 """
@@ -38,6 +39,7 @@ class LocalHostConfig:
     enabled: bool = True
     cpu_slots: int = field(default_factory=lambda: os.cpu_count() or 1)
     gpus: tuple[int, ...] | None = None
+    max_per_gpu: int = 1  # runs that may share one GPU (with gpu_mem in their study)
     busy_memory_mib: int = 1024
     busy_utilization: int = 30
 
@@ -64,7 +66,8 @@ def load_config(home: Path) -> Config:
     daemon = doc.get("daemon", {})
     local = doc.get("local", {})
     _known(path, "daemon", daemon, {"poll_interval", "gpu_poll", "kill_grace"})
-    _known(path, "local", local, {"enabled", "cpu_slots", "gpus", "busy_memory_mib", "busy_utilization"})
+    _known(path, "local", local, {"enabled", "cpu_slots", "gpus", "max_per_gpu", "busy_memory_mib",
+                                  "busy_utilization"})
     try:
         durations = {k: parse_duration(v) for k, v in daemon.items()}
     except ValueError as exc:

@@ -64,6 +64,7 @@ log = logging.getLogger("hypd.daemon")
 LOG_READ_LIMIT = 1 << 20  # bytes of a run's log read per check
 EARLY_STOP_EVERY = 2.0  # seconds between early-stopping checks of a study
 RELEASE_TIMEOUT = 60.0  # seconds a GPU waits for a reading after its run ended
+RESERVE_GRACE = 30.0  # seconds a run's declared GPU memory is counted on top of the readings
 SEARCH_FLUSH_EVERY = 10.0  # seconds intermediate reports may wait before the search state is stored
 
 
@@ -114,6 +115,8 @@ class ActiveRun:
     stop_sent: float | None = None
     stop_reason: str = ""  # why a kill was hypd's own decision, if it was
     launching: bool = False  # its host has not yet said it started: not checked until then
+    started: float = 0.0
+    gpu_mem_mib: int = 0  # what its study declared it needs per GPU
     hard_killed: bool = False
     lost: bool = False
 
@@ -358,7 +361,8 @@ class Daemon:
                 offset=row["log_offset"], reader=MetricsReader(rt.spec.metrics_regex, row["reports"]),
                 metrics=dict(row["metrics"] or {}), objective=row["objective"], last_line=row["last_line"],
                 deadline=row["deadline"], stop_intent=row["stop_intent"], stop_sent=row["stop_sent"],
-                lost=row["state"] == RunState.LOST.value)
+                lost=row["state"] == RunState.LOST.value, started=row["started"] or 0.0,
+                gpu_mem_mib=rt.spec.gpu_mem_mib)
             self.active[run.id] = run
             log.info("adopted %s (pid %s)", run.name, handle.pid if handle else "unknown")
 
@@ -375,7 +379,8 @@ class Daemon:
                 cpu_used[run.host.name] += 1
         for name, host in self.hosts.items():
             capacities.append(HostCapacity(name, self._free_gpu_slots(name, host, held[name]),
-                                           max(0, host.cpu_slots - cpu_used[name]), host.accepting))
+                                           max(0, host.cpu_slots - cpu_used[name]), host.accepting,
+                                           self._free_gpu_memory(name)))
         if not any(c.free_gpus or c.free_cpu_slots for c in capacities if c.accepting):
             return
         running: dict[str, int] = defaultdict(int)
@@ -397,7 +402,8 @@ class Daemon:
                 can_create = max(0, min(room - len(waiting), budget))
             if waiting or can_create:
                 demands.append(StudyDemand(name, tuple(r["id"] for r in waiting), can_create, running[name],
-                                           spec.parallel, spec.gpus, spec.priority, False, rt.last_served))
+                                           spec.parallel, spec.gpus, spec.priority, False, rt.last_served,
+                                           spec.gpu_mem_mib))
         placements = place(capacities, demands)
         if not placements:
             return
@@ -469,6 +475,20 @@ class Daemon:
                 slots += [index] * (host.max_per_gpu - ours)  # shared: room beside our own runs
         return tuple(slots)
 
+    def _free_gpu_memory(self, name: str) -> tuple[tuple[int, int], ...]:
+        """Free memory of each GPU of a host: what its latest reading shows free, less what
+        runs launched since (or just before) that reading will take, so two launches in
+        the same second do not both take the last 20 GiB."""
+        snap = self.snapshots.get(name)
+        if snap is None:
+            return ()
+        reserved: dict[int, int] = defaultdict(int)
+        for run in self.active.values():
+            if run.host.name == name and not run.lost and run.started > snap.taken_at - RESERVE_GRACE:
+                for gpu in run.gpus:
+                    reserved[gpu] += run.gpu_mem_mib
+        return tuple((g.index, g.memory_total_mib - g.memory_used_mib - reserved[g.index]) for g in snap.gpus)
+
     async def _launch(self, run_id: int, host: Host, gpus: tuple[int, ...]) -> None:
         row = await self.db.run_by_id(run_id)
         if row is None or row["state"] != RunState.PENDING.value:
@@ -502,7 +522,7 @@ class Daemon:
         run = ActiveRun(id=run_id, name=row["name"], study=spec.name, trial=row["trial"], host=host, gpus=gpus,
                         handle=None, ctl_dir=str(ctl_dir), log_path=str(log_path), offset=0,
                         reader=MetricsReader(spec.metrics_regex), metrics={}, objective=None, last_line="",
-                        deadline=deadline)
+                        deadline=deadline, started=time.time(), gpu_mem_mib=spec.gpu_mem_mib)
         self.active[run_id] = run
         run.launching = True
         try:

@@ -135,6 +135,7 @@ class LocalHost(Host):
     def __init__(self, config: LocalHostConfig, root: Path) -> None:
         self.root = str(root)
         self.draining = False
+        self.max_per_gpu = max(1, config.max_per_gpu)
         self.cpu_slots = config.cpu_slots
         self.busy_memory_mib = config.busy_memory_mib
         self.busy_utilization = config.busy_utilization

@@ -20,6 +20,8 @@ class HostCapacity:
     #                                  when a GPU may take several runs)
     free_cpu_slots: int = 0
     accepting: bool = True  # False while the host is down or draining
+    free_mib: tuple[tuple[int, int], ...] = ()  # (GPU index, free memory in MiB), for runs
+    #                                             that declare the memory they need
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class StudyDemand:
     priority: int = 1
     paused: bool = False
     last_served: float = 0.0  # when it last got a slot; older first on ties
+    gpu_mem_mib: int = 0  # memory a run needs on each GPU; 0: memory is not considered
 
 
 @dataclass(frozen=True)
@@ -51,22 +54,30 @@ class _Host:
     gpus: list[int]
     cpu: int
     order: int
+    free_mib: dict[int, int] = field(default_factory=dict)
 
-    def fits(self, k: int) -> bool:
-        return len(set(self.gpus)) >= k if k else self.cpu > 0
+    def usable(self, mem: int) -> list[int]:
+        """Distinct GPUs with a slot left (and, when mem > 0, that much memory free)."""
+        return [i for i in set(self.gpus) if not mem or self.free_mib.get(i, 0) >= mem]
 
-    def take(self, k: int) -> tuple[int, ...]:
+    def fits(self, k: int, mem: int = 0) -> bool:
+        return len(self.usable(mem)) >= k if k else self.cpu > 0
+
+    def take(self, k: int, mem: int = 0) -> tuple[int, ...]:
         if k == 0:
             self.cpu -= 1
             return ()
-        # The least-loaded distinct GPUs, lowest index first.
-        chosen: list[int] = []
-        for idx in sorted(set(self.gpus), key=lambda i: (-self.gpus.count(i), i)):
-            chosen.append(idx)
-            if len(chosen) == k:
-                break
+        # With a memory need, pack: the GPUs with the least memory that still fits, so
+        # large free blocks stay whole. Otherwise the least-loaded GPUs, lowest index first.
+        if mem:
+            order = sorted(self.usable(mem), key=lambda i: (self.free_mib[i], i))
+        else:
+            order = sorted(set(self.gpus), key=lambda i: (-self.gpus.count(i), i))
+        chosen = order[:k]
         for idx in chosen:
             self.gpus.remove(idx)
+            if mem:
+                self.free_mib[idx] -= mem
         return tuple(sorted(chosen))
 
 
@@ -86,8 +97,8 @@ class _Study:
                 and d.running + self.placed < d.parallel)
 
 
-def _best_host(hosts: list[_Host], k: int) -> _Host | None:
-    fitting = [h for h in hosts if h.fits(k)]
+def _best_host(hosts: list[_Host], k: int, mem: int = 0) -> _Host | None:
+    fitting = [h for h in hosts if h.fits(k, mem)]
     if not fitting:
         return None
     if k == 0:
@@ -100,7 +111,7 @@ def _best_host(hosts: list[_Host], k: int) -> _Host | None:
 
 def place(hosts: list[HostCapacity], demands: list[StudyDemand]) -> list[Placement]:
     """Decide which waiting runs (or new trials) start where, now."""
-    free = [_Host(h.host, list(h.free_gpus), h.free_cpu_slots, i)
+    free = [_Host(h.host, list(h.free_gpus), h.free_cpu_slots, i, dict(h.free_mib))
             for i, h in enumerate(hosts) if h.accepting]
     studies = [_Study(d, list(d.waiting), d.can_create) for d in demands]
     out: list[Placement] = []
@@ -112,12 +123,12 @@ def place(hosts: list[HostCapacity], demands: list[StudyDemand]) -> list[Placeme
         # deterministic order.
         candidates.sort(key=lambda s: (s.load(), s.demand.last_served, s.demand.study))
         for s in candidates:
-            host = _best_host(free, s.demand.gpus_per_run)
+            host = _best_host(free, s.demand.gpus_per_run, s.demand.gpu_mem_mib)
             if host is None:
                 s.create = 0  # nothing of this study fits anywhere this round
                 s.waiting.clear()
                 continue
-            gpus = host.take(s.demand.gpus_per_run)
+            gpus = host.take(s.demand.gpus_per_run, s.demand.gpu_mem_mib)
             run_id = s.waiting.pop(0) if s.waiting else None
             if run_id is None:
                 s.create -= 1

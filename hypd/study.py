@@ -125,6 +125,7 @@ class StudySpec:
     constraints: tuple[str, ...] = ()
     param_constraints: tuple[str, ...] = ()
     early_stop: EarlyStop | None = None
+    gpu_mem_mib: int = 0  # GPU memory a run needs on each of its GPUs; 0: it takes whole GPUs
     source: str = "<study>"
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
@@ -182,6 +183,26 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
+_MEMORY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(GiB|GB|G|MiB|MB|M|TiB|TB|T)?\s*$", re.IGNORECASE)
+_MEMORY_MIB = {"t": 1024 * 1024, "g": 1024, "m": 1}
+
+
+def parse_memory_mib(value: Any) -> int:
+    """'20GiB', '20G', '512MiB', or a number of MiB -> MiB. ValueError if not."""
+    if isinstance(value, bool):
+        raise ValueError(f"not an amount of memory: {value!r} (write e.g. '20GiB' or '512MiB')")
+    if isinstance(value, (int, float)):
+        mib = float(value)
+    else:
+        m = _MEMORY_RE.match(str(value))
+        if not m:
+            raise ValueError(f"not an amount of memory: {value!r} (write e.g. '20GiB' or '512MiB')")
+        mib = float(m.group(1)) * _MEMORY_MIB[(m.group(2) or "m")[0].lower()]
+    if not math.isfinite(mib) or mib <= 0:
+        raise ValueError(f"memory must be positive, got {value!r}")
+    return int(math.ceil(mib))
+
+
 def format_duration(seconds: float) -> str:
     seconds = int(round(seconds))
     h, rest = divmod(seconds, 3600)
@@ -197,7 +218,7 @@ def format_duration(seconds: float) -> str:
 
 _STUDY_KEYS = {
     "name", "objective", "algorithm", "max_trials", "parallel", "gpus", "timeout",
-    "retries", "priority", "seed", "constraints", "param_constraints", "early_stop",
+    "retries", "priority", "seed", "constraints", "param_constraints", "early_stop", "gpu_mem",
 }
 _RUN_KEYS = {"workdir", "env", "command", "stages", "output_dir", "files"}
 _METRICS_KEYS = {"regex"}
@@ -449,6 +470,14 @@ class _Parser:
             raise self.fail("study.algorithm", f"unknown {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
         parallel = self.integer(study, "parallel", "study", 1, 1)
         gpus = self.integer(study, "gpus", "study", 0, 0)
+        gpu_mem = 0
+        if "gpu_mem" in study:
+            try:
+                gpu_mem = parse_memory_mib(study["gpu_mem"])
+            except ValueError as exc:
+                raise self.fail("study.gpu_mem", str(exc)) from None
+            if not gpus:
+                raise self.fail("study.gpu_mem", "needs gpus = 1 or more; drop it for CPU runs")
         retries = self.integer(study, "retries", "study", 0, 0)
         priority = self.integer(study, "priority", "study", 1, 1)
         seed = study.get("seed")
@@ -536,6 +565,7 @@ class _Parser:
             priority=priority or 1, seed=seed, params=params, workdir=str(workdir), env=env,
             stages=stages, metrics_regex=metrics_regex, output_dir=output_dir, files=tuple(files_raw),
             constraints=constraints, param_constraints=param_constraints, early_stop=early_stop,
+            gpu_mem_mib=gpu_mem,
             source=self.source, warnings=tuple(self.warnings),
         )
 

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, DaemonProc, wait_for
 
+from conftest import FAST_CONFIG, REPO, DaemonProc, wait_for
 from hypd.ipc import MAX_LINE, ExitCode, socket_path
 
 pytestmark = pytest.mark.slow
@@ -516,3 +516,31 @@ def test_several_objectives_give_a_pareto_front_in_the_leaderboard(daemon: Daemo
     assert [r["name"] for r in board["runs"]][-1] == "mo:3"
     text = daemon.cli("leaderboard", "mo").stdout
     assert "LOSS (min)" in text and "LATENCY_MS (min)" in text and "*1" in text
+
+
+def test_runs_declaring_gpu_memory_share_a_gpu_and_never_overcommit_it(
+        hypd_home: Path, daemon_env: dict[str, str]) -> None:
+    from tests.fakes.nvidia_smi import gpu, install_fake_nvidia_smi, write_gpu_state
+
+    state = hypd_home / "gpus.json"
+    install_fake_nvidia_smi(hypd_home / "bin", state)
+    write_gpu_state(state, [gpu(0)])  # one 40 GiB GPU, idle
+    (hypd_home / "config.toml").write_text(FAST_CONFIG + "max_per_gpu = 4\n")
+    d = DaemonProc(hypd_home, daemon_env).start()
+    try:
+        path = slow_study(d, "mem", n=4, steps=15, sleep=0.1, extra='gpus = 1\ngpu_mem = "15GiB"')
+        d.cli("submit", str(path))
+        most = 0
+
+        def done() -> bool:
+            nonlocal most
+            runs = d.runs(study="mem")
+            most = max(most, sum(r["state"] == "running" for r in runs))
+            return all(r["state"] == "completed" for r in runs)
+        # The fake GPU's readings never show the runs' memory: the reservations alone keep
+        # a third 15 GiB run off the 40 GiB GPU.
+        wait_for(done, timeout=60, interval=0.1, what="all runs to complete")
+        assert most == 2
+        assert {tuple(r["gpus"]) for r in d.runs(study="mem")} == {(0,)}
+    finally:
+        d.stop(kill_runs=True)

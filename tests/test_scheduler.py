@@ -296,3 +296,25 @@ def test_priority_two_to_one_on_random_capacity(seed: int) -> None:
     assert abs(n[hi] - 2 * slots / 3) <= 1, n
     if slots >= 2:
         assert n["lo"] >= 1, n
+
+
+# ------------------------------------------------------------------ GPU memory
+
+def test_runs_that_declare_memory_share_a_gpu_while_it_has_room() -> None:
+    host = HostCapacity("h", free_gpus=(0, 0, 0, 0), free_mib=((0, 40000),))
+    demand = StudyDemand("s", can_create=4, parallel=4, gpus_per_run=1, gpu_mem_mib=15000)
+    placed = place([host], [demand])
+    assert [p.gpus for p in placed] == [(0,), (0,)]  # 15 + 15 fit in 40; a third would not
+
+
+def test_memory_need_packs_onto_the_fullest_gpu_that_fits() -> None:
+    host = HostCapacity("h", free_gpus=(0, 0, 1, 1), free_mib=((0, 30000), (1, 12000)))
+    placed = place([host], [StudyDemand("s", can_create=1, parallel=1, gpus_per_run=1, gpu_mem_mib=10000)])
+    assert placed[0].gpus == (1,)  # GPU 0's larger block stays whole
+
+
+def test_a_memory_need_no_gpu_meets_places_nothing_and_blocks_no_one() -> None:
+    host = HostCapacity("h", free_gpus=(0,), free_cpu_slots=1, free_mib=((0, 8000),))
+    big = StudyDemand("big", can_create=1, parallel=1, gpus_per_run=1, gpu_mem_mib=20000)
+    cpu = StudyDemand("cpu", can_create=1, parallel=1)
+    assert [p.study for p in place([host], [big, cpu])] == ["cpu"]
