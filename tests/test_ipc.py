@@ -211,7 +211,8 @@ def test_required_arguments() -> None:
     assert sorted(REQUIRED) == sorted([
         ("submit", "path"), ("submit", "text"), ("info", "run"), ("logs", "run"), ("metrics", "run"),
         ("kill", "target"), ("retry", "target"), ("pause", "study"), ("resume", "study"),
-        ("leaderboard", "study"), ("best", "study"), ("suggest", "study"), ("suggest", "params")])
+        ("leaderboard", "study"), ("best", "study"), ("suggest", "study"), ("suggest", "params"),
+        ("hosts_add", "name"), ("hosts_add", "target"), ("hosts_rm", "name"), ("hosts_drain", "name")])
 
 
 @pytest.mark.parametrize("op, name", REQUIRED)
