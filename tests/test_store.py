@@ -254,7 +254,7 @@ FORBIDDEN_FROM: list[tuple[tuple[RunState, ...], RunState]] = [
     ((), C), ((), F), ((), S), ((), L), ((), P),
     ((R,), P), ((R,), R),
     ((R, C), R), ((R, C), F), ((R, F), R), ((K,), R), ((R, S), C), ((R, K), P),
-    ((R, L), S), ((R, L), P), ((R, L), L),
+    ((R, L), P), ((R, L), L),
 ]
 
 
