@@ -64,22 +64,23 @@ def main() -> None:
             client.call("ls", state=None, study=None, limit=None)
             idle.append(time.perf_counter() - t)
             time.sleep(0.01)
-        print(f"idle                      {stats(idle)}")
+        print(f"idle                      {stats(idle)}", flush=True)
         path = home / "branin.toml"
         path.write_text(STUDY.format(trials=args.trials))
         client.call("submit", path=str(path), text=path.read_text(), as_name=None)
-        buckets: dict[int, list[float]] = {}
+        bucket, xs = 0, []
         while True:
             t = time.perf_counter()
             runs = client.call("ls", state=None, study="branin", limit=None)
             elapsed = time.perf_counter() - t
-            bucket = len(runs) // 50 * 50
-            buckets.setdefault(bucket, []).append(elapsed)
+            if len(runs) // 50 * 50 != bucket:  # print as it goes: the whole run takes minutes
+                print(f"Ax working, {bucket:3d}-{bucket + 49:3d} trials {stats(xs)}", flush=True)
+                bucket, xs = len(runs) // 50 * 50, []
+            xs.append(elapsed)
             if sum(r["state"] == "completed" for r in runs) >= args.trials:
                 break
             time.sleep(0.01)
-        for bucket, xs in sorted(buckets.items()):
-            print(f"Ax working, {bucket:3d}-{bucket + 49:3d} trials {stats(xs)}")
+        print(f"Ax working, {bucket:3d}-{len(runs):3d} trials {stats(xs)}", flush=True)
         asks = [line for line in (home / "daemon.log").read_text().splitlines() if "started on" in line]
         print(f"{len(asks)} runs started")
     finally:
