@@ -1,9 +1,9 @@
 """Does the socket stay responsive while Ax fits?
 
 Starts a real daemon, times `ls` over the socket while idle, then submits a Branin study
-of zero-duration trials (4 slots) and keeps timing `ls` while Ax proposes trials, until
-the study has --trials trials. Prints the latency (median, p95, max) idle, and while Ax
-works at the given trial counts, with the seconds per Ax ask seen from the daemon's log.
+of zero-duration trials (4 slots) and keeps timing `ls --study branin` while Ax proposes
+trials, until the study has --trials trials; then times the same `ls` (as many rows) with
+Ax idle. Prints the latency (median, p95, max) for every 50 trials.
 
     python bench/ax_responsiveness.py [--trials 220]
 """
@@ -81,6 +81,14 @@ def main() -> None:
                 break
             time.sleep(0.01)
         print(f"Ax working, {bucket:3d}-{len(runs):3d} trials {stats(xs)}", flush=True)
+        # The same `ls` (as many rows) once Ax has nothing to do: the fair idle baseline.
+        after = []
+        for _ in range(300):
+            t = time.perf_counter()
+            client.call("ls", state=None, study="branin", limit=None)
+            after.append(time.perf_counter() - t)
+            time.sleep(0.01)
+        print(f"idle again, {len(runs)} trials     {stats(after)}", flush=True)
         asks = [line for line in (home / "daemon.log").read_text().splitlines() if "started on" in line]
         print(f"{len(asks)} runs started")
     finally:
