@@ -208,6 +208,15 @@ async def test_the_run_screen_follows_the_log(daemon: DaemonProc) -> None:
                "    time.sleep(0.1)'")
     await submit(daemon, "chatty", study("chatty", command))
     app = app_for(daemon)
+    metrics_since: list[int] = []
+    call = app.client.call
+
+    async def recording_call(op: str, **args: Any) -> Any:
+        if op == "metrics":
+            metrics_since.append(args.get("since", 0))
+        return await call(op, **args)
+
+    app.client.call = recording_call  # type: ignore[method-assign]
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: state_of(app, "chatty:1") == "running", what="chatty:1 running")
         table_of(app).select("chatty:1")
@@ -224,8 +233,31 @@ async def test_the_run_screen_follows_the_log(daemon: DaemonProc) -> None:
         await until(pilot, lambda: len(printed()) == 30, what="the log to follow to the end")
         assert printed() == [f"line {i}" for i in range(30)]  # in order, none twice, none lost
         await until(pilot, lambda: screen.log_ended, what="the log to end")
-        # The metric curve is there too.
+        # The metric curve is there too, each report once: after `info`, only the new ones
+        # are asked for.
         await until(pilot, lambda: len(screen.reports) == 30, what="all reports")
+        assert [r["step"] for r in screen.reports] == list(range(30))
+        assert metrics_since and all(since > 0 for since in metrics_since), metrics_since
+
+
+async def test_a_long_log_opens_at_its_end(daemon: DaemonProc) -> None:
+    # 8,000 lines of 101 bytes: 808 KB, more than the run screen reads at first.
+    command = ("python3 -c 'import sys\\nfor i in range(8000):\\n    sys.stdout.write(\\\"line %06d %s\\\\n\\\" % (i, \\\"x\\\" * 88))'")
+    await submit(daemon, "long", study("long", command))
+    await asyncio.to_thread(daemon.wait_finished, "long")
+    app = app_for(daemon)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: state_of(app, "long:1") == "completed", what="long:1 completed")
+        app.open_run("long:1")
+        screen = await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen)
+        await until(pilot, lambda: screen.log_ended, what="the log read")
+        assert screen.log_skipped > 0 and "KiB in" in str(screen.query_one("#log-box").border_title)
+        lines = screen.log_view.text_lines
+        assert len(lines) < 5000  # the tail, not the view's own limit, made it short
+        numbers = [int(line.split()[1]) for line in lines]
+        assert numbers == list(range(numbers[0], 8000)) and numbers[0] > 0
+        # The line that the start of the tail cuts is not shown half.
+        assert all(line == f"line {n:06d} {'x' * 88}" for n, line in zip(numbers, lines))
 
 
 async def test_reconnect_banner_while_the_daemon_is_down(daemon: DaemonProc) -> None:
@@ -262,6 +294,24 @@ def test_importing_the_tui_loads_neither_ax_nor_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
+
+
+def test_tight_keeps_every_cell_and_starts_no_piece_with_spaces() -> None:
+    from rich.segment import Segment
+    from rich.style import Style
+
+    from hypd.tui.widgets.common import tight, tight_segments
+
+    content = tight(("local", "bold"), "  ", ("up", "green"), ("  cpu ", "dim"), "0/4")
+    assert content.plain == "local  up  cpu 0/4"
+    starts = {span.start for span in content.spans}
+    assert all(content.plain[i] != " " for i in starts)
+    assert tight(("   no GPUs: ", "dim"), "x").plain == "   no GPUs: x"
+    red, base = Style(color="red"), Style()
+    segments = tight_segments([Segment(" ", base), Segment("completed", red), Segment(" ", base),
+                               Segment("   5s", base)])
+    assert "".join(s.text for s in segments) == " completed    5s"
+    assert all(s.text[0] != " " for s in segments[1:] if s.text.strip())
 
 
 def test_log_buffer_keeps_partial_lines_and_progress_bars() -> None:

@@ -37,8 +37,9 @@ class RecordedDaemon:
     """Recorded daemon replies behind the AsyncClient interface. `down` makes every request
     fail as with no daemon; `calls` records what the app asked for."""
 
-    def __init__(self, *, down: bool = False, drops: bool = False) -> None:
+    def __init__(self, *, down: bool = False, drops: bool = False, hosts: list[dict[str, Any]] | None = None) -> None:
         self.data = copy.deepcopy(RECORDED)
+        self.data["hosts"] += copy.deepcopy(hosts or [])
         self.hello = self.data["hello"]
         self.down = down
         self.drops = drops  # the daemon goes away once the app has loaded
@@ -61,15 +62,21 @@ class RecordedDaemon:
             return copy.deepcopy(d[op])
         if op in ("info", "metrics", "logs"):
             run = args["run"]
-            if op == "logs":
+            if op == "logs":  # the recorded logs are ASCII: characters are bytes
                 text = d["logs"].get(run, {}).get("text", "")
                 offset = args.get("offset", 0)
+                if args.get("tail") is not None:
+                    offset = max(0, len(text) - args["tail"])
                 chunk = text[offset: offset + args.get("limit", 1 << 20)]
                 state = next(r["state"] for r in d["ls"] if r["name"] == run)
-                return {"text": chunk, "offset": offset + len(chunk), "state": state,
+                return {"text": chunk, "offset": offset + len(chunk), "size": len(text), "state": state,
                         "live": state in ("pending", "running", "lost"), "path": f"/home/ada/.hypd/runs/{run}/log"}
             if run not in d[op]:
                 raise DaemonError("not_found", f"no run {run}")
+            if op == "metrics":
+                since = max(0, args.get("since", 0))
+                reports = d[op][run]["reports"][since:]
+                return copy.deepcopy({"run": run, "reports": reports, "next": since + len(reports)})
             return copy.deepcopy(d[op][run])
         if op == "leaderboard":
             return copy.deepcopy(d["leaderboard"][args["study"]])
@@ -84,12 +91,15 @@ class RecordedDaemon:
         raise DaemonError("bad_request", f"unknown op {op!r}")
 
     async def events(self, topics: list[str] | None = None, run: str | None = None) -> AsyncIterator[dict[str, Any]]:
-        if self.drops:
-            self.down = True
         if self.down:
             raise self._gone()
+        yield {"v": 1, "event": "subscribed", "data": {"topics": sorted(topics or ["run", "study", "host"]), "run": run}}
+        if self.drops:
+            # The app has loaded (it does before it reads on): now the daemon goes away, and
+            # the stream ends as hypd.ipc.AsyncClient's does at EOF.
+            self.down = True
+            return
         await asyncio.Event().wait()  # connected, and nothing happens
-        yield {}
 
     async def close(self) -> None:
         pass
@@ -187,6 +197,29 @@ def test_kill_confirmation(snap_compare: Any) -> None:
         await settle(pilot, lambda: screen_name("ConfirmScreen")(pilot))
 
     assert snap_compare(recorded_app(), terminal_size=(80, 24), run_before=run_before)
+
+
+# Two more hosts as the daemon's `hosts` op shows them: an SSH host it cannot reach (its GPU
+# reading is the failed one, no GPUs), and one being drained (its runs go on, nothing new
+# starts there).
+DOWN_AND_DRAINING = [
+    {"name": "gpu1", "state": "down", "why": "connection refused", "cpu_slots": 8, "cpu_used": 0, "cpu_runs": [],
+     "gpus": [], "gpu_source": "none", "gpu_error": "host gpu1 is down: connection refused", "runs": []},
+    {"name": "gpu2", "state": "draining", "why": "", "cpu_slots": 8, "cpu_used": 0, "cpu_runs": [],
+     "gpus": [{"index": 0, "uuid": "GPU-fa4e0000-0000-4000-8000-000000000010", "name": "NVIDIA H100 80GB HBM3",
+               "memory_total_mib": 81559, "memory_used_mib": 0, "utilization_pct": 0, "pids": [], "runs": [],
+               "allowed": True, "foreign": False},
+              {"index": 1, "uuid": "GPU-fa4e0000-0000-4000-8000-000000000011", "name": "NVIDIA H100 80GB HBM3",
+               "memory_total_mib": 81559, "memory_used_mib": 61210, "utilization_pct": 88, "pids": [], "runs": [],
+               "allowed": True, "foreign": True}],
+     "gpu_source": "nvidia-smi", "gpu_error": None, "runs": []},
+]
+
+
+def test_dashboard_hosts_down_and_draining(snap_compare: Any) -> None:
+    """A host that is down says why, in red; a draining one is yellow; up is green."""
+    app = make_app(RecordedDaemon(hosts=DOWN_AND_DRAINING), clock=lambda: NOW, where="/home/ada/.hypd/run/hypd.sock")
+    assert snap_compare(app, terminal_size=(160, 48), run_before=then())
 
 
 def test_reconnecting_banner(snap_compare: Any) -> None:

@@ -1,11 +1,12 @@
 """The dashboard application: one connection to the daemon, a cache of what it said, and
 the screens that show it.
 
-Data flow: an initial load (ops `ls`, `studies`, `hosts`), then the daemon's pushed events
-("run", "study", "host") keep the cache current; nothing polls. Run events are coalesced
-for a tenth of a second so a burst of metrics reports redraws once. When the daemon goes
-away the event stream ends: a banner says so and the connection worker retries with
-backoff, reloads everything and carries on.
+Data flow: subscribe to the daemon's events ("run", "study", "host"); when the first one,
+"subscribed", says the subscription is in place, load everything (ops `ls`, `studies`,
+`hosts`); from then on the pushed events keep the cache current and nothing polls. Run
+events are coalesced for a tenth of a second so a burst of metrics reports redraws once.
+When the daemon goes away the event stream ends: a banner says so and the connection worker
+retries with backoff, subscribes and loads again, and carries on.
 """
 
 from __future__ import annotations
@@ -69,7 +70,6 @@ class HypdApp(App[int]):
         self.reloaded: Signal[None] = Signal(self, "reloaded")
         self._pending_runs: dict[str, dict[str, Any]] = {}
         self._flush_timer: Any = None
-        self._buffer: list[dict[str, Any]] | None = None
         self._wake = asyncio.Event()
 
     # ------------------------------------------------------------ lifecycle
@@ -89,23 +89,23 @@ class HypdApp(App[int]):
 
     @work(exclusive=True, group="connection", exit_on_error=False)
     async def stay_connected(self) -> None:
-        """Load, follow events; when they stop, say so, wait, and do it again."""
+        """Subscribe, load once the subscription is in place, follow events; when they stop,
+        say so, wait, and do it again."""
         while True:
             try:
-                await self._load()
-                self.attempts = 0
-                self.backoff.reset()
-                self.problem = ""
-                self.connected = True
-                first = True
                 async with contextlib.aclosing(self.client.events(["run", "study", "host"])) as stream:
                     async for message in stream:
-                        if first:
-                            # The subscription is in place only now: load once more so
-                            # nothing that happened between the load and here is missed.
-                            first = False
-                            self.reconcile()
-                        self._on_event(message)
+                        self.events_received += 1
+                        if message.get("event") == "subscribed":
+                            # From here on no change is missed: what the load returns is
+                            # current, and events that come meanwhile queue up behind it.
+                            await self._load()
+                            self.attempts = 0
+                            self.backoff.reset()
+                            self.problem = ""
+                            self.connected = True
+                        else:
+                            self._on_event(message)
                 self.problem = "the daemon closed the connection"
             except asyncio.CancelledError:
                 raise
@@ -113,11 +113,6 @@ class HypdApp(App[int]):
                 self.problem = getattr(exc, "message", None) or str(exc) or type(exc).__name__
             self.attempts += 1
             self.connected = False
-            close = getattr(self.client, "close", None)
-            if close is not None:
-                # hypd.ipc.AsyncClient keeps a dead request connection after an EOF: drop it.
-                with contextlib.suppress(Exception):
-                    await close()
             self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.backoff.next())
@@ -128,24 +123,12 @@ class HypdApp(App[int]):
 
     async def _load(self) -> None:
         """Everything the daemon knows, applied as one change."""
-        self._buffer = []
-        try:
-            runs, studies, hosts = await asyncio.gather(self.call("ls"), self.call("studies"), self.call("hosts"))
-            self.hello = dict(getattr(self.client, "hello", {}) or {})
-            if self.hello.get("pid"):
-                self.sub_title = f"daemon pid {self.hello['pid']} · {self.hello.get('home', self.where)}"
-            self._apply_snapshot(runs, studies, hosts)
-            buffered, self._buffer = self._buffer, None
-            for message in buffered:
-                self._on_event(message)
-        finally:
-            self._buffer = None
+        runs, studies, hosts = await asyncio.gather(self.call("ls"), self.call("studies"), self.call("hosts"))
+        self.hello = dict(getattr(self.client, "hello", {}) or {})
+        if self.hello.get("pid"):
+            self.sub_title = f"daemon pid {self.hello['pid']} · {self.hello.get('home', self.where)}"
+        self._apply_snapshot(runs, studies, hosts)
         self.loaded = True
-
-    @work(exclusive=True, group="reconcile", exit_on_error=False)
-    async def reconcile(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._load()
 
     def _apply_snapshot(self, runs: list[dict[str, Any]], studies: list[dict[str, Any]],
                         hosts: list[dict[str, Any]]) -> None:
@@ -166,10 +149,6 @@ class HypdApp(App[int]):
     # ------------------------------------------------------------ events
 
     def _on_event(self, message: dict[str, Any]) -> None:
-        self.events_received += 1
-        if self._buffer is not None:
-            self._buffer.append(message)
-            return
         topic, data = message.get("event"), message.get("data")
         if not isinstance(data, dict) or "name" not in data:
             return

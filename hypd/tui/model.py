@@ -84,6 +84,16 @@ def fmt_mib(mib: float | None) -> str:
     return f"{int(mib)}M"
 
 
+def fmt_bytes(n: int) -> str:
+    if n >= 1 << 30:
+        return f"{n / (1 << 30):.1f} GiB"
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):.1f} MiB"
+    if n >= 1 << 10:
+        return f"{n / (1 << 10):.0f} KiB"
+    return f"{n} bytes"
+
+
 def runtime(run: Mapping[str, Any], now: float) -> float | None:
     if not run.get("started"):
         return None

@@ -100,7 +100,8 @@ class DashboardScreen(Screen[None]):
         box.border_subtitle = (f"{table.run_filter.describe()} · o sort: {sort} {'▼' if table.sort_reverse else '▲'}")
         hosts_box = self.query_one("#hosts-box")
         gpus = sum(len(h.get("gpus") or []) for h in app.hosts.values())
-        hosts_box.border_title = f"Hosts {len(app.hosts)} · GPUs {gpus}"
+        down = sum(1 for h in app.hosts.values() if h.get("state") == "down")
+        hosts_box.border_title = f"Hosts {len(app.hosts)}{f' ({down} down)' if down else ''} · GPUs {gpus}"
         self._fit_overview()
 
     def _fit_overview(self) -> None:

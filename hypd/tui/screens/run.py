@@ -1,6 +1,9 @@
 """One run: its parameters and state, every metric's curve against step, its log following
 live (the daemon's "log" topic for this run; the text itself is read with op `logs` from
-where the screen got to, so nothing is shown twice or skipped)."""
+where the screen got to, so nothing is shown twice or skipped).
+
+A long log opens at its end (the last LOG_TAIL bytes, op `logs` with `tail`); new metric
+reports are fetched as they come (op `metrics` with `since`), not the whole series again."""
 
 from __future__ import annotations
 
@@ -16,11 +19,12 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header
 
-from hypd.tui.model import Backoff, LogBuffer, run_study
+from hypd.tui.model import Backoff, LogBuffer, fmt_bytes, run_study
 from hypd.tui.widgets.common import ConnectionBanner
 from hypd.tui.widgets.run_detail import LogView, MetricPlots, RunInfo
 
 LOG_CHUNK = 1 << 20
+LOG_TAIL = 256 << 10  # a longer log opens this far before its end
 ENDED = ("completed", "failed", "killed", "stopped")  # no more output will come
 
 
@@ -42,7 +46,10 @@ class RunScreen(Screen[None]):
         self.start_log_only = log_only
         self.info: dict[str, Any] | None = None
         self.reports: list[dict[str, Any]] = []
+        self.reports_next = 0  # the sequence number of the next report to fetch
         self.log_offset = 0
+        self.log_opened = False  # the first read (from the end) is done
+        self.log_skipped = 0  # bytes before the part shown
         self.log_buffer = LogBuffer()
         self.log_ended = False
         self._log_wanted = asyncio.Event()
@@ -79,11 +86,12 @@ class RunScreen(Screen[None]):
         app.reloaded.subscribe(self, lambda _: self._kick())
         self._show_info()
         self.set_interval(1.0, self._tick)
-        self.load_details()
         self.fetch_metrics_loop()
         self.fetch_log_loop()
-        if self.run.get("state") not in ENDED:
-            self.follow_log()
+        if self.run.get("state") in ENDED:
+            self._log_wanted.set()  # all there is: read it now
+        else:
+            self.follow_log()  # reads once subscribed, then as the log grows
         self.log_view.focus()
 
     def on_resize(self) -> None:
@@ -100,7 +108,7 @@ class RunScreen(Screen[None]):
         for row in rows:
             if row.get("name") == self.run_name:
                 self._show_info()
-                if row.get("reports", 0) != len(self.reports):
+                if row.get("reports", 0) != self.reports_next:
                     self._metrics_wanted.set()
                 self._log_wanted.set()
 
@@ -111,8 +119,8 @@ class RunScreen(Screen[None]):
 
     # ------------------------------------------------------------ loading
 
-    @work(group="run-details", exit_on_error=False)
     async def load_details(self) -> None:
+        """Op `info`: what the run is, and its reports so far."""
         app: Any = self.app
         try:
             info = await app.call("info", run=self.run_name)
@@ -121,63 +129,90 @@ class RunScreen(Screen[None]):
             return
         self.info = info
         self.reports = list(info.get("reports") or [])
+        self.reports_next = len(self.reports)
         await self.query_one("#plots", MetricPlots).show(self.reports)
         self._show_info()
 
     @work(group="run-metrics", exit_on_error=False)
     async def fetch_metrics_loop(self) -> None:
-        """Re-read the metrics when a run event says there are new reports (one request at a
-        time; a burst of events is one more request)."""
+        """The details, then the new reports whenever a run event says there are some (one
+        request at a time; a burst of events is one more request)."""
         app: Any = self.app
+        await self.load_details()
+        if self.info is None:
+            self._metrics_wanted.set()  # no `info`: the reports on their own then
         while True:
             await self._metrics_wanted.wait()
             self._metrics_wanted.clear()
             try:
-                result = await app.call("metrics", run=self.run_name)
+                result = await app.call("metrics", run=self.run_name, since=self.reports_next)
             except Exception:
                 continue
-            self.reports = list(result.get("reports") or [])
-            await self.query_one("#plots", MetricPlots).show(self.reports)
-            await asyncio.sleep(0.5)  # at most two redraws a second
+            new = list(result.get("reports") or [])
+            self.reports_next = result.get("next", self.reports_next + len(new))
+            if new:
+                self.reports.extend(new)
+                await self.query_one("#plots", MetricPlots).show(self.reports)
+                await asyncio.sleep(0.5)  # at most two redraws a second
 
     @work(group="run-log-fetch", exit_on_error=False)
     async def fetch_log_loop(self) -> None:
-        """Read the log from where we got to, whenever something says it grew."""
-        app: Any = self.app
-        self._log_wanted.set()
+        """Read the log from where we got to, whenever something says it grew; the first
+        read takes only its last LOG_TAIL bytes."""
         while True:
             await self._log_wanted.wait()
             self._log_wanted.clear()
             try:
-                while True:
-                    start = self.log_offset
-                    chunk = await app.call("logs", run=self.run_name, offset=start, limit=LOG_CHUNK)
-                    self.log_offset = chunk["offset"]
-                    self.log_view.add_lines(self.log_buffer.feed(chunk["text"]))
-                    if chunk["offset"] - start < LOG_CHUNK:
-                        break
-                if not chunk.get("live") and not self.log_ended:
-                    self.log_ended = True
-                    self.log_view.add_lines(self.log_buffer.flush())
-                    self._log_title()
-                elif chunk.get("live") and self.log_ended:
-                    self.log_ended = False  # retried? no: a lost run came back
-                    self._log_title()
+                if self.log_opened:
+                    await self._read_log()
+                else:
+                    await self._open_log()  # what it adds later, log events announce
             except Exception:
                 await asyncio.sleep(0.5)
 
+    async def _open_log(self) -> None:
+        app: Any = self.app
+        chunk = await app.call("logs", run=self.run_name, tail=LOG_TAIL, limit=LOG_CHUNK)
+        text = chunk["text"]
+        self.log_skipped = max(0, chunk.get("size", 0) - LOG_TAIL)
+        if self.log_skipped:
+            text = text.partition("\n")[2]  # the first line is cut
+        self.log_offset = chunk["offset"]
+        self.log_opened = True
+        self.log_view.add_lines(self.log_buffer.feed(text))
+        self._log_state(chunk)
+        self._log_title()
+
+    async def _read_log(self) -> None:
+        app: Any = self.app
+        while True:
+            start = self.log_offset
+            chunk = await app.call("logs", run=self.run_name, offset=start, limit=LOG_CHUNK)
+            self.log_offset = chunk["offset"]
+            self.log_view.add_lines(self.log_buffer.feed(chunk["text"]))
+            if chunk["offset"] - start < LOG_CHUNK:
+                break
+        self._log_state(chunk)
+
+    def _log_state(self, chunk: dict[str, Any]) -> None:
+        if not chunk.get("live") and not self.log_ended:
+            self.log_ended = True
+            self.log_view.add_lines(self.log_buffer.flush())
+            self._log_title()
+        elif chunk.get("live") and self.log_ended:
+            self.log_ended = False  # a lost run came back
+            self._log_title()
+
     @work(group="run-log-follow", exit_on_error=False)
     async def follow_log(self) -> None:
-        """The daemon's "log" events for this run say when to read more; reconnect if the
-        daemon goes away."""
+        """The daemon's "log" events for this run say when to read more (the first,
+        "subscribed", that the subscription is in place: nothing written from then on is
+        missed); subscribe again if the daemon goes away."""
         app: Any = self.app
         backoff = Backoff()
         while True:
             try:
                 async with contextlib.aclosing(app.client.events(["log"], run=self.run_name)) as stream:
-                    # The subscription is being set up: read once it surely is, to catch
-                    # lines written meanwhile.
-                    self.set_timer(0.3, self._log_wanted.set)
                     async for _message in stream:
                         backoff.reset()
                         self._log_wanted.set()
@@ -186,13 +221,13 @@ class RunScreen(Screen[None]):
             except Exception:
                 pass
             await asyncio.sleep(backoff.next())
-            self._log_wanted.set()
 
     # ------------------------------------------------------------ actions
 
     def _log_title(self) -> None:
         box = self.query_one("#log-box")
-        box.border_title = "Log"
+        # A long log opens at its end: say how much is not shown.
+        box.border_title = f"Log · from {fmt_bytes(self.log_skipped)} in" if self.log_skipped else "Log"
         if self.log_ended:
             state = "ended"
         else:

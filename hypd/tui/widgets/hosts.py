@@ -10,7 +10,7 @@ from textual.content import Content
 from textual.widget import Widget
 
 from hypd.tui.model import fmt_mib
-from hypd.tui.widgets.common import bar
+from hypd.tui.widgets.common import bar, tight
 
 
 def short_gpu_name(name: str) -> str:
@@ -40,23 +40,35 @@ def gpu_models(gpus: list[Mapping[str, Any]]) -> str:
     return ", ".join(f"{n}× {name}" for name, n in counts.items())
 
 
+# How each host state is shown: (state, why).
+HOST_STATE_STYLE = {
+    "up": ("$text-success", "$text-success"),
+    "draining": ("$text-warning bold", "$text-warning"),
+    "down": ("$text-error bold", "$text-error"),
+}
+
+
 def host_lines(host: Mapping[str, Any], width: int) -> list[Content]:
     lines: list[Content] = []
     muted = "$text-muted"
     state = host.get("state", "?")
-    state_style = "$text-success" if state == "up" else "$text-warning bold"
+    state_style, why_style = HOST_STATE_STYLE.get(state, ("$text-warning bold", "$text-warning"))
     slots, used = host.get("cpu_slots", 0), host.get("cpu_used", 0)
     gpus = host.get("gpus") or []
     head: list[Any] = [(host.get("name", "?"), "bold"), "  ", (state, state_style)]
     if host.get("why"):
-        head.append((f" ({host['why']})", "$text-warning"))
+        head.append((f" ({host['why']})", why_style))
     head += [("  cpu ", muted), bar(used / slots if slots else None, 6, "$primary"), f" {used}/{slots}"]
     if gpus:
         head += [("  ·  ", muted), (gpu_models(gpus), muted)]
-    lines.append(Content.assemble(*head))
+    lines.append(tight(*head))
     if not gpus:
-        note = host.get("gpu_error") or "none found"
-        lines.append(Content.assemble(("   no GPUs: ", muted), (note, "$text-muted italic")))
+        if state == "down":
+            # Its GPU reading is only "host ... is down: <why>" again.
+            lines.append(tight(("   no GPU readings while it is down", "$text-muted italic")))
+        else:
+            note = host.get("gpu_error") or "none found"
+            lines.append(tight(("   no GPUs: ", muted), (note, "$text-muted italic")))
         return lines
     mixed = len({g.get("name") for g in gpus}) > 1
     # " 0 " [name] util-bar " 97% " mem-bar " 30.5/40G " user
@@ -78,7 +90,7 @@ def host_lines(host: Mapping[str, Any], width: int) -> list[Content]:
         parts += [bar(None if util is None else util / 100, bw, fill), f" {util_text}% ",
                   bar(used_mib / total if total else None, bw, fill), f" {mem_text(used_mib, total):>9} ",
                   (user, user_style)]
-        lines.append(Content.assemble(*parts))
+        lines.append(tight(*parts))
     return lines
 
 

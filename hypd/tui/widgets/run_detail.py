@@ -15,6 +15,7 @@ from textual.widgets import RichLog, Static
 from textual_plotext import PlotextPlot
 
 from hypd.tui.model import STATE_STYLE, fmt_number, fmt_seconds, runtime, where
+from hypd.tui.widgets.common import tight
 
 LOG_LINES = 5000
 
@@ -62,8 +63,7 @@ class RunInfo(Static):
             row("exit", str(run["exit_code"]), "$text-error" if run["exit_code"] else "")
         metric = info.get("objective_metric") or "objective"
         goal = info.get("goal")
-        row(metric, Content.assemble((fmt_number(run.get("objective"), 6), "bold"),
-                                     (f" ({goal[:3]})" if goal else "", key)))
+        row(metric, tight((fmt_number(run.get("objective"), 6), "bold"), (f" ({goal[:3]})" if goal else "", key)))
         params = run.get("params") or {}
         if params:
             parts.append(("parameters\n", "bold"))
@@ -87,7 +87,7 @@ class RunInfo(Static):
             row("run_dir", run["run_dir"])
         if run.get("last_line"):
             row("last line", run["last_line"], "italic")
-        self.update(Content.assemble(*parts).rstrip())
+        self.update(tight(*parts).rstrip())
 
 
 def metric_series(reports: Sequence[Mapping[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
@@ -135,6 +135,9 @@ class MetricPlot(PlotextPlot):
     def on_mount(self) -> None:
         super().on_mount()
         self.replot()
+
+    def on_resize(self) -> None:
+        self.replot()  # the step ticks fit the width
 
     def replot(self) -> None:
         plt = self.plt

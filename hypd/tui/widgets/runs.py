@@ -35,6 +35,7 @@ from hypd.tui.model import (
     sorted_names,
     where,
 )
+from hypd.tui.widgets.common import tight_segments
 
 
 @dataclass(frozen=True)
@@ -384,7 +385,7 @@ class RunTable(ScrollView, can_focus=True):
                     label += " ▼" if self.sort_reverse else " ▲"
                 parts.append(Segment(fit(label, w, column.right), header))
                 parts.append(Segment(" " * GAP, base))
-            return Strip(parts).adjust_cell_length(width, base)
+            return Strip(tight_segments(parts)).adjust_cell_length(width, base)
         index = int(self.scroll_y) + y - 1
         if index >= len(self.view):
             return Strip.blank(width, base)
@@ -421,4 +422,4 @@ class RunTable(ScrollView, can_focus=True):
                 style = base + dim
             parts.append(Segment(fit(text, w, column.right), style))
             parts.append(Segment(" " * GAP, line))
-        return Strip(parts).adjust_cell_length(width, line)
+        return Strip(tight_segments(parts)).adjust_cell_length(width, line)

@@ -111,11 +111,14 @@ class StudiesTable(DataTable):
             n = min(max(1, round(count / fill * BAR)), BAR - used)
             progress.append(char * n, rich_style(app, spec))
             used += n
-        progress.append("█" * (BAR - used), rich_style(app, "$surface-lighten-2"))
-        progress.append(f" {done}/{total}" if total else f" {done}")
+        progress.append("█" * (BAR - used) + " ", rich_style(app, "$surface-lighten-2"))
+        progress.append(f"{done}/{total}" if total else f"{done}")
         if s.get("best_run"):
-            best = Text(fmt_number(s.get("best")), style="bold")
-            best.append(f" {s.get('metric', '')} #{s['best_run'].rpartition(':')[2]}", style=rich_style(app, "$text-muted"))
+            # "loss 0.01133 #8": the metric, its best value, the run (the spaces end the
+            # piece before them, see widgets.common.tight).
+            muted = rich_style(app, "$text-muted")
+            best = Text.assemble((f"{s.get('metric', '')} ", muted), (f"{fmt_number(s.get('best'))} ", "bold"),
+                                 (f"#{s['best_run'].rpartition(':')[2]}", muted))
         else:
             best = Text("-", style=rich_style(app, "$text-muted"))
         if "counts" not in s:

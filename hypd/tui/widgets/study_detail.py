@@ -24,7 +24,7 @@ from hypd.tui.model import (
     study_state,
     study_total,
 )
-from hypd.tui.widgets.common import rich_style
+from hypd.tui.widgets.common import rich_style, tight
 
 
 class StudySummary(Static):
@@ -60,7 +60,7 @@ class StudySummary(Static):
                 parts.append((f"{n} {key}", STATE_STYLE[key] if n else muted))
         if wide:
             parts.append((f"  ·  parallel {s.get('parallel', '?')}  ·  {s.get('gpus', '?')} GPU(s) a run", muted))
-        self.update(Content.assemble(*parts))
+        self.update(tight(*parts))
 
 
 class Leaderboard(DataTable):
@@ -192,11 +192,11 @@ class HeatmapView(Widget):
         left = max([len(y) for y in ylabels] + [len(heat.y_name)]) + 1
         muted = "$text-muted"
         lines: list[Content] = []
-        lines.append(Content.assemble((f"{heat.y_name:<{left}}", "bold"), (f"{heat.x_name} →", "bold")))
-        lines.append(Content.assemble(" " * left, *((f"{x:^{cell}}", muted) for x in xlabels)))
+        lines.append(tight((f"{heat.y_name:<{left}}", "bold"), (f"{heat.x_name} →", "bold")))
+        lines.append(tight(" " * left, *((f"{x:^{cell}}", muted) for x in xlabels)))
         span = heat.hi - heat.lo
         for yi, ylabel in enumerate(ylabels):
-            parts: list[Any] = [(f"{ylabel:>{left - 1}} ", muted)]
+            parts: list[Any] = [tight((f"{ylabel:>{left - 1}} ", muted))]
             for xi in range(len(heat.xs)):
                 value = heat.cells.get((yi, xi))
                 if value is None:
@@ -210,7 +210,7 @@ class HeatmapView(Widget):
                 parts.append((f"{values[(yi, xi)]:^{cell}}", f"{text_colour} on {colour.hex}"))
             lines.append(Content.assemble(*parts))
         best = "lowest" if self.minimize else "highest"
-        lines.append(Content.assemble((f"{'':<{left}}green: {best}   · no result yet", muted)))
+        lines.append(tight((f"{'':<{left}}green: {best}   · no result yet", muted)))
         return Content("\n").join(lines)
 
 
