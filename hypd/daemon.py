@@ -121,6 +121,17 @@ class ActiveRun:
     lost: bool = False
 
 
+@dataclass
+class _Ended:
+    """What `_after_end` needs of a run that never started (killed while pending)."""
+
+    name: str
+    study: str
+    trial: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    objective: float | None = None
+
+
 def _parse_run_name(target: str) -> tuple[str, int] | None:
     study, sep, number = target.rpartition(":")
     if not sep or not study:
@@ -692,8 +703,11 @@ class Daemon:
         with contextlib.suppress(HostError):
             await run.host.signal(run.handle, signal.SIGKILL)
 
-    async def _after_end(self, run: ActiveRun, state: RunState) -> None:
-        """Retry a failure within the study's budget, and tell the search the outcome."""
+    async def _after_end(self, run: ActiveRun | dict[str, Any], state: RunState) -> None:
+        """Retry a failure within the study's budget, and tell the search the outcome.
+        `run` is the ended run, or the row of a pending run killed before it started."""
+        if isinstance(run, dict):
+            run = _Ended(run["name"], run["study"], run["trial"])
         rt = self.studies.get(run.study)
         if rt is None:
             return
@@ -1070,7 +1084,8 @@ class Daemon:
             rt.paused = True
             await self.db.set_paused(target, True)
             rows = await self.db.runs(study=target, states=[RunState.PENDING.value, RunState.RUNNING.value,
-                                                            RunState.LOST.value], columns=("id", "study", "run_no", "state"))
+                                                            RunState.LOST.value],
+                                      columns=("id", "study", "run_no", "trial", "state"))
         else:
             row = await self._run(target)
             if row["state"] not in (RunState.PENDING.value, RunState.RUNNING.value, RunState.LOST.value):
@@ -1091,14 +1106,7 @@ class Daemon:
             return
         if row["state"] == RunState.PENDING.value:
             await self.db.transition(row["id"], RunState.KILLED, "killed on request before it started")
-            fake = ActiveRun(id=row["id"], name=row["name"], study=row["study"], trial=row.get("trial", 0),
-                             host=None, gpus=(), handle=None, ctl_dir="", log_path="", offset=0,  # type: ignore[arg-type]
-                             reader=MetricsReader(), metrics={}, objective=None, last_line="", deadline=None)
-            if "trial" not in row:
-                full = await self.db.run_by_id(row["id"])
-                assert full is not None
-                fake.trial = full["trial"]
-            await self._after_end(fake, RunState.KILLED)
+            await self._after_end(row, RunState.KILLED)
             await self._publish_run(row["id"])
 
     async def op_retry(self, target: str, state: str | None) -> dict[str, Any]:

@@ -544,3 +544,16 @@ def test_runs_declaring_gpu_memory_share_a_gpu_and_never_overcommit_it(
         assert {tuple(r["gpus"]) for r in d.runs(study="mem")} == {(0,)}
     finally:
         d.stop(kill_runs=True)
+
+
+def test_killing_a_pending_run_ends_it_before_it_starts(daemon: DaemonProc) -> None:
+    daemon.cli("submit", str(slow_study(daemon, "kp", n=2, steps=30, sleep=0.1, parallel=1)))
+    daemon.wait_state("kp:1", "running")
+    assert daemon.run("kp:2")["state"] == "pending"
+    daemon.cli("kill", "kp:2")
+    run = daemon.run("kp:2")
+    assert run["state"] == "killed" and run["reason"] == "killed on request before it started"
+    assert run["started"] is None
+    daemon.wait_state("kp:1", "completed", timeout=30)
+    time.sleep(0.5)
+    assert daemon.run("kp:2")["state"] == "killed"  # never started afterwards
