@@ -14,7 +14,7 @@ import logging
 import os
 import subprocess
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from hypd.config import LocalHostConfig
@@ -50,16 +50,6 @@ class Handle:
 class Status:
     alive: bool
     exit: tuple[int, str] | None = None  # (status, stage) once the exit file exists
-
-
-@dataclass
-class HostInfo:
-    name: str
-    state: str = "up"  # up | down | draining
-    why: str = ""
-    cpu_slots: int = 0
-    gpus: GpuSnapshot | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 class Host(ABC):

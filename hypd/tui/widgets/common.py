@@ -7,11 +7,8 @@ from typing import Any
 
 from rich.segment import Segment
 from rich.style import Style
-from rich.text import Text
 from textual.content import Content
 from textual.widgets import Static
-
-from hypd.tui.model import STATE_STYLE
 
 EIGHTHS = " ▏▎▍▌▋▊▉"
 BLANK = "not reverse"
@@ -85,27 +82,6 @@ def bar(fraction: float | None, width: int, style: str, empty_style: str = "$sur
     return Content.assemble((filled, style), ("█" * rest, empty_style))
 
 
-def stacked_bar(parts: list[tuple[int, str]], total: int, width: int, empty_style: str = "$surface-lighten-2") -> Content:
-    """A bar of several coloured parts (count, style) out of total, each part at least one
-    cell when it is not zero."""
-    if width <= 0:
-        return Content("")
-    total = max(total, sum(n for n, _ in parts), 1)
-    cells: list[tuple[str, str]] = []
-    used = 0
-    for count, style in parts:
-        if count <= 0:
-            continue
-        n = max(1, round(count / total * width))
-        n = min(n, width - used)
-        if n > 0:
-            cells.append(("█" * n, style))
-            used += n
-    if used < width:
-        cells.append(("█" * (width - used), empty_style))
-    return Content.assemble(*cells)
-
-
 class ConnectionBanner(Static):
     """Shown while the daemon cannot be reached; the app's `connected` drives it."""
 
@@ -159,7 +135,3 @@ def rich_style(app: object, spec: str) -> Style:
         return Style.parse(" ".join(words))
     except Exception:
         return Style()
-
-
-def state_text(app: object, state: str) -> Text:
-    return Text(state, style=rich_style(app, STATE_STYLE.get(state, "")))
