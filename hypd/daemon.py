@@ -64,6 +64,7 @@ log = logging.getLogger("hypd.daemon")
 LOG_READ_LIMIT = 1 << 20  # bytes of a run's log read per check
 EARLY_STOP_EVERY = 2.0  # seconds between early-stopping checks of a study
 RELEASE_TIMEOUT = 60.0  # seconds a GPU waits for a reading after its run ended
+STATUS_TIMEOUT = 15.0  # seconds a host may take to say how a run is, before it counts as unreachable
 RESERVE_GRACE = 30.0  # seconds a run's declared GPU memory is counted on top of the readings
 SEARCH_FLUSH_EVERY = 10.0  # seconds intermediate reports may wait before the search state is stored
 
@@ -117,6 +118,7 @@ class ActiveRun:
     launching: bool = False  # its host has not yet said it started: not checked until then
     started: float = 0.0
     gpu_mem_mib: int = 0  # what its study declared it needs per GPU
+    unreachable_since: float | None = None  # its host has not answered about it since then
     hard_killed: bool = False
     lost: bool = False
 
@@ -615,10 +617,12 @@ class Daemon:
     async def _check(self, run: ActiveRun) -> None:
         await self._ingest(run)
         try:
-            status = await run.host.status(run.handle, run.ctl_dir)
-        except HostError as exc:
-            await self._unreachable(run, str(exc))
+            # A host that stops answering mid-request must not hold up every other check.
+            status = await asyncio.wait_for(run.host.status(run.handle, run.ctl_dir), STATUS_TIMEOUT)
+        except (HostError, asyncio.TimeoutError) as exc:
+            await self._unreachable(run, str(exc) or f"no answer within {STATUS_TIMEOUT:.0f}s")
             return
+        run.unreachable_since = None
         now = time.time()
         if run.lost:
             if status.alive and (run.stop_intent is None and await self._retried_meanwhile(run)):
@@ -660,10 +664,13 @@ class Daemon:
         """The run's host does not answer. Past the host's grace the run is lost: its
         slot no longer counts and its trial is retried elsewhere, within the retry budget."""
         host = run.host
-        if run.lost or host.down_since is None or time.time() - host.down_since < host.lost_after:
+        if run.unreachable_since is None:
+            run.unreachable_since = time.time()
+        since = min(host.down_since or run.unreachable_since, run.unreachable_since)
+        if run.lost or time.time() - since < host.lost_after:
             return
         run.lost = True
-        reason = f"host {host.name} unreachable for {format_duration(time.time() - host.down_since)}: {why}"
+        reason = f"host {host.name} unreachable for {format_duration(time.time() - since)}: {why}"
         await self.db.transition(run.id, RunState.LOST, reason)
         log.warning("%s lost: %s", run.name, reason)
         await self._after_end(run, RunState.LOST)

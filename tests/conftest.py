@@ -157,7 +157,8 @@ def hypd_home() -> Iterator[Path]:
     (home / "config.toml").write_text(FAST_CONFIG)
     yield home
     kill_leftover_runs(home)
-    shutil.rmtree(home, ignore_errors=True)
+    if not os.environ.get("HYPD_TEST_KEEP"):
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture

@@ -95,7 +95,7 @@ def test_sshd_killed_mid_run_and_restarted_loses_no_line(cluster: SshdCluster, r
     wait_hosts_up(d, "a")
     d.cli("submit", study(d, "drop", n=1, steps=40, sleep=0.1))
     d.wait_state("drop:1", "running")
-    time.sleep(1)
+    wait_for(lambda: len(d.run("drop:1")["reports"]) >= 5, timeout=30, what="drop:1 reporting")
     a.kill()  # the listener and every connection: the daemon's connection drops
     wait_for(lambda: d.call("hosts")[0]["state"] == "down", timeout=30, what="host a down")
     time.sleep(1.5)
@@ -116,7 +116,7 @@ def test_daemon_sigkilled_with_remote_runs_adopts_them(cluster: SshdCluster, rem
     wait_hosts_up(d, "a", "b")
     d.cli("submit", study(d, "adopt", n=4, steps=30, sleep=0.1))
     wait_for(lambda: len(d.runs(state="running")) == 4, timeout=30, what="four remote runs")
-    time.sleep(0.5)
+    wait_for(lambda: all(r["reports"] for r in d.runs(state="running")), timeout=30, what="every run reporting")
     d.kill9()
     time.sleep(1.5)
     d.start()
@@ -134,16 +134,19 @@ def test_a_host_that_never_comes_back_loses_its_runs_and_they_are_retried(cluste
     use_hosts(remote_daemon, a.host_config(cpu_slots=1, lost_after=3.0), b.host_config(cpu_slots=1))
     d = remote_daemon.start()
     wait_hosts_up(d, "a", "b")
-    d.cli("submit", study(d, "lost", n=2, steps=80, sleep=0.1, retries=1))
+    d.cli("submit", study(d, "lost", n=2, steps=150, sleep=0.1, retries=1))
     wait_for(lambda: len(d.runs(state="running")) == 2, timeout=30, what="a run on each host")
     on_a = next(r for r in d.runs(state="running") if r["host"] == "a")
+    # Mid-run: the run has started on the host and reported, not just been placed there.
+    wait_for(lambda: d.call("metrics", run=on_a["name"], since=0)["reports"], timeout=30, what="a first report")
     a.kill()
-    lost = d.wait_state(on_a["name"], "lost", timeout=30)
+    lost = d.wait_state(on_a["name"], "lost", "completed", timeout=60)
+    assert lost["state"] == "lost", lost
     assert lost["reason"].startswith("host a unreachable")
     retry = wait_for(lambda: next((r for r in d.runs(study="lost") if r["trial"] == on_a["trial"]
                                    and r["name"] != on_a["name"]), None), timeout=10, what="a retry")
     assert retry["attempt"] == 2
-    d.wait_state(retry["name"], "completed", timeout=60)  # on b, once b's slot frees
+    d.wait_state(retry["name"], "completed", timeout=120)  # on b, once b's slot frees
     assert d.run(retry["name"])["host"] == "b"
     # The host comes back with the lost run still going: its trial has a newer attempt, so
     # the run is ended, not left running unseen.
