@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hypd import __version__
+from hypd.display import fmt_time, runtime, where
 from hypd.ipc import Client, DaemonError, ExitCode, hypd_home, socket_path
 
 STATES = ("pending", "running", "completed", "failed", "killed", "stopped", "lost")
@@ -52,23 +53,6 @@ def fmt_seconds(seconds: float | None) -> str:
     if m:
         return f"{m}m{s:02d}s"
     return f"{s}s"
-
-
-def runtime(run: dict[str, Any]) -> float | None:
-    if not run.get("started"):
-        return None
-    return (run.get("ended") or time.time()) - run["started"]
-
-
-def fmt_time(ts: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
-
-
-def where(run: dict[str, Any]) -> str:
-    if not run.get("host"):
-        return "-"
-    gpus = run.get("gpus") or []
-    return f"{run['host']}:{','.join(map(str, gpus))}" if gpus else f"{run['host']}:cpu"
 
 
 def table(rows: list[list[str]], header: list[str], last_free: bool = True) -> str:

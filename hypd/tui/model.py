@@ -7,10 +7,11 @@ The daemon's replies are plain dicts (see hypd/daemon.py): run rows (RUN_COLUMNS
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from hypd.display import runtime, where
 
 STATES = ("pending", "running", "completed", "failed", "killed", "stopped", "lost")
 LIVE_STATES = frozenset({"pending", "running", "lost"})
@@ -72,10 +73,6 @@ def fmt_seconds(seconds: float | None) -> str:
     return f"{s}s"
 
 
-def fmt_time(ts: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
-
-
 def fmt_mib(mib: float | None) -> str:
     if mib is None:
         return "-"
@@ -92,19 +89,6 @@ def fmt_bytes(n: int) -> str:
     if n >= 1 << 10:
         return f"{n / (1 << 10):.0f} KiB"
     return f"{n} bytes"
-
-
-def runtime(run: Mapping[str, Any], now: float) -> float | None:
-    if not run.get("started"):
-        return None
-    return (run.get("ended") or now) - run["started"]
-
-
-def where(run: Mapping[str, Any]) -> str:
-    if not run.get("host"):
-        return "-"
-    gpus = run.get("gpus") or []
-    return f"{run['host']}:{','.join(map(str, gpus))}" if gpus else f"{run['host']}:cpu"
 
 
 def run_study(name: str) -> str:
