@@ -1,0 +1,562 @@
+"""The life of a run, as events in and actions out. Pure: no I/O, no asyncio, no clock.
+
+The daemon feeds `Lifecycle.handle` what its hosts, its store and its users say (a run
+started, bytes reached its log, the run's wrapper exited, its processes are gone, a host
+went away or came back, a kill was asked for, time passed) and carries out the actions it
+gets back (store these reports, record this ending, signal that run, retry that trial,
+tell the search, hand these GPUs out again). Every rule about a run lives here, where it
+can be tested by generated histories (tests/test_lifecycle.py) without a process, a
+socket or a sleep.
+
+The promises kept here:
+- an attempt ends exactly once, and only after every byte its log received is stored;
+- a trial runs again only where a retry is decided (a failure within its budget, or a
+  lost host), and a lost attempt that comes back finished is recorded as it ended;
+- a run's GPUs are handed out again only once its processes are confirmed gone;
+- a trial whose attempts have all ended is handed to the search once (the shell tells
+  the search and marks it told in one transaction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from hypd.runstate import RunState, StopIntent, counts_as_failure, ending
+
+STORE_RETRY = 1.0  # seconds between tries of a store write that failed
+
+
+class Phase(str, Enum):
+    LAUNCHING = "launching"  # the host has not said yet that it started
+    RUNNING = "running"
+    LOST = "lost"  # its host has been away past its grace; its trial was dealt with
+    ENDED = "ended"  # recorded; kept until its processes are confirmed gone
+
+
+# ----------------------------------------------------------------------------- events
+
+@dataclass(frozen=True)
+class Launched:
+    run: int
+    pid: int
+    start: str | None
+
+
+@dataclass(frozen=True)
+class LaunchFailed:
+    run: int
+    why: str
+
+
+@dataclass(frozen=True)
+class Alive:
+    """A watched run (adopted, or seen again after its host came back) is alive."""
+
+    run: int
+    pid: int
+    start: str | None
+
+
+@dataclass(frozen=True)
+class LogGrew:
+    run: int
+    size: int  # bytes of its log on the daemon's machine
+
+
+@dataclass(frozen=True)
+class Stored:
+    """The run's reports up to `offset` of its log are committed."""
+
+    run: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class StoreFailed:
+    run: int
+    why: str
+    at: float
+
+
+@dataclass(frozen=True)
+class Exited:
+    """The run's wrapper ended and its log is complete at `size` bytes."""
+
+    run: int
+    status: int | None  # from its exit file; None when it left none
+    stage: str | None
+    size: int
+
+
+@dataclass(frozen=True)
+class Cleaned:
+    """No process of the run is left on its host; `ended` had to be ended."""
+
+    run: int
+    ended: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class HostDown:
+    host: str
+    why: str
+    at: float
+
+
+@dataclass(frozen=True)
+class HostUp:
+    host: str
+
+
+@dataclass(frozen=True)
+class StopRequested:
+    run: int
+    intent: StopIntent
+    reason: str = ""  # why, when it was hypd's own decision beyond the intent
+    at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Tick:
+    now: float
+
+
+Event = (Launched | LaunchFailed | Alive | LogGrew | Stored | StoreFailed | Exited | Cleaned | HostDown
+         | HostUp | StopRequested | Tick)
+
+
+# ----------------------------------------------------------------------------- actions
+
+@dataclass(frozen=True)
+class Ingest:
+    """Read the run's log from its stored offset and store what it holds; answer with
+    Stored or StoreFailed. `final`: the run has ended, an unterminated last line counts."""
+
+    run: int
+    offset: int
+    final: bool
+
+
+@dataclass(frozen=True)
+class Persist:
+    """Columns of a live run to store (its pid, its stop intent)."""
+
+    run: int
+    fields: tuple[tuple[str, object], ...]
+
+
+@dataclass(frozen=True)
+class Signal:
+    """Ask the run's host to end it: SIGTERM now, SIGKILL after the grace."""
+
+    run: int
+    host: str
+
+
+@dataclass(frozen=True)
+class Watch:
+    """Ask the run's host (back, or new to this daemon) to watch it again, its log from
+    `offset` on."""
+
+    run: int
+    host: str
+    offset: int
+    pid: int | None
+    start: str | None
+
+
+@dataclass(frozen=True)
+class Unwatch:
+    run: int
+    host: str
+
+
+@dataclass(frozen=True)
+class Record:
+    """A transition of the run to store."""
+
+    run: int
+    state: RunState
+    reason: str
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True)
+class Retry:
+    study: str
+    trial: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Supersede:
+    """Other attempts of a trial are not needed any more: end the pending ones, stop the
+    running ones."""
+
+    study: str
+    trial: int
+    keep: int  # the attempt that settled the trial
+    reason: str
+
+
+@dataclass(frozen=True)
+class Tell:
+    """Every attempt of the trial has ended: the search is to learn its outcome."""
+
+    study: str
+    trial: int
+
+
+@dataclass(frozen=True)
+class Release:
+    """The run's processes are gone: its GPUs (or CPU slot) may take new work."""
+
+    run: int
+    host: str
+    gpus: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Note:
+    """A line for the daemon's log."""
+
+    level: str  # "info" | "warning" | "error"
+    text: str
+
+
+Action = Ingest | Persist | Signal | Watch | Unwatch | Record | Retry | Supersede | Tell | Release | Note
+
+
+# ----------------------------------------------------------------------------- state
+
+@dataclass(frozen=True)
+class StudyRules:
+    retries: int = 0
+    timeout_text: str = ""  # how a timeout reads in a reason ("10m")
+
+
+@dataclass
+class Attempt:
+    """What the core knows of one attempt it watches (launching, running, lost, or
+    ended with processes not yet confirmed gone)."""
+
+    id: int
+    name: str
+    study: str
+    trial: int
+    host: str
+    gpus: tuple[int, ...] = ()
+    phase: Phase = Phase.LAUNCHING
+    pid: int | None = None
+    start: str | None = None
+    deadline: float | None = None
+    stop_intent: StopIntent | None = None
+    stop_reason: str = ""
+    log_size: int = 0
+    stored: int = 0
+    ingesting: bool = False  # an Ingest is out, not yet answered
+    asked: int = 0  # log_size when the last Ingest went out
+    asked_final: bool = False
+    store_retry_at: float | None = None
+    store_trouble: bool = False
+    exit: tuple[int | None, str | None] | None = None
+    exit_size: int = 0
+    clean: bool = False
+    unreachable_since: float | None = None
+
+
+@dataclass
+class TrialBook:
+    failures: int = 0  # attempts that failed or were lost
+    live: set[int] = field(default_factory=set)  # attempts not ended (pending ones included)
+    settled: bool = False  # an attempt completed: the others are not needed
+
+
+# ----------------------------------------------------------------------------- the core
+
+class Lifecycle:
+    def __init__(self, rules: dict[str, StudyRules] | None = None, lost_after: dict[str, float] | None = None
+                 ) -> None:
+        self.rules: dict[str, StudyRules] = dict(rules or {})
+        self.lost_after: dict[str, float] = dict(lost_after or {})  # host -> seconds
+        self.attempts: dict[int, Attempt] = {}
+        self.trials: dict[tuple[str, int], TrialBook] = {}
+        self.hosts_down: dict[str, float] = {}  # host -> since
+
+    # ------------------------------------------------------------ what the shell tells first
+
+    def queued(self, study: str, trial: int, run: int, failures: int = 0) -> None:
+        """A pending attempt exists (a new trial, a retry, or one found at start)."""
+        book = self.trials.setdefault((study, trial), TrialBook())
+        book.live.add(run)
+        book.failures = max(book.failures, failures)
+
+    def dropped(self, study: str, trial: int, run: int, state: RunState) -> list[Action]:
+        """A pending attempt ended before it started (killed, superseded)."""
+        book = self.trials.setdefault((study, trial), TrialBook())
+        book.live.discard(run)
+        return self._after_end(study, trial, state)
+
+    def adopt(self, attempt: Attempt) -> list[Action]:
+        """A run that was going when the daemon started (or launched now): watch it."""
+        self.attempts[attempt.id] = attempt
+        self.trials.setdefault((attempt.study, attempt.trial), TrialBook()).live.add(attempt.id)
+        if attempt.phase is Phase.LAUNCHING:
+            return []
+        return [Watch(attempt.id, attempt.host, attempt.log_size, attempt.pid, attempt.start)]
+
+    def held(self, host: str) -> list[Attempt]:
+        """Attempts whose GPUs or CPU slot on `host` are taken (not lost, processes not
+        confirmed gone)."""
+        return [a for a in self.attempts.values() if a.host == host and a.phase is not Phase.LOST]
+
+    def live(self) -> list[Attempt]:
+        return [a for a in self.attempts.values() if a.phase is not Phase.ENDED]
+
+    # ------------------------------------------------------------ events
+
+    def handle(self, event: Event) -> list[Action]:
+        method = getattr(self, "_on_" + type(event).__name__)
+        return method(event)  # type: ignore[no-any-return]
+
+    def _attempt(self, run: int) -> Attempt | None:
+        return self.attempts.get(run)
+
+    def _on_Launched(self, e: Launched) -> list[Action]:
+        a = self._attempt(e.run)
+        if a is None or a.phase is not Phase.LAUNCHING:
+            return []
+        a.phase, a.pid, a.start = Phase.RUNNING, e.pid, e.start
+        out: list[Action] = [Persist(a.id, (("pid", e.pid), ("proc_start", e.start)))]
+        if a.stop_intent is not None:  # a kill asked for while it was being launched
+            out.append(Signal(a.id, a.host))
+        return out
+
+    def _on_LaunchFailed(self, e: LaunchFailed) -> list[Action]:
+        a = self._attempt(e.run)
+        if a is None or a.phase is not Phase.LAUNCHING:
+            return []
+        a.clean = True  # nothing started
+        return self._end(a, RunState.FAILED, f"launch failed: {e.why}", None)
+
+    def _on_Alive(self, e: Alive) -> list[Action]:
+        a = self._attempt(e.run)
+        if a is None or a.phase is Phase.ENDED:
+            return []
+        out: list[Action] = []
+        if a.pid != e.pid or a.start != e.start:
+            a.pid, a.start = e.pid, e.start
+            out.append(Persist(a.id, (("pid", e.pid), ("proc_start", e.start))))
+        if a.phase is Phase.LAUNCHING:
+            a.phase = Phase.RUNNING
+        elif a.phase is Phase.LOST:
+            book = self.trials[(a.study, a.trial)]
+            if a.stop_intent is None and (book.settled or len(book.live - {a.id}) > 0):
+                # Its trial got another attempt while the host was away: one is enough.
+                out += self._stop(a, StopIntent.KILL, "ended: its trial was retried while its host was away")
+                return out
+            a.phase = Phase.RUNNING
+            book.live.add(a.id)
+            out.append(Record(a.id, RunState.RUNNING, f"host {a.host} is back; run adopted"))
+        if a.stop_intent is not None:
+            out.append(Signal(a.id, a.host))  # again: the host may not have had it
+        return out
+
+    def _on_LogGrew(self, e: LogGrew) -> list[Action]:
+        a = self._attempt(e.run)
+        if a is None or a.phase is Phase.ENDED or e.size <= a.log_size:
+            return []
+        a.log_size = e.size
+        return self._advance(a)
+
+    def _advance(self, a: Attempt, progressed: bool = False) -> list[Action]:
+        """Store what the log holds beyond the stored offset; once the run has exited and
+        its whole log is stored, record how it ended."""
+        if a.phase is Phase.ENDED or a.ingesting or a.store_retry_at is not None:
+            return []
+        final = a.exit is not None
+        if final and a.stored >= a.exit_size:
+            return self._finish(a)
+        # Ask again only with something new to read: bytes since the last ask, a read
+        # that made progress (it may have stopped at its cap), or the run's end (its
+        # unterminated last line now counts).
+        if a.stored < a.log_size and (a.log_size > a.asked or progressed or (final and not a.asked_final)):
+            a.ingesting, a.asked, a.asked_final = True, a.log_size, final
+            return [Ingest(a.id, a.stored, final)]
+        return []
+
+    def _on_Stored(self, e: Stored) -> list[Action]:
+        a = self._attempt(e.run)
+        if a is None or not a.ingesting:
+            return []
+        out: list[Action] = []
+        a.ingesting = False
+        progressed = e.offset > a.stored
+        a.stored = max(a.stored, e.offset)
+        if a.store_trouble:
+            a.store_trouble = False
+            out.append(Note("info", f"{a.name}: the store takes reports again"))
+        if a.asked_final and not progressed and a.exit is not None and a.stored < a.exit_size:
+            # The log here ends short of what the host wrote (its copy could not be kept
+            # whole): what there is, is stored.
+            out.append(Note("warning", f"{a.name}: its log here ends at byte {a.stored} of {a.exit_size}"))
+            a.exit_size = a.stored
+        return out + self._advance(a, progressed)
+
+    def _on_StoreFailed(self, e: StoreFailed) -> list[Action]:
+        a = self._attempt(e.run)
+        if a is None or not a.ingesting:
+            return []
+        a.ingesting = False
+        a.asked_final = False  # asked again once the store is back
+        a.store_retry_at = e.at + STORE_RETRY
+        if a.store_trouble:
+            return []
+        a.store_trouble = True
+        return [Note("warning", f"{a.name}: cannot store reports now ({e.why}); "
+                                f"trying again from the last stored byte")]
+
+    def _on_Exited(self, e: Exited) -> list[Action]:
+        a = self._attempt(e.run)
+        if a is None or a.phase is Phase.ENDED or a.exit is not None:
+            return []
+        a.exit = (e.status, e.stage)
+        a.exit_size = e.size
+        a.log_size = max(a.log_size, e.size)
+        return self._advance(a)
+
+    def _finish(self, a: Attempt) -> list[Action]:
+        """Its exit is seen and its whole log stored: record how it ended."""
+        code, stage = a.exit if a.exit is not None else (None, None)
+        rules = self.rules.get(a.study, StudyRules())
+        end = ending(code, stage, a.stop_intent, rules.timeout_text)
+        reason = a.stop_reason if a.stop_reason and end.state is RunState.KILLED else end.reason
+        was_lost = a.phase is Phase.LOST
+        if was_lost:
+            reason += " (while its host was away)"
+        return self._end(a, end.state, reason, code, was_lost)
+
+    def _end(self, a: Attempt, state: RunState, reason: str, code: int | None, was_lost: bool = False
+             ) -> list[Action]:
+        a.phase = Phase.ENDED
+        out: list[Action] = [Record(a.id, state, reason, code)]
+        level = "info" if state in (RunState.COMPLETED, RunState.KILLED, RunState.STOPPED) else "warning"
+        out.append(Note(level, f"{a.name} {state.value}: {reason}"))
+        book = self.trials.setdefault((a.study, a.trial), TrialBook())
+        book.live.discard(a.id)
+        if not was_lost:
+            out += self._after_end(a.study, a.trial, state)
+        elif state is RunState.COMPLETED and not book.settled:
+            # Its trial was dealt with when it was lost (retried, or given up); a
+            # completion still settles it: the retry is not needed.
+            book.settled = True
+            out.append(Supersede(a.study, a.trial, a.id, f"superseded: {a.name} completed after its host came back")
+                       if book.live else Tell(a.study, a.trial))
+        if a.clean:
+            out += self._release(a)
+        return out
+
+    def _after_end(self, study: str, trial: int, state: RunState) -> list[Action]:
+        """Retry a failure within the budget; otherwise, once no attempt of the trial is
+        left, hand the trial to the search."""
+        book = self.trials.setdefault((study, trial), TrialBook())
+        if state is RunState.COMPLETED:
+            book.settled = True
+        if counts_as_failure(state) and not book.settled:
+            book.failures += 1
+            retries = self.rules.get(study, StudyRules()).retries
+            if book.failures <= retries and not book.live:
+                return [Retry(study, trial, f"retry {book.failures} of {retries} after a {state.value} attempt")]
+        if book.live:
+            return []  # another attempt of this trial will tell
+        return [Tell(study, trial)]
+
+    def _on_Cleaned(self, e: Cleaned) -> list[Action]:
+        a = self._attempt(e.run)
+        if a is None or a.clean:
+            return []
+        a.clean = True
+        out: list[Action] = []
+        if e.ended:
+            out.append(Note("warning", f"{a.name}: ended {len(e.ended)} process(es) it left behind "
+                                       f"(pids {', '.join(map(str, e.ended[:10]))})"))
+        if a.phase is Phase.ENDED:
+            out += self._release(a)
+        return out
+
+    def _release(self, a: Attempt) -> list[Action]:
+        del self.attempts[a.id]
+        return [Unwatch(a.id, a.host), Release(a.id, a.host, a.gpus)]
+
+    def _on_HostDown(self, e: HostDown) -> list[Action]:
+        self.hosts_down.setdefault(e.host, e.at)
+        for a in self.attempts.values():
+            if a.host == e.host and a.unreachable_since is None:
+                a.unreachable_since = e.at
+        return []
+
+    def _on_HostUp(self, e: HostUp) -> list[Action]:
+        self.hosts_down.pop(e.host, None)
+        out: list[Action] = []
+        for a in list(self.attempts.values()):
+            if a.host != e.host:
+                continue
+            a.unreachable_since = None
+            if a.phase is Phase.ENDED and a.clean:
+                continue
+            # Watched again from what is here: exits that happened meanwhile come back
+            # with their real status, and the log goes on from the local copy's end.
+            out.append(Watch(a.id, a.host, a.log_size, a.pid, a.start))
+            if a.stop_intent is not None and a.phase is not Phase.ENDED:
+                out.append(Signal(a.id, a.host))
+        return out
+
+    def _on_StopRequested(self, e: StopRequested) -> list[Action]:
+        a = self._attempt(e.run)
+        if a is None or a.phase is Phase.ENDED:
+            return []
+        return self._stop(a, e.intent, e.reason, e.at)
+
+    def _stop(self, a: Attempt, intent: StopIntent, reason: str = "", at: float = 0.0) -> list[Action]:
+        if a.stop_intent is not None:
+            return []
+        a.stop_intent = intent
+        a.stop_reason = reason
+        out: list[Action] = [Persist(a.id, (("stop_intent", intent.value), ("stop_sent", at)))]
+        if a.phase is not Phase.LAUNCHING and a.host not in self.hosts_down:
+            out.append(Signal(a.id, a.host))
+        return out
+
+    def _on_Tick(self, e: Tick) -> list[Action]:
+        out: list[Action] = []
+        for a in list(self.attempts.values()):
+            if a.store_retry_at is not None and e.now >= a.store_retry_at:
+                a.store_retry_at = None
+                out += self._advance(a, progressed=True)
+            if a.phase is Phase.RUNNING and a.stop_intent is None and a.deadline is not None \
+                    and e.now >= a.deadline:
+                out += self._stop(a, StopIntent.TIMEOUT, at=e.now)
+            since = a.unreachable_since
+            if (a.phase in (Phase.RUNNING, Phase.LAUNCHING) and since is not None
+                    and e.now - since >= self.lost_after.get(a.host, 120.0)):
+                out += self._lose(a, e.now - since)
+        return out
+
+    def _lose(self, a: Attempt, away: float) -> list[Action]:
+        """Its host has been away past its grace: its slot no longer counts and its trial
+        is retried elsewhere (within the budget), or given up."""
+        a.phase = Phase.LOST
+        reason = f"host {a.host} unreachable for {_duration(away)}"
+        self.trials.setdefault((a.study, a.trial), TrialBook()).live.discard(a.id)
+        return [Record(a.id, RunState.LOST, reason), Note("warning", f"{a.name} lost: {reason}"),
+                *self._after_end(a.study, a.trial, RunState.LOST)]
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
