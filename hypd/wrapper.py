@@ -12,6 +12,8 @@ Files in the run's control folder:
              run killed as a whole (its group signalled) leaves none: the daemon, which
              stored why it signalled, knows how it ended.
     log      stdout and stderr of every stage (the daemon starts it with output there)
+
+Every stage (and the setup line) sees HYPD_CTL=<control folder> in its environment.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 STAGE_MARK = "[hypd]"
+MARKER_VAR = "HYPD_CTL"  # exported by the script: its control folder, the mark of the run's processes
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,10 @@ def script_text(spec: RunScript) -> str:
     ]
     for key, value in spec.env.items():
         lines.append(f"export {key}={q(value)}")
+    # After the run's own env, so nothing overrides it: every process the run starts
+    # inherits this marker, which is how the host watcher finds the ones that escaped the
+    # process group (setsid) once the run has ended.
+    lines.append(f"export {MARKER_VAR}={q(spec.ctl_dir)}")
     if spec.setup:
         lines.append(f"stage=setup; {spec.setup} || finish $? setup")
     for name, command in spec.stages:

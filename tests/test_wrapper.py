@@ -123,6 +123,23 @@ def test_env_reaches_every_stage_and_setup(tmp_path: Path) -> None:
     assert (r.workdir / "o").read_text().splitlines() == ["setup x y", "a x y", "b x y"]
 
 
+def test_every_stage_and_setup_carry_the_ctl_marker(tmp_path: Path) -> None:
+    # HYPD_CTL=<ctl folder> marks every process of the run, even one that left its process
+    # group; the run's own env cannot override it.
+    r = run_script(tmp_path, [("a", 'echo "a $HYPD_CTL" >> o'), ("b", 'sh -c \'echo "b $HYPD_CTL"\' >> o')],
+                   env={"HYPD_CTL": "/somewhere/else"}, setup='echo "setup $HYPD_CTL" >> o')
+    assert r.exit == "0 -\n", r.log
+    assert (r.workdir / "o").read_text().splitlines() == [f"{name} {r.ctl}" for name in ("setup", "a", "b")]
+
+
+def test_the_ctl_marker_survives_quoting(tmp_path: Path) -> None:
+    base = tmp_path / "it's $HOME \"x\""
+    base.mkdir()
+    r = run_script(base, [("main", 'printf %s "$HYPD_CTL" > marker')])
+    assert r.exit == "0 -\n", r.log
+    assert (r.workdir / "marker").read_text() == str(r.ctl)
+
+
 def test_stage_commands_are_passed_verbatim(tmp_path: Path) -> None:
     cmd = """python3 -c 'import sys; open("args.out", "w").write(repr(sys.argv[1:]))' "a b" 'c"d' "e'f" """
     r = run_script(tmp_path, [("main", cmd)])
@@ -187,6 +204,8 @@ def test_script_text_shape() -> None:
     assert text.startswith("#!/bin/sh\n")
     assert text.endswith("finish 0 -\n")
     assert "export A=1" in text
+    assert "export HYPD_CTL=/c" in text
+    assert text.index("export HYPD_CTL=/c") < text.index("$run_shell -c x")  # before any stage runs
     assert "stage=setup" not in text  # no setup line when none is given
 
 
