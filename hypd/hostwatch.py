@@ -17,7 +17,7 @@ Commands                                            Replies / events
   {"op":"kill","run","grace"}                         signalled {run,found}
   {"op":"unwatch","run"}                              -
   {"op":"ping"}                                       pong
-Unprompted: hello {root,nproc,pidfd,version} first; log {run,offset,n}+bytes (--send-logs)
+Unprompted: hello {root,nproc,pidfd,send_logs,version} first; log {run,offset,n}+bytes (--send-logs)
 or size {run,size} (without); exit {run,status,stage,size} once the wrapper ended and its
 log was sent up to size; clean {run,ended} once none of the run's processes remains;
 error {why[,run]} for a command it cannot do.
@@ -198,23 +198,11 @@ class Run:
         self.term_until = None  # clean phase: SIGKILL leftovers after this
         self.killed_at = None  # clean phase: when SIGKILL was sent
         self.failed = False  # an internal error was reported for this run
+        self.termed = set()  # pids already sent SIGTERM (by a kill or the clean phase): once each
 
 
-class Watcher:
-    def __init__(self, root, send_logs, tick, use_pidfd):
-        self.root = root
-        self.send_logs = send_logs
-        self.tick = tick
-        self.use_pidfd = use_pidfd
-        self.runs = {}  # key -> Run
-        self.by_fd = {}  # pidfd -> Run
-        self.children = {}  # pid -> Popen: wrappers we started, reaped as they end
-        self.poller = select.poll()
-        self.me = os.getpid()
-        self.next_scan = 0.0
-        self.scan_now = False  # a run needs its processes looked up at once
-
-    # -- output
+class Out:
+    """Events to stdout: a JSON line each, a log frame's bytes right after its header."""
 
     def send(self, obj, data=b""):
         line = json.dumps(obj, separators=(",", ":")).encode() + b"\n"  # ASCII: no raw newline inside
@@ -232,11 +220,130 @@ class Watcher:
             obj["run"] = run
         self.send(obj)
 
+
+def pump_log(out, run, send_logs):
+    """Send what is new in <ctl>/log (send-logs: at most LOG_CHUNK bytes), or its size when
+    that changed. Sets run.log_size and run.backlog."""
+    try:
+        fd = os.open(os.path.join(run.path, "log"), os.O_RDONLY)
+    except OSError:
+        run.log_size = run.offset if send_logs else 0  # nothing to send (again)
+        run.backlog = False
+        return
+    try:
+        size = os.fstat(fd).st_size
+        if send_logs:
+            if size > run.offset:
+                data = os.pread(fd, min(LOG_CHUNK, size - run.offset), run.offset)
+                if data:
+                    out.send({"ev": "log", "run": run.key, "offset": run.offset, "n": len(data)}, data)
+                    run.offset += len(data)
+        elif size != run.offset:
+            out.send({"ev": "size", "run": run.key, "size": size})
+            run.offset = size
+    except OSError:
+        size = run.offset
+    finally:
+        os.close(fd)
+    run.log_size = size
+    run.backlog = send_logs and size > run.offset
+
+
+class Ender:
+    """Ending a run's processes: a kill (SIGTERM now, SIGKILL after its grace) and the
+    clean phase after the wrapper ended (leftovers: SIGTERM, SIGKILL after the run's
+    grace, then `clean`). Both look the processes up in /proc, at most once a tick."""
+
+    def __init__(self, out, send_logs, tick, forget):
+        self.out = out
+        self.send_logs = send_logs
+        self.tick = tick
+        self.forget = forget  # called with a run once its clean was sent
+        self.me = os.getpid()
+        self.next_scan = 0.0
+        self.scan_now = False  # a run needs its processes looked up at once (it just ended)
+
+    def kill(self, run, grace):
+        """SIGTERM the run's group and marked processes; whether there was any."""
+        group = False
+        if run.pid is not None and not run.dead and live_start(run.pid) == run.start:
+            try:
+                os.killpg(run.pid, signal.SIGTERM)
+                group = True
+            except OSError:
+                pass
+        found = group
+        for pid, (start, pgrp) in scan([run], self.me)[run.key].items():
+            run.termed.add(pid)
+            if not (group and pgrp == run.pid):  # once is enough: a second TERM can mean "hurry" to a trap
+                found = signal_if_same(pid, start, signal.SIGTERM) or found
+        run.kill_at = time.monotonic() + grace
+        return found
+
+    def step(self, runs, now):
+        due = [run for run in runs if run.exit_sent or (run.kill_at is not None and now >= run.kill_at)]
+        if not due or (not self.scan_now and now < self.next_scan):
+            return
+        self.scan_now = False
+        self.next_scan = now + self.tick
+        found = scan(due, self.me)
+        for run in due:
+            procs = found[run.key]
+            if run.kill_at is not None and now >= run.kill_at:
+                run.kill_at = None
+                for pid, (start, _pgrp) in procs.items():
+                    signal_if_same(pid, start, signal.SIGKILL)
+            if run.exit_sent:
+                self.clean_step(run, procs, now)
+
+    def clean_step(self, run, procs, now):
+        if procs and not (run.killed_at is not None and now - run.killed_at > UNKILLABLE_WAIT):
+            for pid, (start, _pgrp) in procs.items():
+                if pid not in run.leftovers:
+                    run.leftovers[pid] = start
+                    if pid not in run.termed:
+                        run.termed.add(pid)
+                        signal_if_same(pid, start, signal.SIGTERM)
+            if run.term_until is None:
+                run.term_until = now + run.grace
+            if now >= run.term_until:
+                for pid, (start, _pgrp) in procs.items():
+                    signal_if_same(pid, start, signal.SIGKILL)
+                if run.killed_at is None:
+                    run.killed_at = now
+            return
+        if procs:
+            self.out.error(f"pids {sorted(procs)} of run {run.key} do not end after SIGKILL", run.key)
+        pump_log(self.out, run, self.send_logs)  # what the leftovers wrote before they ended
+        if run.backlog:
+            return  # the next passes send the rest first
+        self.out.send({"ev": "clean", "run": run.key, "ended": sorted(run.leftovers)})
+        self.forget(run)
+
+
+class Watcher:
+    """The loop: commands from stdin, pidfds, and a pass over every run each tick."""
+
+    def __init__(self, root, send_logs, tick, use_pidfd, pid_wait=PID_WAIT):
+        self.root = root
+        self.send_logs = send_logs
+        self.tick = tick
+        self.use_pidfd = use_pidfd
+        self.pid_wait = pid_wait
+        self.runs = {}  # key -> Run
+        self.by_fd = {}  # pidfd -> Run
+        self.children = {}  # pid -> Popen: wrappers we started, reaped as they end
+        self.poller = select.poll()
+        self.out = Out()
+        self.send = self.out.send
+        self.error = self.out.error
+        self.ender = Ender(self.out, send_logs, tick, self.forget)
+
     # -- main loop
 
     def serve(self):
         self.send({"ev": "hello", "root": self.root, "nproc": os.cpu_count(), "pidfd": self.use_pidfd,
-                   "version": VERSION})
+                   "send_logs": self.send_logs, "version": VERSION})
         self.poller.register(0, select.POLLIN)
         pending = bytearray()
         while True:
@@ -292,8 +399,10 @@ class Watcher:
             return True
         try:
             fd = os.pidfd_open(run.pid)
-        except OSError:
+        except ProcessLookupError:
             return False
+        except OSError:
+            return True  # out of fds, say: this run is looked up in /proc each tick instead
         # Opened first, checked after: if the start time still matches, the pidfd holds our process.
         if live_start(run.pid) != run.start and run.pid not in self.children:
             os.close(fd)
@@ -317,8 +426,8 @@ class Watcher:
             return
         try:
             cmd = json.loads(line.decode("utf-8"))
-        except ValueError as exc:
-            self.error(f"bad command (not JSON): {exc}")
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+            self.error(f"bad command (not JSON): {type(exc).__name__}: {str(exc)[:200]}")
             return
         if not isinstance(cmd, dict):
             self.error("bad command: not a JSON object")
@@ -377,7 +486,7 @@ class Watcher:
                                      stdout=log_fd, stderr=subprocess.STDOUT, start_new_session=True,
                                      close_fds=True, cwd="/")
         except OSError as exc:
-            self.send({"ev": "launch_failed", "run": key, "why": "cannot start /bin/sh: %s" % (exc.strerror or exc)})
+            self.send({"ev": "launch_failed", "run": key, "why": f"cannot start /bin/sh: {exc.strerror or exc}"})
             return
         finally:
             os.close(log_fd)
@@ -386,7 +495,7 @@ class Watcher:
         st = proc_stat(child.pid)  # our unreaped child: its number cannot be reused yet
         run.start = st[2] if st else None
         run.phase = "launch"
-        run.deadline = time.monotonic() + PID_WAIT
+        run.deadline = time.monotonic() + self.pid_wait
         self.runs[key] = run
         self.open_pidfd(run)
 
@@ -413,7 +522,7 @@ class Watcher:
         self.runs[key] = run
         if pid is None:
             run.phase = "find"
-            run.deadline = time.monotonic() + PID_WAIT
+            run.deadline = time.monotonic() + self.pid_wait
             self.find_pid(run, time.monotonic())
         else:
             self.adopt(run, pid, None if start is None else str(start))
@@ -422,21 +531,7 @@ class Watcher:
         key = field(cmd, "run", str)
         grace = number(cmd, "grace", 10.0)
         run = self.runs.get(key)
-        if run is None:
-            self.send({"ev": "signalled", "run": key, "found": False})
-            return
-        group = False
-        if run.pid is not None and not run.dead and (live_start(run.pid) == run.start):
-            try:
-                os.killpg(run.pid, signal.SIGTERM)
-                group = True
-            except OSError:
-                pass
-        found = group
-        for pid, (start, pgrp) in scan([run], self.me)[key].items():
-            if not (group and pgrp == run.pid):  # once is enough: a second TERM can mean "hurry" to a trap
-                found = signal_if_same(pid, start, signal.SIGTERM) or found
-        run.kill_at = time.monotonic() + grace
+        found = run is not None and self.ender.kill(run, grace)
         self.send({"ev": "signalled", "run": key, "found": found})
 
     # -- finding the wrapper
@@ -475,7 +570,7 @@ class Watcher:
         if ended and read_pid(run.path) is None:
             why = "run.sh ended without writing its pid file"
         elif now > run.deadline:
-            why = f"run.sh wrote no pid file within {PID_WAIT:g} s"
+            why = f"run.sh wrote no pid file within {self.pid_wait:g} s"
             try:
                 os.killpg(run.pid, signal.SIGKILL)  # it would run on with nobody knowing
             except OSError:
@@ -502,7 +597,7 @@ class Watcher:
                 if not run.failed:
                     run.failed = True
                     self.error(f"internal error watching {run.key}: {type(exc).__name__}: {exc}", run.key)
-        self.processes(now)
+        self.ender.step(list(self.runs.values()), now)
 
     def service_run(self, run, now):
         if run.phase == "launch":
@@ -513,79 +608,12 @@ class Watcher:
             return
         if not run.dead and run.pidfd is None:
             run.dead = live_start(run.pid) != run.start  # gone, zombie, or its number reused
-        self.pump_log(run)
+        pump_log(self.out, run, self.send_logs)
         if run.dead and not run.exit_sent and not run.backlog and run.offset >= run.log_size:
             status, stage = read_exit(run.path)
             self.send({"ev": "exit", "run": run.key, "status": status, "stage": stage, "size": run.offset})
             run.exit_sent = True
-            self.scan_now = True
-
-    def pump_log(self, run):
-        """Send what is new in <ctl>/log (send-logs), or its size when that changed."""
-        try:
-            fd = os.open(os.path.join(run.path, "log"), os.O_RDONLY)
-        except OSError:
-            run.log_size = 0
-            run.backlog = False
-            return
-        try:
-            size = os.fstat(fd).st_size
-            if self.send_logs:
-                if size > run.offset:
-                    data = os.pread(fd, min(LOG_CHUNK, size - run.offset), run.offset)
-                    if data:
-                        self.send({"ev": "log", "run": run.key, "offset": run.offset, "n": len(data)}, data)
-                        run.offset += len(data)
-            elif size != run.offset:
-                self.send({"ev": "size", "run": run.key, "size": size})
-                run.offset = size
-        except OSError:
-            size = run.offset
-        finally:
-            os.close(fd)
-        run.log_size = size
-        run.backlog = self.send_logs and size > run.offset
-
-    def processes(self, now):
-        """Kill deadlines and the clean phase: both need the runs' processes from /proc,
-        looked up at most once a tick (at once right after an exit or a kill)."""
-        due = [run for run in self.runs.values()
-               if run.exit_sent or (run.kill_at is not None and now >= run.kill_at)]
-        if not due or (not self.scan_now and now < self.next_scan):
-            return
-        self.scan_now = False
-        self.next_scan = now + self.tick
-        found = scan(due, self.me)
-        for run in due:
-            procs = found[run.key]
-            if run.kill_at is not None and now >= run.kill_at:
-                run.kill_at = None
-                for pid, (start, _pgrp) in procs.items():
-                    signal_if_same(pid, start, signal.SIGKILL)
-            if run.exit_sent:
-                self.clean_step(run, procs, now)
-
-    def clean_step(self, run, procs, now):
-        if procs and not (run.killed_at is not None and now - run.killed_at > UNKILLABLE_WAIT):
-            for pid, (start, _pgrp) in procs.items():
-                if pid not in run.leftovers:
-                    run.leftovers[pid] = start
-                    signal_if_same(pid, start, signal.SIGTERM)
-            if run.term_until is None:
-                run.term_until = now + run.grace
-            if now >= run.term_until:
-                for pid, (start, _pgrp) in procs.items():
-                    signal_if_same(pid, start, signal.SIGKILL)
-                if run.killed_at is None:
-                    run.killed_at = now
-            return
-        if procs:
-            self.error(f"pids {sorted(procs)} of run {run.key} do not end after SIGKILL", run.key)
-        self.pump_log(run)  # what the leftovers wrote before they ended
-        if run.backlog:
-            return  # the next passes send the rest first
-        self.send({"ev": "clean", "run": run.key, "ended": sorted(run.leftovers)})
-        self.forget(run)
+            self.ender.scan_now = True
 
 
 # --------------------------------------------------------------------------- command fields
@@ -638,6 +666,7 @@ def main(argv=None):
     parser.add_argument("--send-logs", action="store_true", help="send log bytes, not only sizes")
     parser.add_argument("--tick", type=float, default=0.1)
     parser.add_argument("--no-pidfd", action="store_true", help=argparse.SUPPRESS)  # tests the /proc fallback
+    parser.add_argument("--pid-wait", type=float, default=PID_WAIT, help=argparse.SUPPRESS)  # tests shorten it
     args = parser.parse_args(argv)
     root = os.path.expanduser(args.root)
     try:
@@ -647,7 +676,7 @@ def main(argv=None):
         return 2
     os.set_blocking(1, True)
     watcher = Watcher(os.path.realpath(root), args.send_logs, max(0.001, args.tick),
-                      pidfd_works() and not args.no_pidfd)
+                      pidfd_works() and not args.no_pidfd, args.pid_wait)
     try:
         watcher.serve()
     except (StdoutGone, KeyboardInterrupt):

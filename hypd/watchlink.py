@@ -4,8 +4,9 @@ A `WatchLink` wraps the watcher's stdin (a writer) and stdout (an async byte rea
 asyncio subprocess's pipes for the local host, asyncssh's binary-mode process streams for
 an SSH host. Its `run()` task reads events and hands them to `on_event`.
 
-In send-logs mode (SSH hosts) the log bytes arrive in frames, which the link writes into
-the run's local copy (`log_path_for(run)`) itself and reports as `Size(run, local size)`:
+In send-logs mode (SSH hosts; the watcher's hello says which) the log bytes arrive in
+frames, which the link writes into the run's local copy (`log_path_for(run)`; None: pass
+the frames on as `LogBytes`) itself and reports as `Size(run, local size)`:
 - a frame that overlaps what the copy has adds only the new part, so no byte is doubled;
 - a frame past the copy's end (a gap: bytes lost to a failed write) is not written, the
   watcher is asked to send again from the copy's size (`watch(offset=...)`);
@@ -81,6 +82,7 @@ class _Run:
     retry: asyncio.TimerHandle | None = None  # the re-request scheduled after a failed write
     held: list[Any] = field(default_factory=list)  # Exited (then Clean) until the copy catches up
     done: bool = False  # its Exited was delivered; repeats (answers to a re-request) are dropped
+    cleaned: bool = False  # its Clean was delivered; likewise
 
 
 class WatchLink:
@@ -202,7 +204,7 @@ class WatchLink:
             if ref is not None:
                 ref.pid, ref.start = ev.pid, ev.start
         elif isinstance(ev, LogBytes):
-            path = self.log_path_for(ev.run)
+            path = self._copy_path(ev.run)
             if path is not None:
                 self._copy(ev, path)
                 return
@@ -211,11 +213,15 @@ class WatchLink:
                 return
         elif isinstance(ev, Clean):
             ref = self._runs.get(ev.run)
-            if ref is not None and ref.held:
-                ref.held.append(ev)
-                return
-            if ref is not None and ref.asked_from is None:
-                self._forget(ev.run)  # the watcher forgot it; so do we (unless a repeat is on its way)
+            if ref is not None:
+                if ref.held:
+                    ref.held.append(ev)
+                    return
+                repeat, ref.cleaned = ref.cleaned, True
+                if ref.asked_from is None:
+                    self._forget(ev.run)  # the watcher forgot it; so do we (unless a repeat is on its way)
+                if repeat:
+                    return
         elif isinstance(ev, Error) and ev.why.startswith("undecodable"):
             log.warning("watcher stream: %s", ev.why)
         self._emit(ev)
@@ -228,7 +234,7 @@ class WatchLink:
         if ref.done:
             ref.asked_from = None  # the watcher answered our re-request in full: exit comes last
             return False  # the daemon has it already
-        path = self.log_path_for(ev.run)
+        path = self._copy_path(ev.run)
         if path is not None:
             try:
                 size = _local_size(path) or 0
@@ -241,6 +247,12 @@ class WatchLink:
                 return False
         ref.done = True
         return True
+
+    def _copy_path(self, run: str) -> str | None:
+        """Where the run's log copy goes; None for a watcher that sends only sizes."""
+        if self.hello is None or not self.hello.send_logs:
+            return None
+        return self.log_path_for(run)
 
     def _track(self, run: str, ref: _Run) -> None:
         self._forget(run)
@@ -285,6 +297,7 @@ class WatchLink:
             held, ref.held = ref.held, []
             ref.done = True
             for event in held:
+                ref.cleaned = ref.cleaned or isinstance(event, Clean)
                 self._emit(event)
 
     def _ask_again(self, run: str, offset: int, force: bool = False) -> None:

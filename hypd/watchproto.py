@@ -28,6 +28,7 @@ class Hello:
     nproc: int | None
     pidfd: bool  # whether it watches processes with pidfds (else /proc each tick)
     version: int
+    send_logs: bool = False  # log bytes come in frames (else only sizes)
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,8 @@ def _ended(obj: dict[str, Any]) -> tuple[int, ...]:
 
 
 _PARSERS: dict[str, Callable[[dict[str, Any]], Event]] = {
-    "hello": lambda o: Hello(_str(o, "root"), _opt_int(o, "nproc"), _bool(o, "pidfd"), _int(o, "version")),
+    "hello": lambda o: Hello(_str(o, "root"), _opt_int(o, "nproc"), _bool(o, "pidfd"), _int(o, "version"),
+                             _bool({"send_logs": o.get("send_logs", False)}, "send_logs")),
     "started": lambda o: Started(_str(o, "run"), _int(o, "pid", 1), _start(o)),
     "launch_failed": lambda o: LaunchFailed(_str(o, "run"), _str(o, "why")),
     "alive": lambda o: Alive(_str(o, "run"), _int(o, "pid", 1), _start(o)),

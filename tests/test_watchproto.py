@@ -33,7 +33,7 @@ from hypd.watchproto import (
 )
 
 EVENTS = [
-    Hello("/home/u/hypd", 8, True, 1),
+    Hello("/home/u/hypd", 8, True, 1, True),
     Hello("/r", None, False, 1),
     Started("s:1", 1234, "98765"),
     Started("s:1", 1234, None),
@@ -112,7 +112,8 @@ def test_any_split_decodes_to_the_same_events(cuts: list[int]) -> None:
 
 _runs = st.text(min_size=1, max_size=12)
 _events = st.one_of(
-    st.builds(Hello, st.text(max_size=30), st.none() | st.integers(1, 512), st.booleans(), st.integers(0, 9)),
+    st.builds(Hello, st.text(max_size=30), st.none() | st.integers(1, 512), st.booleans(), st.integers(0, 9),
+              st.booleans()),
     st.builds(Started, _runs, st.integers(1, 1 << 22), st.none() | st.integers(0, 10**12).map(str)),
     st.builds(LaunchFailed, _runs, st.text(max_size=50)),
     st.builds(Alive, _runs, st.integers(1, 1 << 22), st.none() | st.integers(0, 10**12).map(str)),
@@ -182,6 +183,11 @@ def test_deep_nesting_is_an_error_not_a_crash() -> None:
 
 def test_a_string_start_time_may_come_as_an_integer() -> None:
     assert decode_all([b'{"ev":"alive","run":"r","pid":3,"start":1234}\n']) == [Alive("r", 3, "1234")]
+
+
+def test_a_hello_without_send_logs_means_sizes() -> None:
+    assert decode_all([b'{"ev":"hello","root":"/r","nproc":1,"pidfd":false,"version":1}\n']) == [
+        Hello("/r", 1, False, 1, False)]
 
 
 def test_unknown_fields_are_ignored() -> None:
