@@ -451,16 +451,43 @@ def cmd_hosts(args: argparse.Namespace) -> int:
     return 0
 
 
+STOP_WAIT = 60.0  # seconds `hypd stop` waits for the daemon to exit after it said it would
+
+
 def cmd_stop(args: argparse.Namespace) -> int:
     with connect() as c:
         result = c.call("stop", kill_runs=args.kill_runs)
+    # The daemon answers, then exits: wait for that, so a script's next `hypd serve` finds
+    # the home free.
+    pid = result.get("pid")
+    deadline = time.monotonic() + STOP_WAIT
+    while pid and _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if pid and _pid_alive(pid):
+        print(f"hypd: the daemon (pid {pid}) has not exited {STOP_WAIT:.0f}s after `stop`", file=sys.stderr)
+        return 1
     if result["killed"]:
-        print(f"killed {len(result['killed'])} run(s); daemon stopping")
+        print(f"killed {len(result['killed'])} run(s); daemon stopped")
     elif result["left_running"]:
-        print(f"daemon stopping; {len(result['left_running'])} run(s) keep going and are adopted by the next `hypd serve`")
+        print(f"daemon stopped; {len(result['left_running'])} run(s) keep going and are adopted by the next `hypd serve`")
     else:
-        print("daemon stopping")
+        print("daemon stopped")
     return 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (the daemon's parent has not reaped it yet) has exited.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except OSError:
+        return False
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -1,28 +1,38 @@
-"""Hosts: where runs execute. The local machine here; SSH hosts share the interface.
+"""Hosts: where runs execute. The daemon drives every kind through `Host` alone.
 
-A host launches a run's wrapper script (hypd.wrapper) detached in its own session,
-reports whether it is still alive and how it ended (from its exit file), signals its
-process group, and reads its GPUs. Failures are values or `HostError`s with one line of
-text, never a crash of the daemon.
+A host keeps one watcher process (hypd/hostwatch.py) running on the machine, which
+starts runs detached in their own session, streams their logs, tells when each ended and
+ends what a run left behind (hypd/watchlink.py speaks to it). What the host sees goes to
+the daemon as events (`hypd.lifecycle`'s Launched, Alive, LogGrew, Exited, Cleaned,
+HostDown, HostUp, and `GpusRead`) through the `sink` given to `serve`; the daemon's
+requests (launch, watch, kill, unwatch) are one line each to the watcher. A host that is
+down takes no launch (HostError) and forgets watch/kill requests: when it is up again the
+daemon watches its runs anew, which tells how each went meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
+import contextlib
 import logging
-import os
-import subprocess
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from hypd import lifecycle as lc
+from hypd import watchproto as wp
+from hypd.capacity import HostRules
 from hypd.config import LocalHostConfig
 from hypd.gpus import GpuSnapshot, LocalGpuProbe
 from hypd.study import StudySpec
-from hypd.wrapper import RunScript, parse_exit_file, script_text
+from hypd.watchlink import WatchLink, WatchLinkError, start_local_watcher
 
 log = logging.getLogger("hypd.hosts")
+
+WATCHER_HELLO_TIMEOUT = 20.0  # seconds a new watcher may take to say hello
 
 
 class HostError(RuntimeError):
@@ -30,217 +40,259 @@ class HostError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Launch:
-    """What a host needs to start one run."""
-
-    script: RunScript
-    log_path: str  # where the run's output goes (on the daemon's machine for local runs)
+class GpusRead:
+    host: str
+    snapshot: GpuSnapshot
 
 
-@dataclass(frozen=True)
-class Handle:
-    """A started run: its wrapper's pid (= process group) and what identifies that
-    process beyond its pid (its start time), so a reused pid is not mistaken for it."""
-
-    pid: int
-    proc_start: str | None
-
-
-@dataclass(frozen=True)
-class Status:
-    alive: bool
-    exit: tuple[int, str] | None = None  # (status, stage) once the exit file exists
+Sink = Callable[[object], None]
 
 
 class Host(ABC):
+    """What the daemon knows of a machine. Subclasses connect (`serve`), read GPUs and
+    stage study code; running runs is common to all, through the watcher."""
+
     name: str
     root: str  # on the host: runs/<study>/<NNNN>/ (control files) and studies/<study>/ (outputs)
-    cpu_slots: int
-    max_per_gpu: int = 1  # runs that may share one GPU
-    down_since: float | None = None  # when the host became unreachable; None while reachable
+    setup: str = ""  # a line run before a run's stages (e.g. activate a virtualenv)
     lost_after: float = 120.0  # seconds unreachable before its runs count as lost
-    busy_memory_mib: int
-    busy_utilization: int
-    allowed_gpus: tuple[int, ...] | None
+    kill_grace: float = 10.0  # SIGTERM, then SIGKILL after this long
+    draining: bool = False
+    send_logs: bool = True  # the watcher sends log bytes (the log is not on this machine)
+
+    def __init__(self) -> None:
+        self.down_since: float | None = time.time()
+        self._why = "starting"
+        self._link: WatchLink | None = None
+        self._sink: Sink = lambda event: None
+        self._logs: dict[int, str] = {}  # run id -> the daemon's copy of its log
+        self._gpus: GpuSnapshot | None = None
+        self._up_event = asyncio.Event()
+        self._down_told = False  # HostDown was sent for the current outage
+
+    # ------------------------------------------------------------ what the daemon reads
+
+    @property
+    def up(self) -> bool:
+        return self._link is not None
 
     @property
     def accepting(self) -> bool:
-        """Whether new runs may start here (False while down or draining)."""
-        return True
+        """Whether new runs may start here."""
+        return self.up and not self.draining
 
     @property
     def state(self) -> tuple[str, str]:
         """("up" | "down" | "draining", why)."""
+        if not self.up:
+            return ("down", self._why)
+        if self.draining:
+            return ("draining", "draining: running runs go on, nothing new starts")
         return ("up", "")
+
+    def set_draining(self, draining: bool = True) -> None:
+        self.draining = draining
+
+    async def wait_up(self, timeout: float | None = None) -> bool:
+        """Wait until the host is up; False after `timeout` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._up_event.wait(), timeout)
+        return self.up
+
+    def gpus(self) -> GpuSnapshot | None:
+        """The latest GPU reading, or None before the first."""
+        return self._gpus
+
+    @abstractmethod
+    def rules(self) -> HostRules:
+        """What placement needs to know: slots, runs per GPU, thresholds, accepting."""
+
+    def details(self) -> dict[str, Any]:
+        """Extra facts for `hypd hosts` (address, partition...)."""
+        return {}
+
+    # ------------------------------------------------------------ life
+
+    @abstractmethod
+    async def serve(self, sink: Sink) -> None:
+        """Keep the host connected and its watcher running until cancelled; events go to
+        `sink`. Never raises but for cancellation."""
 
     @abstractmethod
     async def prepare_study(self, spec: StudySpec) -> str:
-        """Make the study's code available on the host; returns the workdir runs use
-        there. HostError if it cannot."""
+        """Make the study's code available on the host; the workdir runs use there.
+        HostError if it cannot."""
 
-    @abstractmethod
-    async def read_gpus(self) -> GpuSnapshot: ...
+    # ------------------------------------------------------------ runs
 
-    @abstractmethod
-    async def launch(self, launch: Launch) -> Handle:
-        """Start the run detached; HostError if it could not be started."""
+    async def launch(self, run: int, ctl_dir: str, script: str, log_path: str) -> None:
+        """Start a run; Launched or LaunchFailed follows. HostError while down."""
+        link = self._link
+        if link is None:
+            raise HostError(f"host {self.name} is down: {self._why}")
+        self._logs[run] = log_path
+        try:
+            await link.launch(str(run), ctl_dir, script, self.kill_grace)
+        except WatchLinkError as exc:
+            raise HostError(f"host {self.name}: {exc}") from None
 
-    @abstractmethod
-    async def status(self, handle: Handle | None, ctl_dir: str) -> Status:
-        """Alive or not, and the exit file's content; HostError if the host cannot tell now."""
+    # While the host is down these are dropped: when it is up again the daemon watches its
+    # runs anew (and asks again for the kills it wants).
 
-    @abstractmethod
-    async def find_handle(self, ctl_dir: str) -> Handle | None:
-        """The handle from the run's pid file (a launch the daemon did not record)."""
+    async def watch(self, run: int, ctl_dir: str, log_path: str, offset: int, pid: int | None,
+                    start: str | None) -> None:
+        self._logs[run] = log_path
+        if self._link is not None:
+            with contextlib.suppress(WatchLinkError):
+                await self._link.watch(str(run), ctl_dir, offset, pid, start, self.kill_grace)
 
-    @abstractmethod
-    async def signal(self, handle: Handle, sig: int) -> bool:
-        """Signal the run's whole process group; False if nothing was there to signal."""
+    async def kill(self, run: int) -> None:
+        if self._link is not None:
+            with contextlib.suppress(WatchLinkError):
+                await self._link.kill(str(run), self.kill_grace)
 
-    @abstractmethod
-    async def group_alive(self, handle: Handle) -> bool:
-        """Whether any process of the run's group is left."""
+    async def unwatch(self, run: int) -> None:
+        self._logs.pop(run, None)
+        if self._link is not None:
+            with contextlib.suppress(WatchLinkError):
+                await self._link.unwatch(str(run))
 
-    async def close(self) -> None:
+    # ------------------------------------------------------------ for subclasses
+
+    async def _run_watcher(self, link: WatchLink, ready: Callable[[wp.Hello], None] | None = None) -> str:
+        """Serve one watcher until it ends; why it ended. The host is up while it runs."""
+        reader = asyncio.create_task(link.run(), name=f"watch:{self.name}")
+        try:
+            try:
+                hello = await link.wait_hello(WATCHER_HELLO_TIMEOUT)
+            except WatchLinkError as exc:
+                return f"the host watcher did not start: {exc}"
+            if ready is not None:
+                ready(hello)
+            self._set_up(link)
+            await reader
+            return "the host watcher ended"
+        finally:
+            self._link = None
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+    def _set_up(self, link: WatchLink) -> None:
+        self._link = link
+        self._why = ""
+        self.down_since = None
+        self._down_told = False
+        self._up_event.set()
+        log.info("host %s up (root %s)", self.name, self.root)
+        self._sink(lc.HostUp(self.name))
+
+    def _set_down(self, why: str) -> None:
+        if not self._down_told or why != self._why:
+            log.warning("host %s down: %s", self.name, why)
+        self._why = why
+        self._link = None
+        self._up_event.clear()
+        if self.down_since is None:
+            self.down_since = time.time()
+        if not self._down_told:
+            self._down_told = True
+            self._sink(lc.HostDown(self.name, why, self.down_since))
+
+    def _set_gpus(self, snapshot: GpuSnapshot) -> None:
+        self._gpus = snapshot
+        self._sink(GpusRead(self.name, snapshot))
+
+    def _log_path(self, key: str) -> str | None:
+        with contextlib.suppress(ValueError):
+            return self._logs.get(int(key))
         return None
 
+    def _on_watch_event(self, event: object) -> None:
+        """The watcher's events, as the lifecycle core reads them."""
+        run = _run_id(getattr(event, "run", None))
+        if isinstance(event, wp.Error):
+            log.warning("host %s: watcher: %s", self.name, event.why)
+            return
+        if run is None:
+            return
+        if isinstance(event, wp.Started):
+            self._sink(lc.Launched(run, event.pid, event.start))
+        elif isinstance(event, wp.LaunchFailed):
+            self._sink(lc.LaunchFailed(run, event.why))
+        elif isinstance(event, wp.Alive):
+            self._sink(lc.Alive(run, event.pid, event.start))
+        elif isinstance(event, wp.Size):
+            self._sink(lc.LogGrew(run, event.size))
+        elif isinstance(event, wp.Exited):
+            self._sink(lc.Exited(run, event.status, event.stage, event.size))
+        elif isinstance(event, wp.Clean):
+            self._sink(lc.Cleaned(run, tuple(event.ended)))
 
-def _proc_stat(pid: int) -> tuple[str, str] | None:
-    """(state letter, start time) of a local process, or None if there is none."""
+
+def _run_id(key: object) -> int | None:
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read().decode(errors="replace")
-    except OSError:
+        return int(str(key))
+    except ValueError:
         return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = data[data.rfind(")") + 2:].split()
-    return fields[0], fields[19]
 
 
 class LocalHost(Host):
-    """The daemon's own machine."""
+    """The daemon's own machine: the watcher runs as a child process, the runs' logs are
+    written where the daemon reads them, GPUs are read through NVML or nvidia-smi."""
 
     name = "local"
+    send_logs = False
 
-    def __init__(self, config: LocalHostConfig, root: Path) -> None:
+    def __init__(self, config: LocalHostConfig, root: Path, *, gpu_poll: float = 5.0, kill_grace: float = 10.0,
+                 tick: float = 0.05) -> None:
+        super().__init__()
+        self.config = config
         self.root = str(root)
-        self.draining = False
-        self.max_per_gpu = max(1, config.max_per_gpu)
-        self.cpu_slots = config.cpu_slots
-        self.busy_memory_mib = config.busy_memory_mib
-        self.busy_utilization = config.busy_utilization
-        self.allowed_gpus = config.gpus
+        self.gpu_poll = gpu_poll
+        self.kill_grace = kill_grace
+        self.tick = tick
         self.probe = LocalGpuProbe()
-        self.children: dict[int, subprocess.Popen[bytes]] = {}
 
-    @property
-    def accepting(self) -> bool:
-        return not self.draining
-
-    @property
-    def state(self) -> tuple[str, str]:
-        return ("draining", "drained by hand") if self.draining else ("up", "")
-
-    async def read_gpus(self) -> GpuSnapshot:
-        return await self.probe.read()
+    def rules(self) -> HostRules:
+        c = self.config
+        return HostRules(self.name, self.accepting, c.cpu_slots, max(1, c.max_per_gpu), c.gpus,
+                         c.busy_memory_mib, c.busy_utilization)
 
     async def prepare_study(self, spec: StudySpec) -> str:
         return spec.workdir
 
-    async def launch(self, launch: Launch) -> Handle:
-        script = launch.script
-        ctl = Path(script.ctl_dir)
+    async def serve(self, sink: Sink) -> None:
+        self._sink = sink
         try:
-            ctl.mkdir(parents=True, exist_ok=True)
-            Path(script.run_dir).mkdir(parents=True, exist_ok=True)
-            (ctl / "run.sh").write_text(script_text(script))
-            log_file = open(launch.log_path, "ab")
-        except OSError as exc:
-            raise HostError(f"cannot prepare {ctl}: {exc.strerror or exc}") from None
-        try:
-            proc = subprocess.Popen(
-                ["/bin/sh", str(ctl / "run.sh")], stdin=subprocess.DEVNULL, stdout=log_file,
-                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, cwd="/")
-        except OSError as exc:
-            raise HostError(f"cannot start /bin/sh: {exc.strerror or exc}") from None
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._read_gpus(), name="local-gpus")
+                tg.create_task(self._keep_watcher(), name="local-watcher")
         finally:
-            log_file.close()
-        self.children[proc.pid] = proc
-        stat = _proc_stat(proc.pid)
-        return Handle(proc.pid, stat[1] if stat else None)
+            await asyncio.to_thread(self.probe.close)
 
-    def _alive(self, handle: Handle) -> bool:
-        child = self.children.get(handle.pid)
-        if child is not None:
-            if child.poll() is None:
-                return True
-            del self.children[handle.pid]  # reaped
-            return False
-        stat = _proc_stat(handle.pid)
-        if stat is None or stat[0] in ("Z", "X"):
-            return False
-        return handle.proc_start is None or stat[1] == handle.proc_start
+    async def _read_gpus(self) -> None:
+        while True:
+            self._set_gpus(await self.probe.read())
+            await asyncio.sleep(self.gpu_poll)
 
-    async def status(self, handle: Handle | None, ctl_dir: str) -> Status:
-        alive = handle is not None and self._alive(handle)
-        exit_ = None
-        if not alive:
+    async def _keep_watcher(self) -> None:
+        delay = 0.5
+        while True:
+            started = time.monotonic()
             try:
-                exit_ = parse_exit_file((Path(ctl_dir) / "exit").read_text())
-            except OSError:
-                exit_ = None
-        return Status(alive, exit_)
-
-    async def find_handle(self, ctl_dir: str) -> Handle | None:
-        try:
-            pid = int((Path(ctl_dir) / "pid").read_text().strip())
-        except (OSError, ValueError):
-            return None
-        stat = _proc_stat(pid)
-        return Handle(pid, stat[1] if stat else None)
-
-    async def signal(self, handle: Handle, sig: int) -> bool:
-        if not await self.group_alive(handle):
-            return False
-        try:
-            os.killpg(handle.pid, sig)
-        except ProcessLookupError:
-            return False
-        except PermissionError as exc:
-            raise HostError(f"cannot signal process group {handle.pid}: {exc.strerror}") from None
-        return True
-
-    async def group_alive(self, handle: Handle) -> bool:
-        self._alive(handle)  # reaps our own child if it has ended
-        try:
-            os.killpg(handle.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        except OSError as exc:  # pragma: no cover - unexpected
-            return exc.errno != errno.ESRCH
-        # The group may hold only the (unreaped) leader left by an earlier daemon.
-        stat = _proc_stat(handle.pid)
-        if stat is not None and stat[0] not in ("Z", "X"):
-            return True
-        return _group_has_live_member(handle.pid)
-
-    async def close(self) -> None:
-        await asyncio.to_thread(self.probe.close)
-
-
-def _group_has_live_member(pgid: int) -> bool:
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                data = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        fields = data[data.rfind(")") + 2:].split()
-        if fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
-            return True
-    return False
-
+                proc, link = await start_local_watcher(self.root, send_logs=False, tick=self.tick,
+                                                       on_event=self._on_watch_event, log_path_for=self._log_path)
+            except OSError as exc:
+                why = f"cannot start the host watcher: {exc.strerror or exc}"
+            else:
+                try:
+                    why = await self._run_watcher(link)
+                finally:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                    await proc.wait()
+            self._set_down(why)
+            if time.monotonic() - started > 30:
+                delay = 0.5
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)

@@ -1,0 +1,188 @@
+"""Placing work: free capacity from the hosts' readings and the runs there, pending runs
+and new trials from the studies, `scheduler.place` to match them, then launches.
+
+It runs whenever something may have freed or added capacity or work (a run's processes
+gone, a host up, a GPU reading that changed, a submit, a retry): `wake()` sets the event
+it waits on, so a freed GPU takes its next run in the same turn of the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+from hypd import lifecycle as lc
+from hypd.capacity import Holding, host_capacity
+from hypd.hosts import Host, HostError
+from hypd.metrics import MetricsReader
+from hypd.runs import RunData, Runs
+from hypd.runstate import RunState
+from hypd.scheduler import HostCapacity, StudyDemand, place
+from hypd.store import Store
+from hypd.studies import Studies
+from hypd.study import format_duration, render_commands, run_dir_name
+from hypd.wrapper import RunScript, gpu_env, script_text
+
+log = logging.getLogger("hypd.dispatch")
+
+
+class Dispatcher:
+    def __init__(self, store: Store, studies: Studies, runs: Runs, hosts: Callable[[], dict[str, Host]],
+                 home: Path) -> None:
+        self.store = store
+        self.studies = studies
+        self.runs = runs
+        self.hosts = hosts
+        self.home = home
+        self.wakeup = asyncio.Event()
+
+    def wake(self) -> None:
+        self.wakeup.set()
+
+    async def serve(self) -> None:
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            try:
+                await self.place_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("placing runs failed; carrying on")
+
+    # ------------------------------------------------------------ capacity and demand
+
+    def capacities(self) -> list[HostCapacity]:
+        out = []
+        for name, host in self.hosts().items():
+            holding = []
+            for attempt in self.runs.core.held(name):
+                data = self.runs.data.get(attempt.id)
+                holding.append(Holding(attempt.gpus, data.gpu_mem_mib if data else 0,
+                                       data.started if data else 0.0))
+            out.append(host_capacity(host.rules(), host.gpus(), holding, self.runs.released.get(name, [])))
+        return out
+
+    async def _demands(self) -> list[StudyDemand]:
+        running: dict[str, int] = defaultdict(int)
+        for attempt in self.runs.core.live():
+            if attempt.phase is not lc.Phase.LOST:
+                running[attempt.study] += 1
+        demands = []
+        for name, rt in self.studies.all.items():
+            spec = rt.spec
+            room = spec.parallel - running[name]
+            if rt.paused or room <= 0:
+                continue
+            waiting = await self.store.runs(state=RunState.PENDING.value, study=name, limit=room, columns=("id",))
+            can_create = 0
+            if rt.suggester.adaptive and not rt.exhausted:
+                can_create = max(0, min(room - len(waiting), (spec.max_trials or 0) - rt.trials))
+            if waiting or can_create:
+                demands.append(StudyDemand(name, tuple(r["id"] for r in waiting), can_create, running[name],
+                                           spec.parallel, spec.gpus, spec.priority, False, rt.last_served,
+                                           spec.gpu_mem_mib))
+        return demands
+
+    async def place_once(self) -> None:
+        if self.runs.stopping:
+            return
+        capacities = self.capacities()
+        if not any(c.free_gpus or c.free_cpu_slots for c in capacities if c.accepting):
+            return
+        placements = place(capacities, await self._demands())
+        if not placements:
+            return
+        # New trials: one search call per study for all its free slots, studies in parallel.
+        wanted: dict[str, int] = defaultdict(int)
+        for p in placements:
+            if p.run_id is None:
+                wanted[p.study] += 1
+        created: dict[str, list[int]] = {}
+
+        async def ask(study: str, count: int) -> None:
+            rt = self.studies.all[study]
+            try:
+                rows = await self.studies.new_trials(rt, count)
+            except Exception:  # a search that breaks must not stop the others
+                log.exception("search of study %s failed; it proposes nothing more until resubmitted", study)
+                rt.exhausted = True
+                created[study] = []
+                return
+            if len(rows) < count:
+                rt.exhausted = True
+            for row in rows:
+                self.runs.core.queued(study, row["trial"], row["id"])
+            created[study] = [r["id"] for r in rows]
+
+        await asyncio.gather(*(ask(s, n) for s, n in wanted.items()))
+        now = time.time()
+        launches = []
+        for p in placements:
+            run_id = p.run_id
+            if run_id is None:
+                ids = created.get(p.study) or []
+                if not ids:
+                    continue
+                run_id = ids.pop(0)
+            self.studies.all[p.study].last_served = now
+            launches.append(self._launch(run_id, self.hosts()[p.host], p.gpus))
+        # Launched together: each waits on its own host, not on the others.
+        for outcome in await asyncio.gather(*launches, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                log.error("launch failed: %s", outcome, exc_info=outcome)
+        for study in {p.study for p in placements}:
+            await self.store.set_last_served(study, now)
+            await self.runs.publish_study(study)
+
+    # ------------------------------------------------------------ one launch
+
+    async def _launch(self, run_id: int, host: Host, gpus: tuple[int, ...]) -> None:
+        row = await self.store.run_by_id(run_id)
+        if row is None or row["state"] != RunState.PENDING.value:
+            return
+        rt = self.studies.all[row["study"]]
+        spec = rt.spec
+        root = Path(host.root)
+        study_dir = Path(spec.output_dir) if spec.output_dir else root / "studies" / spec.name
+        run_dir = study_dir / run_dir_name(row["run_no"], row["params"], spec)
+        ctl_dir = root / "runs" / spec.name / f"{row['run_no']:04d}"
+        # The log is always on this machine: a remote host's watcher streams it here.
+        log_path = self.home / "runs" / spec.name / f"{row['run_no']:04d}" / "log"
+        stages = render_commands(spec, row["params"], run_dir=str(run_dir), run=row["name"],
+                                 run_no=row["run_no"], trial=row["trial"])
+        env = dict(spec.env)
+        env.update(gpu_env(gpus) if gpus else {"CUDA_VISIBLE_DEVICES": ""})
+        env.update(HYPD_RUN=row["name"], HYPD_STUDY=spec.name, HYPD_TRIAL=str(row["trial"]),
+                   HYPD_RUN_DIR=str(run_dir))
+        try:
+            workdir = await host.prepare_study(spec)
+        except HostError as exc:
+            log.error("%s: cannot prepare study on %s: %s", row["name"], host.name, exc)
+            return  # stays pending; the host's state says why
+        script = RunScript(run=row["name"], ctl_dir=str(ctl_dir), run_dir=str(run_dir), workdir=workdir,
+                           env=env, stages=stages, setup=host.setup)
+        now = time.time()
+        deadline = now + spec.timeout if spec.timeout else None
+        where = f"{host.name}:{','.join(map(str, gpus))}" if gpus else f"{host.name} (cpu)"
+        await self.store.transition(run_id, RunState.RUNNING, f"started on {where}", host=host.name,
+                                    gpus=list(gpus), run_dir=str(run_dir), ctl_dir=str(ctl_dir),
+                                    log_path=str(log_path), deadline=deadline, log_offset=0)
+        self.runs.core.rules[spec.name] = lc.StudyRules(spec.retries, format_duration(spec.timeout or 0))
+        self.runs.core.lost_after[host.name] = host.lost_after
+        self.runs.launching(
+            lc.Attempt(run_id, row["name"], spec.name, row["trial"], host.name, gpus, deadline=deadline),
+            RunData(str(ctl_dir), str(log_path), MetricsReader(spec.metrics_regex), gpu_mem_mib=spec.gpu_mem_mib,
+                    started=now))
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            await host.launch(run_id, str(ctl_dir), script_text(script), str(log_path))
+        except HostError as exc:
+            self.runs.feed(lc.LaunchFailed(run_id, str(exc)))
+            return
+        log.info("%s launching on %s", row["name"], where)
+        await self.runs.publish_run(run_id)

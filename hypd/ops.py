@@ -1,0 +1,360 @@
+"""The socket's ops on studies and runs: what `hypd submit`, `ls`, `info`, `kill`,
+`retry`... ask of the daemon. Each op is `op_<name>` with the arguments hypd/ipc.py
+declares for it; a refusal is a `Refusal` with a stable code."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from hypd import __version__
+from hypd.lifecycle import StudyRules
+from hypd.metrics import pareto_front
+from hypd.runs import Runs
+from hypd.runstate import STATES, RunState
+from hypd.search import SearchError
+from hypd.server import Refusal
+from hypd.store import Store
+from hypd.studies import Studies, StudyRuntime
+from hypd.study import (
+    StudyError,
+    StudySpec,
+    coerce_value,
+    complete_params,
+    format_duration,
+    parse_study,
+    render_commands,
+)
+
+log = logging.getLogger("hypd.ops")
+
+
+def parse_run_name(target: str) -> tuple[str, int] | None:
+    study, sep, number = target.rpartition(":")
+    if not sep or not study:
+        return None
+    try:
+        return study, int(number)
+    except ValueError:
+        return None
+
+
+class Ops:
+    def __init__(self, home: Path, store: Store, studies: Studies, runs: Runs, wake: Callable[[], None],
+                 publish_run: Callable[[int], Awaitable[None]], publish_study: Callable[[str], Awaitable[None]],
+                 max_gpus: Callable[[], int]) -> None:
+        self.home = home
+        self.store = store
+        self.studies = studies
+        self.runs = runs
+        self.wake = wake
+        self.publish_run = publish_run
+        self.publish_study = publish_study
+        self.max_gpus = max_gpus
+        self.started = time.time()
+
+    def _study(self, name: str) -> StudyRuntime:
+        rt = self.studies.all.get(name)
+        if rt is None:
+            if name in self.studies.broken:
+                raise Refusal("invalid", f"study {name} cannot be loaded: {self.studies.broken[name]}")
+            known = ", ".join(sorted(self.studies.all)) or "none yet"
+            raise Refusal("not_found", f"no study {name!r} (studies: {known})")
+        return rt
+
+    async def _run(self, target: str) -> dict[str, Any]:
+        parsed = parse_run_name(target)
+        if parsed is None:
+            raise Refusal("invalid", f"{target!r} is not a run name; runs are named STUDY:N, e.g. quadratic:7")
+        self._study(parsed[0])
+        row = await self.store.run(*parsed)
+        if row is None:
+            raise Refusal("not_found", f"no run {target}")
+        return row
+
+    async def op_ping(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "version": __version__, "home": str(self.home), "uptime": time.time() - self.started}
+
+    async def op_submit(self, path: str, text: str, as_name: str | None) -> dict[str, Any]:
+        base_dir = str(Path(path).parent)
+        # Under --as, the stored text carries the new name, so it parses as the study it is.
+        stored_text = text if as_name is None else _renamed_text(text, as_name)
+        try:
+            spec = parse_study(stored_text, path, base_dir)
+        except StudyError as exc:
+            raise Refusal("invalid", str(exc)) from None
+        warnings = list(spec.warnings)
+        most = self.max_gpus()
+        if spec.gpus > most:
+            warnings.append(f"runs need {spec.gpus} GPU(s) but the largest host offers {most}: they wait "
+                            "until a host with enough GPUs joins")
+        existing = self.studies.all.get(spec.name)
+        if existing is not None:
+            change = _space_change(existing.spec, spec)
+            if change:
+                raise Refusal("conflict", f"study {spec.name} exists with a different search space ({change}); "
+                                          f"submit it under another name with --as NAME")
+            existing.spec = spec
+            self.runs.core.rules[spec.name] = StudyRules(spec.retries, format_duration(spec.timeout or 0))
+            await self.studies.call(existing, existing.suggester.update_spec, spec, changes=False)
+            existing.paused = False
+            existing.exhausted = False
+            await self.store.update_study_source(spec.name, path, stored_text, base_dir)
+            await self.store.set_paused(spec.name, False)
+            self.wake()
+            await self.publish_study(spec.name)
+            return {"study": spec.name, "continued": True, "queued": 0, "warnings": warnings}
+        try:
+            rt = await self.studies.create(spec, path, stored_text, base_dir)
+        except SearchError as exc:
+            raise Refusal("invalid", f"{path}: study.algorithm: {exc}") from None
+        self.runs.core.rules[spec.name] = StudyRules(spec.retries, format_duration(spec.timeout or 0))
+        queued = 0
+        if not rt.suggester.adaptive:
+            budget = spec.max_trials if spec.max_trials is not None else 1 << 30
+            rows = await self.studies.new_trials(rt, budget)
+            for row in rows:
+                self.runs.core.queued(spec.name, row["trial"], row["id"])
+            queued = len(rows)
+            rt.exhausted = True
+        log.info("study %s submitted from %s (%d trials queued)", spec.name, path, queued)
+        self.wake()
+        await self.publish_study(spec.name)
+        return {"study": spec.name, "continued": False, "queued": queued, "warnings": warnings}
+
+    async def op_ls(self, state: str | None, study: str | None, limit: int | None) -> list[dict[str, Any]]:
+        if state is not None and state not in STATES:
+            raise Refusal("invalid", f"unknown state {state!r}; use one of {', '.join(STATES)}")
+        if study is not None:
+            self._study(study)
+        return await self.store.runs(state=state, study=study, limit=limit)
+
+    async def op_info(self, run: str) -> dict[str, Any]:
+        row = await self._run(run)
+        rt = self._study(row["study"])
+        row["transitions"] = await self.store.transitions(row["id"])
+        row["attempts"] = [a["name"] for a in await self.store.runs(study=row["study"], trial=row["trial"],
+                                                                 columns=("study", "run_no"))]
+        row["retries"] = rt.spec.retries
+        row["objective_metric"] = rt.spec.objective.metric
+        row["goal"] = rt.spec.objective.goal
+        row["reports"] = await self.store.reports(row["id"])
+        run_dir = row["run_dir"] or "<run_dir>"
+        row["commands"] = render_commands(rt.spec, row["params"], run_dir=run_dir, run=row["name"],
+                                          run_no=row["run_no"], trial=row["trial"])
+        row["timeout"] = rt.spec.timeout
+        return row
+
+    async def op_logs(self, run: str, offset: int, limit: int, tail: int | None) -> dict[str, Any]:
+        row = await self._run(run)
+        data = b""
+        size = 0
+        if row["log_path"]:
+            try:
+                with open(row["log_path"], "rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    if tail is not None:
+                        offset = max(0, size - tail)
+                    f.seek(max(0, offset))
+                    data = f.read(max(0, min(limit, 16 << 20)))
+            except FileNotFoundError:
+                pass
+        return {"text": data.decode("utf-8", errors="replace"), "offset": max(0, offset) + len(data), "size": size,
+                "state": row["state"], "live": row["state"] in (RunState.PENDING.value, RunState.RUNNING.value,
+                                                               RunState.LOST.value),
+                "path": row["log_path"]}
+
+    async def op_metrics(self, run: str, since: int) -> dict[str, Any]:
+        row = await self._run(run)
+        reports = await self.store.reports(row["id"], since)
+        return {"run": row["name"], "reports": reports, "next": max(since, 0) + len(reports)}
+
+    async def op_kill(self, target: str) -> dict[str, Any]:
+        if parse_run_name(target) is None:
+            rt = self._study(target)
+            rt.paused = True
+            await self.store.set_paused(target, True)
+            rows = await self.store.runs(study=target, states=[RunState.PENDING.value, RunState.RUNNING.value,
+                                                            RunState.LOST.value],
+                                      columns=("id", "study", "run_no", "trial", "state"))
+        else:
+            row = await self._run(target)
+            if row["state"] not in (RunState.PENDING.value, RunState.RUNNING.value, RunState.LOST.value):
+                raise Refusal("conflict", f"{target} is {row['state']}: nothing to kill")
+            rows = [row]
+        killed = []
+        for row in rows:
+            await self.runs.kill(row)
+            killed.append(row["name"])
+        if parse_run_name(target) is None:
+            await self.publish_study(target)
+        return {"killed": killed, "paused": parse_run_name(target) is None}
+
+    async def op_retry(self, target: str, state: str | None) -> dict[str, Any]:
+        if parse_run_name(target) is not None:
+            if state is not None:
+                raise Refusal("invalid", "--state goes with a study, not with one run")
+            rows = [await self._run(target)]
+        else:
+            self._study(target)
+            if state is None:
+                raise Refusal("invalid", f"retry a run (e.g. {target}:7) or give --state failed to retry a study's runs")
+            if state not in STATES:
+                raise Refusal("invalid", f"unknown state {state!r}; use one of {', '.join(STATES)}")
+            rows = await self.store.runs(study=target, state=state)
+        created = []
+        seen: set[tuple[str, int]] = set()
+        for row in rows:
+            if row["state"] in (RunState.PENDING.value, RunState.RUNNING.value):
+                raise Refusal("conflict", f"{row['name']} is {row['state']}; kill it first to retry it")
+            key = (row["study"], row["trial"])
+            if key in seen:
+                continue
+            live = await self.store.runs(study=row["study"], trial=row["trial"],
+                                      states=[RunState.PENDING.value, RunState.RUNNING.value, RunState.LOST.value],
+                                      columns=("id",))
+            if live:
+                continue  # that trial already has an attempt under way
+            seen.add(key)
+            new = await self.store.add_retry(row["study"], row["trial"], f"retry of {row['name']} on request")
+            self.runs.core.queued(row["study"], row["trial"], new["id"])
+            created.append(new["name"])
+            await self.publish_run(new["id"])
+        self.wake()
+        return {"retried": created}
+
+    async def op_pause(self, study: str) -> dict[str, Any]:
+        rt = self._study(study)
+        rt.paused = True
+        await self.store.set_paused(study, True)
+        await self.publish_study(study)
+        return {"study": study, "paused": True}
+
+    async def op_resume(self, study: str) -> dict[str, Any]:
+        rt = self._study(study)
+        rt.paused = False
+        rt.exhausted = not rt.suggester.adaptive  # an adaptive search that failed gets another go
+        await self.store.set_paused(study, False)
+        self.wake()
+        await self.publish_study(study)
+        return {"study": study, "paused": False}
+
+    async def op_leaderboard(self, study: str, limit: int | None) -> dict[str, Any]:
+        rt = self._study(study)
+        if len(rt.spec.objectives) > 1:
+            rows = self._pareto_board(rt, await self.store.runs(study=study, state=RunState.COMPLETED.value))
+            rows = rows[:limit] if limit is not None else rows
+        else:
+            rows = await self.store.best_runs(study, rt.spec.objective.minimize, limit)
+        return {"study": study, "metric": rt.spec.objective.metric, "goal": rt.spec.objective.goal,
+                "objectives": [dataclasses.asdict(o) for o in rt.spec.objectives], "runs": rows}
+
+    @staticmethod
+    def _pareto_board(rt: StudyRuntime, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Runs with a value for every objective: the Pareto front first, each part by
+        the first objective."""
+        objectives = rt.spec.objectives
+        scored = []
+        for run in runs:
+            values = dict(run["metrics"])
+            if run["objective"] is not None:
+                values[objectives[0].metric] = run["objective"]
+            if all(o.metric in values for o in objectives):
+                run["values"] = {o.metric: values[o.metric] for o in objectives}
+                scored.append(run)
+        front = pareto_front([tuple(r["values"][o.metric] for o in objectives) for r in scored],
+                             tuple(o.minimize for o in objectives))
+        for run, on_front in zip(scored, front):
+            run["pareto"] = on_front
+        first = objectives[0]
+        scored.sort(key=lambda r: (not r["pareto"], r["values"][first.metric] * (1 if first.minimize else -1)))
+        return scored
+
+    async def op_best(self, study: str) -> dict[str, Any]:
+        rt = self._study(study)
+        board = await self.op_leaderboard(study, 1)
+        predicted = await self.studies.call(rt, rt.suggester.best, changes=False)
+        return {"study": study, "observed": board["runs"][0] if board["runs"] else None, "predicted": predicted,
+                "metric": board["metric"], "goal": board["goal"]}
+
+    async def op_suggest(self, study: str, params: dict[str, Any]) -> dict[str, Any]:
+        rt = self._study(study)
+        values: dict[str, Any] = {}
+        try:
+            for name, raw in params.items():
+                try:
+                    param = rt.spec.param(name)
+                except KeyError:
+                    names = ", ".join(p.name for p in rt.spec.params)
+                    raise Refusal("invalid", f"unknown parameter {name!r}; the study has {names}") from None
+                values[name] = coerce_value(param, raw) if isinstance(raw, str) else raw
+            full = complete_params(rt.spec, values)
+            runs = await self.studies.new_trials(rt, params=full)
+            self.runs.core.queued(study, runs[0]["trial"], runs[0]["id"])
+        except (ValueError, SearchError) as exc:
+            if isinstance(exc, Refusal):
+                raise
+            raise Refusal("invalid", str(exc)) from None
+        self.wake()
+        await self.publish_run(runs[0]["id"])
+        return {"run": runs[0]["name"], "trial": runs[0]["trial"], "params": full}
+
+    async def study_summaries(self, only: str | None = None) -> list[dict[str, Any]]:
+        counts = await self.store.state_counts()
+        trials = await self.store.trial_counts()
+        out = []
+        for name, rt in self.studies.all.items():
+            if only is not None and name != only:
+                continue
+            spec = rt.spec
+            c = counts.get(name, {})
+            best = await self.store.best_runs(name, spec.objective.minimize, 1)
+            live = c.get("pending", 0) + c.get("running", 0) + c.get("lost", 0)
+            done = not live and (rt.exhausted or (spec.max_trials is not None and trials.get(name, 0) >= spec.max_trials))
+            out.append({
+                "name": name, "algorithm": spec.algorithm, "paused": rt.paused, "max_trials": spec.max_trials,
+                "trials": trials.get(name, 0), "parallel": spec.parallel, "gpus": spec.gpus, "priority": spec.priority,
+                "counts": {s: c.get(s, 0) for s in STATES}, "metric": spec.objective.metric,
+                "goal": spec.objective.goal, "best": best[0]["objective"] if best else None,
+                "best_run": best[0]["name"] if best else None, "finished": done, "source": spec.source,
+            })
+        for name, why in self.studies.broken.items():
+            if only is None or name == only:
+                out.append({"name": name, "error": why})
+        return out
+
+    async def op_studies(self) -> list[dict[str, Any]]:
+        return await self.study_summaries()
+
+def _space_change(old: StudySpec, new: StudySpec) -> str:
+    """What differs between two studies' search spaces, or '' if nothing does."""
+    if old.params != new.params:
+        before = {p.name: p for p in old.params}
+        after = {p.name: p for p in new.params}
+        changed = sorted(n for n in before.keys() | after.keys() if before.get(n) != after.get(n))
+        return f"parameters differ: {', '.join(changed)}"
+    if old.objectives != new.objectives:
+        return "the objective differs"
+    if old.algorithm != new.algorithm:
+        return f"algorithm {old.algorithm} became {new.algorithm}"
+    if (old.constraints, old.param_constraints) != (new.constraints, new.param_constraints):
+        return "constraints differ"
+    return ""
+
+
+def _renamed_text(text: str, name: str) -> str:
+    """The study file with its [study] name replaced, so the stored text parses as the
+    study it is stored under."""
+    out, n = re.subn(r'(?m)^(\s*name\s*=\s*)(".*?"|\'.*?\')', lambda m: m.group(1) + json.dumps(name), text, count=1)
+    if n == 0:
+        raise Refusal("invalid", "cannot rename the study: no name = \"...\" line under [study]")
+    return out
+
+

@@ -1,0 +1,340 @@
+"""The shell around the run-lifecycle core: events in from hosts and users, actions out to
+the store, the hosts, the search and the scheduler.
+
+One task (`serve`) takes events off a queue in order and hands them to the core; the
+actions of one event are carried out in order, chained after the previous actions of the
+same run, while other runs go on (a slow store write or search call for one run does not
+hold up the others). Store writes of records are retried until they succeed: a run's end
+is never dropped, and a report is stored exactly once because a run's offset moves only
+with the commit of the reports read up to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypd import lifecycle as lc
+from hypd.capacity import Released
+from hypd.hosts import Host, HostError
+from hypd.metrics import MetricsReader, fold_objective, read_lines
+from hypd.runstate import LIVE, RunState, StopIntent
+from hypd.store import Store, StoreUnavailable
+from hypd.studies import Studies
+from hypd.study import format_duration
+
+log = logging.getLogger("hypd.runs")
+
+TICK = 0.25  # seconds between the core's clock ticks (timeouts, lost hosts, store retries)
+RELEASED_KEEP = 120.0  # seconds a release is remembered for capacity (until a newer reading)
+
+
+@dataclass
+class RunData:
+    """What the shell keeps of a live run beside the core: where its files are, and its
+    metrics as of the last stored report."""
+
+    ctl_dir: str
+    log_path: str
+    reader: MetricsReader
+    metrics: dict[str, float] = field(default_factory=dict)
+    objective: float | None = None
+    last_line: str = ""
+    gpu_mem_mib: int = 0
+    started: float = 0.0
+
+
+class Runs:
+    def __init__(self, store: Store, studies: Studies, hosts: Callable[[], dict[str, Host]],
+                 publish_run: Callable[[int], Awaitable[None]], publish_study: Callable[[str], Awaitable[None]],
+                 publish_log: Callable[[str, str], None], wake: Callable[[], None]) -> None:
+        self.store = store
+        self.studies = studies
+        self.hosts = hosts
+        self.publish_run = publish_run
+        self.publish_study = publish_study
+        self.publish_log = publish_log
+        self.wake = wake
+        self.core = lc.Lifecycle()
+        self.data: dict[int, RunData] = {}
+        self.released: dict[str, list[Released]] = {}
+        self.events: asyncio.Queue[object] = asyncio.Queue()
+        self._chains: dict[object, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.stopping = False  # `hypd stop --kill-runs`: nothing new, and every run ends
+
+    # ------------------------------------------------------------ in
+
+    def feed(self, event: object) -> None:
+        """From hosts (their sink) and from the shell itself; handled in order by serve."""
+        self.events.put_nowait(event)
+
+    async def serve(self) -> None:
+        ticker = asyncio.create_task(self._tick(), name="runs-tick")
+        try:
+            while True:
+                event = await self.events.get()
+                if isinstance(event, lc.HostDown | lc.HostUp):
+                    self.wake()
+                try:
+                    actions = self.core.handle(event)  # type: ignore[arg-type]
+                except Exception:  # a bug in one rule must not stop every run
+                    log.exception("the run core failed on %r", event)
+                    continue
+                if actions:
+                    self._carry_out(getattr(event, "run", None), actions)
+        finally:
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+            await self.drain()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            self.feed(lc.Tick(time.time()))
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait for the actions under way (at shutdown)."""
+        tasks = set(self._tasks)
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    def _carry_out(self, key: object, actions: list[lc.Action]) -> None:
+        previous = self._chains.get(key) if key is not None else None
+        task = asyncio.create_task(self._run_actions(previous, actions))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if key is not None:
+            self._chains[key] = task
+            task.add_done_callback(lambda t, k=key: self._chains.pop(k, None) if self._chains.get(k) is t else None)
+
+    async def _run_actions(self, previous: asyncio.Task[None] | None, actions: list[lc.Action]) -> None:
+        if previous is not None:
+            await asyncio.gather(previous, return_exceptions=True)
+        for action in actions:
+            try:
+                await self._act(action)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("carrying out %r failed", action)
+
+    # ------------------------------------------------------------ out
+
+    async def _act(self, action: lc.Action) -> None:
+        if isinstance(action, lc.Ingest):
+            await self._ingest(action)
+        elif isinstance(action, lc.Record):
+            await self._durably(self.store.transition, action.run, action.state, action.reason,
+                                **({"exit_code": action.exit_code} if action.state is not RunState.LOST else {}))
+            await self.publish_run(action.run)
+            self.wake()
+        elif isinstance(action, lc.Persist):
+            await self._durably(self.store.update_run, action.run, **dict(action.fields))
+        elif isinstance(action, lc.Signal):
+            await self._host_call(action.host, "kill", action.run)
+        elif isinstance(action, lc.Watch):
+            data = self.data.get(action.run)
+            if data is not None:
+                await self._host_call(action.host, "watch", action.run, data.ctl_dir, data.log_path,
+                                      action.offset, action.pid, action.start)
+        elif isinstance(action, lc.Unwatch):
+            await self._host_call(action.host, "unwatch", action.run)
+        elif isinstance(action, lc.Release):
+            self._release(action)
+        elif isinstance(action, lc.Retry):
+            await self._retry(action)
+        elif isinstance(action, lc.Supersede):
+            await self._supersede(action)
+        elif isinstance(action, lc.Tell):
+            await self.studies.tell(action.study)
+            await self.publish_study(action.study)
+        elif isinstance(action, lc.Note):
+            getattr(log, action.level)("%s", action.text)
+
+    async def _durably(self, write: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
+        """A write that must happen: retried while the store is unavailable (locked by
+        another process, disk full), with one log line per trouble."""
+        delay = 0.2
+        troubled = False
+        while True:
+            try:
+                result = await write(*args, **kwargs)
+            except StoreUnavailable as exc:
+                if not troubled:
+                    log.warning("store unavailable (%s); retrying until it takes the write", exc)
+                    troubled = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if troubled:
+                log.info("store available again")
+            return result
+
+    async def _host_call(self, host_name: str, method: str, *args: Any) -> None:
+        host = self.hosts().get(host_name)
+        if host is None:
+            return
+        try:
+            await getattr(host, method)(*args)
+        except (HostError, OSError, ConnectionError) as exc:
+            log.warning("host %s: %s: %s", host_name, method, exc)
+
+    # ------------------------------------------------------------ reports
+
+    async def _ingest(self, action: lc.Ingest) -> None:
+        data = self.data.get(action.run)
+        attempt = self.core.attempts.get(action.run)
+        if data is None or attempt is None:
+            return
+        rt = self.studies.get(attempt.study)
+        batch = await asyncio.to_thread(_read_log, data.log_path, action.offset, action.final)
+        reader_step = data.reader.next_step
+        metrics, objective, last_line = dict(data.metrics), data.objective, data.last_line
+        reports = []
+        now = time.time()
+        for line in batch.lines:
+            if line.strip() and not line.lstrip().startswith("METRICS:"):
+                last_line = line.strip()[:500]
+            report = data.reader.line(line)
+            if report is None:
+                continue
+            reports.append((report.step, now, dict(report.values)))
+            metrics.update(report.values)
+            if rt is not None and rt.spec.objective.metric in report.values:
+                o = rt.spec.objective
+                objective = fold_objective(objective, report.values[o.metric], o.minimize, o.use)
+        try:
+            await self.store.add_reports(action.run, reports, log_offset=batch.end, metrics=metrics,
+                                         objective=_finite(objective), last_line=last_line)
+        except StoreUnavailable as exc:
+            data.reader.next_step = reader_step  # read again from the last commit
+            self.feed(lc.StoreFailed(action.run, str(exc), time.time()))
+            return
+        data.metrics, data.objective, data.last_line = metrics, objective, last_line
+        self.feed(lc.Stored(action.run, batch.end))
+        if batch.lines:
+            self.publish_log(attempt.name, "\n".join(batch.lines) + "\n")
+        if batch.refused:
+            log.warning("%s: %d output line(s) over the length limit were not read for metrics",
+                        attempt.name, batch.refused)
+        if reports:
+            await self.publish_run(action.run)
+            await self.studies.report(attempt.study, attempt.trial, reports)
+
+    # ------------------------------------------------------------ trials
+
+    async def _retry(self, action: lc.Retry) -> None:
+        if self.stopping:
+            return
+        row = await self._durably(self.store.add_retry, action.study, action.trial, action.reason)
+        self.core.queued(action.study, action.trial, row["id"])
+        log.info("%s:%d: %s as %s", action.study, action.trial, action.reason, row["name"])
+        await self.publish_run(row["id"])
+        self.wake()
+
+    async def _supersede(self, action: lc.Supersede) -> None:
+        attempts = await self.store.runs(study=action.study, trial=action.trial,
+                                         states=[RunState.PENDING.value, RunState.RUNNING.value],
+                                         columns=("id", "study", "run_no", "trial", "state"))
+        for row in attempts:
+            if row["id"] != action.keep:
+                await self.kill(row, action.reason)
+
+    async def kill(self, row: dict[str, Any], reason: str = "", intent: StopIntent = StopIntent.KILL) -> None:
+        """End a run: a live one through its host, a pending one at once."""
+        if row["id"] in self.core.attempts:
+            self.feed(lc.StopRequested(row["id"], intent, reason, time.time()))
+            return
+        if row["state"] == RunState.PENDING.value:
+            await self._durably(self.store.transition, row["id"], RunState.KILLED,
+                                reason or "killed on request before it started")
+            actions = self.core.dropped(row["study"], row["trial"], row["id"], RunState.KILLED)
+            self._carry_out(row["id"], actions)
+            await self.publish_run(row["id"])
+
+    # ------------------------------------------------------------ capacity
+
+    def _release(self, action: lc.Release) -> None:
+        data = self.data.pop(action.run, None)
+        now = time.time()
+        kept = [r for r in self.released.get(action.host, []) if now - r.at < RELEASED_KEEP]
+        for gpu in action.gpus:
+            kept.append(Released(gpu, now, data.gpu_mem_mib if data else 0, data.started if data else 0.0))
+        self.released[action.host] = kept
+        self.wake()
+
+    # ------------------------------------------------------------ starting runs
+
+    def launching(self, attempt: lc.Attempt, data: RunData) -> None:
+        """A run the scheduler is about to launch: the core watches it from now on."""
+        self.data[attempt.id] = data
+        self.core.adopt(attempt)
+
+    async def recover(self) -> None:
+        """At start: adopt the runs that went on while no daemon watched them, queue the
+        pending ones, and tell the search what it missed."""
+        hosts = self.hosts()
+        for study, rt in self.studies.all.items():
+            self.core.rules[study] = lc.StudyRules(rt.spec.retries, format_duration(rt.spec.timeout or 0))
+        for name, host in hosts.items():
+            self.core.lost_after[name] = host.lost_after
+        rows = await self.store.runs(states=[s.value for s in LIVE] + [RunState.PENDING.value],
+                                     columns=("id", "study", "run_no", "trial", "state", "host", "gpus", "pid",
+                                              "proc_start", "ctl_dir", "log_path", "log_offset", "reports",
+                                              "metrics", "objective", "last_line", "deadline", "stop_intent",
+                                              "started"))
+        failures: dict[tuple[str, int], int] = {}
+        for row in await self.store.runs(states=[RunState.FAILED.value, RunState.LOST.value],
+                                         columns=("study", "trial")):
+            failures[(row["study"], row["trial"])] = failures.get((row["study"], row["trial"]), 0) + 1
+        for row in rows:
+            key = (row["study"], row["trial"])
+            rt = self.studies.get(row["study"])
+            if row["state"] == RunState.PENDING.value:
+                self.core.queued(row["study"], row["trial"], row["id"], failures.get(key, 0))
+                continue
+            host = hosts.get(row["host"] or "")
+            if host is None or rt is None:
+                why = f"host {row['host']} is not configured" if host is None else "its study cannot be loaded"
+                log.error("run %s cannot be adopted: %s", row["name"], why)
+                continue
+            self.core.queued(row["study"], row["trial"], row["id"], failures.get(key, 0))
+            self.data[row["id"]] = RunData(row["ctl_dir"], row["log_path"],
+                                           MetricsReader(rt.spec.metrics_regex, row["reports"]),
+                                           dict(row["metrics"] or {}), row["objective"], row["last_line"],
+                                           rt.spec.gpu_mem_mib, row["started"] or 0.0)
+            attempt = lc.Attempt(
+                row["id"], row["name"], row["study"], row["trial"], row["host"], tuple(row["gpus"] or ()),
+                lc.Phase.LOST if row["state"] == RunState.LOST.value else lc.Phase.RUNNING,
+                row["pid"], row["proc_start"], row["deadline"],
+                StopIntent(row["stop_intent"]) if row["stop_intent"] else None,
+                log_size=row["log_offset"], stored=row["log_offset"], asked=row["log_offset"],
+                unreachable_since=None if host.up else (host.down_since or time.time()))
+            self._carry_out(row["id"], self.core.adopt(attempt))
+            if row["state"] == RunState.LOST.value:  # its trial was dealt with when it was lost
+                self.core.trials[(row["study"], row["trial"])].live.discard(row["id"])
+            log.info("adopted %s (pid %s)", row["name"], row["pid"] or "unknown")
+        for study in self.studies.all:
+            self._carry_out(("tell", study), [lc.Tell(study, -1)])
+
+
+def _read_log(path: str, offset: int, final: bool) -> Any:
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return read_lines(lambda at, n: b"", offset, final=final)
+    with f:
+        def read(at: int, n: int) -> bytes:
+            f.seek(at)
+            return f.read(n)
+        return read_lines(read, offset, final=final)
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None

@@ -1,0 +1,109 @@
+"""Opening one SSH connection to a host as `ssh user@addr -p port` would (default keys,
+the agent, ~/.ssh/config, ~/.ssh/known_hosts, unless hosts.toml says otherwise), with
+keepalives; and one line saying why it could not be opened or why it was lost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import asyncssh
+
+from hypd.inventory import HostConfig
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def exc_text(exc: BaseException) -> str:
+    """One line for an exception from asyncssh, the OS or asyncio."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, asyncssh.Error):
+        return one_line(exc.reason or type(exc).__name__)
+    if isinstance(exc, OSError) and exc.strerror:
+        return one_line(exc.strerror)
+    text = str(exc)
+    return one_line(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+
+
+def remote_path_expr(path: str) -> str:
+    """A shell word for a configured remote path, with a leading ~ expanded on the host."""
+    import shlex
+
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
+class Client(asyncssh.SSHClient):
+    """Remembers why the connection ended."""
+
+    def __init__(self) -> None:
+        self.lost: Exception | None = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = exc
+
+
+class Connector:
+    def __init__(self, config: HostConfig, *, connect_options: Mapping[str, Any] | None = None,
+                 keepalive: tuple[float, int] = (5.0, 3), connect_timeout: float = 15.0) -> None:
+        self.config = config
+        self.connect_options = dict(connect_options or {})
+        self.keepalive = keepalive
+        self.connect_timeout = connect_timeout
+
+    async def connect(self) -> tuple[asyncssh.SSHClientConnection, Client]:
+        conn, client = await asyncssh.create_connection(Client, self.config.address, **self._kwargs())
+        return conn, client
+
+    def _kwargs(self) -> dict[str, Any]:
+        cfg = self.config
+        kw: dict[str, Any] = {
+            "keepalive_interval": self.keepalive[0],
+            "keepalive_count_max": self.keepalive[1],
+            "connect_timeout": self.connect_timeout,
+            "login_timeout": self.connect_timeout,
+        }
+        if cfg.port != 22 or not cfg.use_ssh_config:
+            kw["port"] = cfg.port
+        if cfg.user:
+            kw["username"] = cfg.user
+        if not cfg.use_ssh_config:
+            kw["config"] = None
+        if cfg.known_hosts is False:
+            kw["known_hosts"] = None
+        elif isinstance(cfg.known_hosts, str):
+            kw["known_hosts"] = os.path.expanduser(cfg.known_hosts)
+        if cfg.key:
+            kw["client_keys"] = [os.path.expanduser(cfg.key)]
+        kw.update(self.connect_options)
+        return kw
+
+    def explain(self, exc: BaseException) -> str:
+        """Why a connection could not be made, in one line that says what to try."""
+        cfg = self.config
+        where = f"{cfg.address}:{cfg.port}"
+        if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+            file = cfg.known_hosts if isinstance(cfg.known_hosts, str) else "~/.ssh/known_hosts"
+            keyscan = f"ssh-keyscan -p {cfg.port} {cfg.address} >> {file}"
+            return (f"host key for {where} not in known_hosts ({file}) or it has changed; "
+                    f"check it and add it with `{keyscan}`, or set known_hosts = false")
+        if isinstance(exc, asyncssh.PermissionDenied):
+            who = f"{cfg.user}@{where}" if cfg.user else where
+            keys = f"key {cfg.key}" if cfg.key else "your default keys and agent"
+            return f"authentication failed for {who} with {keys}: {exc_text(exc)}"
+        if isinstance(exc, asyncio.TimeoutError):
+            return f"no answer from {where} within {self.connect_timeout:g} s"
+        if isinstance(exc, ConnectionRefusedError):
+            return f"connection refused by {where}"
+        if isinstance(exc, OSError):
+            return f"cannot reach {where}: {exc_text(exc)}"
+        return f"cannot connect to {where}: {exc_text(exc)}"

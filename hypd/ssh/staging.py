@@ -1,0 +1,112 @@
+"""A study's code on an SSH host: `run.files` (relative to the study's workdir here)
+copied over SFTP to <root>/studies/<study>/code/, only what changed since the last copy.
+A manifest kept on the host (size, mtime, mode of each file) lets a restarted daemon
+copy nothing that is already there."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import stat as stat_module
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import asyncssh
+
+from hypd.study import StudySpec
+
+log = logging.getLogger("hypd.ssh")
+
+CODE_MANIFEST = ".hypd-code.json"  # in <root>/studies/<study>/: what code/ holds (size, mtime, mode)
+
+
+def local_manifest(workdir: str, files: tuple[str, ...]) -> dict[str, list[int]]:
+    """relative posix path -> [size, mtime_ns, mode] of every file `files` names under
+    `workdir` (folders recursively). ValueError naming an entry that does not exist."""
+    base = Path(workdir)
+    manifest: dict[str, list[int]] = {}
+
+    def add(path: Path) -> None:
+        st = path.stat()
+        rel = path.relative_to(base).as_posix()
+        manifest[rel] = [st.st_size, st.st_mtime_ns, stat_module.S_IMODE(st.st_mode)]
+
+    for entry in files:
+        path = base / entry.rstrip("/")
+        if path.is_dir():
+            for dirpath, dirnames, filenames in os.walk(path):
+                dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+                for name in sorted(filenames):
+                    full = Path(dirpath) / name
+                    if full.is_file():
+                        add(full)
+        elif path.is_file():
+            add(path)
+        else:
+            raise ValueError(f"run.files entry {entry!r} does not exist in {workdir}")
+    return manifest
+
+
+class Stager:
+    """Copies studies' code to one host over its SFTP session."""
+
+    def __init__(self, host: str, timeout: float) -> None:
+        self.host = host
+        self.timeout = timeout
+        self.uploads = 0  # files copied
+        self._prepared: dict[str, str] = {}  # study -> manifest digest known to be on the host
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def prepare(self, sftp: asyncssh.SFTPClient, root: str, spec: StudySpec) -> str:
+        """The folder runs of `spec` work in on the host. ValueError/OSError (a file
+        missing here), asyncssh errors (the host)."""
+        if not spec.files:
+            return spec.workdir  # a shared filesystem, or code that is already there
+        study_dir = f"{root}/studies/{spec.name}"
+        code = f"{study_dir}/code"
+        manifest = await asyncio.to_thread(local_manifest, spec.workdir, tuple(spec.files))
+        digest = hashlib.sha256(json.dumps([root, manifest], sort_keys=True).encode()).hexdigest()
+        if self._prepared.get(spec.name) == digest:
+            return code
+        async with self._locks.setdefault(spec.name, asyncio.Lock()):
+            if self._prepared.get(spec.name) != digest:
+                await self._copy(sftp, spec, study_dir, code, manifest)
+                self._prepared[spec.name] = digest
+        return code
+
+    async def _copy(self, sftp: asyncssh.SFTPClient, spec: StudySpec, study_dir: str, code: str,
+                    manifest: dict[str, list[int]]) -> None:
+        manifest_path = f"{study_dir}/{CODE_MANIFEST}"
+        remote: dict[str, Any] = {}
+        with contextlib.suppress(asyncssh.SFTPNoSuchFile, ValueError):
+            async with sftp.open(manifest_path, "rb") as f:
+                loaded = json.loads(await asyncio.wait_for(f.read(), self.timeout))
+            if isinstance(loaded, dict):
+                remote = loaded
+        changed = [rel for rel, meta in manifest.items() if remote.get(rel) != meta]
+        removed = [rel for rel in remote if rel not in manifest]
+        await asyncio.wait_for(sftp.makedirs(code, exist_ok=True), self.timeout)
+        for folder in sorted({str(PurePosixPath(rel).parent) for rel in changed} - {"."}):
+            await asyncio.wait_for(sftp.makedirs(f"{code}/{folder}", exist_ok=True), self.timeout)
+        gate = asyncio.Semaphore(8)
+
+        async def put(rel: str) -> None:
+            async with gate:
+                await sftp.put(str(Path(spec.workdir) / rel), f"{code}/{rel}", preserve=True)
+
+        await asyncio.gather(*(put(rel) for rel in changed))
+        for rel in removed:
+            with contextlib.suppress(asyncssh.SFTPError):
+                await sftp.remove(f"{code}/{rel}")
+        tmp = f"{manifest_path}.tmp"
+        async with sftp.open(tmp, "wb") as f:
+            await f.write(json.dumps(manifest, sort_keys=True).encode())
+        await sftp.posix_rename(tmp, manifest_path)
+        self.uploads += len(changed)
+        if changed or removed:
+            log.info("host %s: study %s: copied %d file(s), removed %d", self.host, spec.name,
+                     len(changed), len(removed))

@@ -1,0 +1,178 @@
+"""The daemon's studies: their specs, their searches, and what the search is told.
+
+Search calls (Ax fitting) run off the event loop (the search worker process, reached from
+a thread), one call at a time per study. The search's state is stored with what changed
+it in one transaction: new trials with the state that proposed them, and the outcomes of
+ended trials with the state that learnt them and their `told` marks — so after a crash
+the stored state and the marks never disagree, and every ended trial is told exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypd.runstate import RunState
+from hypd.search import SearchError, Suggester
+from hypd.searchworker import SearchWorker, open_suggester
+from hypd.store import Store
+from hypd.study import StudyError, StudySpec, parse_study
+
+log = logging.getLogger("hypd.studies")
+
+SEARCH_FLUSH_EVERY = 10.0  # seconds intermediate reports may wait before the search state is stored
+
+
+@dataclass
+class StudyRuntime:
+    spec: StudySpec
+    suggester: Suggester
+    paused: bool
+    last_served: float
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    exhausted: bool = False  # the search proposed fewer trials than asked
+    trials: int = 0
+    last_early_stop: float = 0.0
+    dirty_since: float | None = None  # reports told to the search and not yet stored
+
+
+class Studies:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.worker = SearchWorker()
+        self.all: dict[str, StudyRuntime] = {}
+        self.broken: dict[str, str] = {}  # name -> why it cannot be loaded
+
+    def get(self, name: str) -> StudyRuntime | None:
+        return self.all.get(name)
+
+    async def load(self) -> None:
+        for row in await self.store.studies():
+            try:
+                spec = parse_study(row.text, row.source, row.base_dir)
+                suggester = await asyncio.to_thread(open_suggester, spec, row.search_state, self.worker)
+            except (StudyError, SearchError, ValueError) as exc:
+                self.broken[row.name] = str(exc)
+                log.error("study %s cannot be loaded: %s", row.name, exc)
+                continue
+            rt = StudyRuntime(spec, suggester, row.paused, row.last_served)
+            rt.trials = await self.store.trial_count(row.name)
+            rt.exhausted = not suggester.adaptive  # a search that is not adaptive queued every trial at submit
+            self.all[row.name] = rt
+
+    async def create(self, spec: StudySpec, path: str, text: str, base_dir: str) -> StudyRuntime:
+        suggester = await asyncio.to_thread(open_suggester, spec, None, self.worker)
+        state = await asyncio.to_thread(suggester.dump)
+        await self.store.add_study(spec.name, path, text, base_dir, state)
+        rt = StudyRuntime(spec, suggester, False, 0.0)
+        self.all[spec.name] = rt
+        return rt
+
+    async def call(self, rt: StudyRuntime, method: Callable[..., Any], *args: Any,
+                   changes: bool | Callable[[Any], bool] = True) -> Any:
+        """Call the study's search off the event loop, one call at a time, and store its
+        state after a call that changes it (`changes` may judge by the call's result)."""
+        async with rt.lock:
+            result = await asyncio.to_thread(method, *args)
+            if changes(result) if callable(changes) else changes:
+                await self._store_state(rt)
+            return result
+
+    async def _store_state(self, rt: StudyRuntime) -> None:
+        """(Under rt.lock.) Dumping an Ax experiment takes up to seconds at a few hundred
+        trials, so intermediate reports mark the state dirty and are stored with the next
+        change, or by `flush` within SEARCH_FLUSH_EVERY."""
+        state = await asyncio.to_thread(rt.suggester.dump)
+        await self.store.set_search_state(rt.spec.name, state)
+        rt.dirty_since = None
+
+    async def flush(self, older_than: float = 0.0) -> None:
+        for rt in self.all.values():
+            if rt.dirty_since is not None and time.time() - rt.dirty_since >= older_than:
+                async with rt.lock:
+                    if rt.dirty_since is not None:
+                        await self._store_state(rt)
+
+    async def new_trials(self, rt: StudyRuntime, count: int | None = None,
+                         params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Ask the search for `count` trials, or attach a hand-given one, and store the
+        trials with the search's new state in one transaction: a crash never leaves the
+        search with trials hypd does not know of."""
+        async with rt.lock:
+            if params is None:
+                trials = await asyncio.to_thread(rt.suggester.ask, count)
+            else:
+                trials = [(await asyncio.to_thread(rt.suggester.attach, params), params)]
+            state = await asyncio.to_thread(rt.suggester.dump)
+            runs = await self.store.add_trials(rt.spec.name, trials, state,
+                                               source="search" if params is None else "user")
+            rt.dirty_since = None
+            rt.trials += len(trials)
+            return runs
+
+    async def report(self, study: str, trial: int, reports: list[tuple[int, float, dict[str, float]]]) -> None:
+        """Intermediate reports, for a search that stops unpromising trials early."""
+        rt = self.all.get(study)
+        if rt is None or rt.spec.early_stop is None or not reports:
+            return
+        await self.call(rt, _report_all, rt.suggester, trial, reports, changes=False)
+        rt.dirty_since = rt.dirty_since or time.time()
+
+    async def tell(self, study: str) -> None:
+        """Tell the search the outcome of every ended trial it has not been told, and store
+        its state with the told marks in one transaction."""
+        rt = self.all.get(study)
+        if rt is None:
+            return
+        async with rt.lock:
+            untold = await self.store.untold_trials(study)
+            if not untold:
+                return
+            told: list[tuple[int, str]] = []
+            for row in untold:
+                try:
+                    told.append((row["trial"], await asyncio.to_thread(self._tell_one, rt, row)))
+                except SearchError as exc:
+                    log.error("study %s: cannot tell the search how trial %d ended: %s", study, row["trial"], exc)
+                    told.append((row["trial"], "error"))
+            state = await asyncio.to_thread(rt.suggester.dump)
+            await self.store.record_told(study, state, told)
+            rt.dirty_since = None
+
+    @staticmethod
+    def _tell_one(rt: StudyRuntime, row: dict[str, Any]) -> str:
+        state = RunState(row["state"])
+        if state is RunState.COMPLETED:
+            values = {k: v for k, v in (row["metrics"] or {}).items() if math.isfinite(v)}
+            if row["objective"] is not None and math.isfinite(row["objective"]):
+                values[rt.spec.objective.metric] = row["objective"]
+            rt.suggester.complete(row["trial"], values)
+            return "completed"
+        if state is RunState.FAILED:
+            rt.suggester.fail(row["trial"])
+            return "failed"
+        if state is RunState.STOPPED:
+            return "stopped"  # the search itself decided to stop it and has its data
+        rt.suggester.abandon(row["trial"])
+        return "abandoned"
+
+    async def early_stops(self, study: str, running: list[int]) -> list[int]:
+        """Trials (of those running) the search judges unpromising now."""
+        rt = self.all.get(study)
+        if rt is None or rt.spec.early_stop is None or not running:
+            return []
+        rt.last_early_stop = time.time()
+        return list(await self.call(rt, rt.suggester.early_stop, sorted(running), changes=bool))
+
+    def close(self) -> None:
+        self.worker.close()
+
+
+def _report_all(suggester: Suggester, trial: int, reports: list[tuple[int, float, dict[str, float]]]) -> None:
+    for step, _, values in reports:
+        suggester.report(trial, step, values)
