@@ -351,7 +351,10 @@ class Watcher:
                 if fd != 0:
                     self.pidfd_fired(fd)
                     continue
-                data = os.read(0, 1 << 16)
+                try:
+                    data = os.read(0, 1 << 16)
+                except OSError:
+                    data = b""
                 if not data:
                     return  # the daemon is gone; the runs go on
                 pending += data
@@ -433,8 +436,9 @@ class Watcher:
             self.error("bad command: not a JSON object")
             return
         op = cmd.get("op")
-        handler = {"launch": self.op_launch, "watch": self.op_watch, "kill": self.op_kill,
-                   "unwatch": self.op_unwatch, "ping": self.op_ping}.get(op)
+        handlers = {"launch": self.op_launch, "watch": self.op_watch, "kill": self.op_kill,
+                    "unwatch": self.op_unwatch, "ping": self.op_ping}
+        handler = handlers.get(op) if isinstance(op, str) else None
         if handler is None:
             self.error(f"unknown op {op!r}")
             return
@@ -540,7 +544,9 @@ class Watcher:
         """Take on a started wrapper: alive (same start time) or already gone."""
         run.phase = "run"
         run.pid = pid
-        current = live_start(pid)
+        st = proc_stat(pid)
+        # Dead, a zombie, or not a process group leader as every wrapper is: not (any more) the run.
+        current = st[2] if st is not None and st[0] not in ("Z", "X", "x") and st[1] == pid else None
         if current is not None and start is None:
             # No recorded start time: trust the pid file unless this process began well after it.
             if started_long_after(current, os.path.join(run.path, "pid")):

@@ -365,12 +365,11 @@ async def test_the_wait_for_the_pid_file_ends(spawn: Spawn, tmp_path: Path) -> N
     w = await spawn(copy=False, args=("--pid-wait", "0.3"))
     # A launch whose script never writes its pid: reported, and not left running.
     ctl = ctl_of(tmp_path, "mute")
-    await w.link.launch("mute", str(ctl), "echo no pid here; exec sleep 1000\n", 1.0)
+    await w.link.launch("mute", str(ctl), f"echo no pid here; echo $$ > {ctl}/me; exec sleep 1000\n", 1.0)
     why = (await w.wait(LaunchFailed, "mute")).why
     assert "no pid file within 0.3 s" in why and "no pid here" in why
-    await eventually(lambda: not [p for p in map(int, filter(str.isdigit, os.listdir("/proc")))
-                                  if running(p) and Path(f"/proc/{p}/cmdline").read_bytes() == b"sleep\x001000\x00"
-                                  and proc_state(p)[1] == p], what="the script to be killed")
+    script_pid = int((ctl / "me").read_text())
+    await eventually(lambda: not running(script_pid), what="the script to be killed")
     # A watch without pid of a run that never wrote one: it ended, how is unknown.
     ctl = ctl_of(tmp_path, "never")
     ctl.mkdir(parents=True)
@@ -416,6 +415,21 @@ async def test_watch_again_sends_again_from_the_offset(spawn: Spawn, tmp_path: P
     assert await w.wait(LogBytes, "again", n=3) == LogBytes("again", 3, b"def")
     assert await w.wait(Exited, "again") == Exited("again", 0, "-", 6)
     assert not w.of(Alive)  # an already watched run is not announced again
+
+
+async def test_an_unwatched_run_is_forgotten_but_not_disturbed(spawn: Spawn, tmp_path: Path) -> None:
+    w = await spawn(send_logs=False, copy=False)
+    ctl = ctl_of(tmp_path, "dropped")
+    await w.link.launch("dropped", str(ctl), run_script(ctl, ("main", "sleep 0.3; echo done")), 1.0)
+    started = await w.wait(Started, "dropped")
+    await w.link.unwatch("dropped")
+    await eventually(lambda: (ctl / "exit").exists(), what="the run to end")
+    await asyncio.sleep(0.3)
+    await w.link.ping(timeout=5)
+    assert (ctl / "exit").read_text() == "0 -\n" and not running(started.pid)
+    assert not w.of(Exited) and not w.of(Clean)
+    await w.link.kill("dropped", 0.1)
+    assert (await w.wait(Signalled, "dropped")).found is False
 
 
 # --------------------------------------------------------------------------- bytes, EOF, garbage
@@ -471,7 +485,8 @@ async def test_garbage_commands_give_errors_and_the_watcher_keeps_working(spawn:
     w = await spawn()
     garbage = [b"not json", b"[1, 2]", b'{"op":"fly"}', b'{"no":"op"}', b'{"op":"launch","run":"x"}',
                b'{"op":"watch","run":"x","ctl":"/c","pid":"12"}', b'{"op":"kill","run":"x","grace":"soon"}',
-               b'{"op":"watch","run":"x","ctl":"/c","offset":-1}', b"\xff\xfe", b"[" * 100000]
+               b'{"op":"watch","run":"x","ctl":"/c","offset":-1}', b"\xff\xfe", b"[" * 100000, b'{"op":[1]}',
+               b'{"op":{"a":1}}']
     assert w.proc.stdin is not None
     w.proc.stdin.write(b"\n".join(garbage) + b"\n\n")
     await w.link.ping(timeout=10)
