@@ -3,6 +3,13 @@
 Every state change of a run is written with a row in `transitions` in the same
 transaction, and a run's log offset moves in the same transaction as the metrics read
 from that part of the log, so a restart neither loses nor doubles a report.
+
+A write that cannot be done now — another process holds the database's write lock for
+longer than the busy timeout, the disk is full, an I/O error — raises StoreUnavailable
+with one line saying why, after rolling back whatever the write had done: nothing of it
+is kept, no transaction is left open, and the same write simply succeeds once the fault
+is gone (nothing to reopen). Mistakes in what is written (a constraint violated, a
+transition the state machine forbids) keep their own exception types.
 """
 
 from __future__ import annotations
@@ -10,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -108,6 +117,52 @@ class StoreError(RuntimeError):
     pass
 
 
+class StoreUnavailable(StoreError):
+    """The database cannot be written now (locked by another process, disk full, I/O
+    error). The failed write left nothing behind; the same write may be tried again."""
+
+
+DEFAULT_BUSY_TIMEOUT_MS = 5000
+
+# SQLite's primary result codes that say the database cannot be used now, rather than
+# that the statement was wrong.
+_SQLITE_NOMEM, _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_CORRUPT = 7, 8, 10, 11
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_PROTOCOL, _SQLITE_NOTADB = \
+    5, 6, 13, 14, 15, 26
+_LOW_SPACE = 1 << 20  # bytes free under which an I/O error is told as a full disk
+
+
+def unavailable_reason(exc: BaseException, path: Path, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> str | None:
+    """One line saying why the database cannot be written now, or None when exc is not
+    such a fault (a programming error, a constraint, anything not from SQLite)."""
+    if not isinstance(exc, sqlite3.DatabaseError) or isinstance(
+            exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)):
+        return None
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if primary in (_SQLITE_BUSY, _SQLITE_LOCKED) or "database is locked" in text or "table is locked" in text:
+        return f"database is locked by another process (waited {busy_timeout_ms} ms): {path}"
+    if primary == _SQLITE_FULL or "database or disk is full" in text:
+        return f"disk full: {path}"
+    if primary == _SQLITE_IOERR or "disk I/O error" in text:
+        with contextlib.suppress(OSError):
+            if shutil.disk_usage(path.parent).free < _LOW_SPACE:
+                return f"disk full: {path}"
+        return f"disk I/O error: {path}"
+    if primary == _SQLITE_READONLY or "readonly database" in text:
+        return f"database is read-only: {path}"
+    if primary == _SQLITE_CANTOPEN or "unable to open database" in text:
+        return f"cannot open the database file: {path}"
+    if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or "malformed" in text or "not a database" in text:
+        return f"database file is damaged ({text}): {path}"
+    if primary == _SQLITE_NOMEM or "out of memory" in text:
+        return f"out of memory writing {path}"
+    if primary == _SQLITE_PROTOCOL:
+        return f"database locking protocol failed ({text}): {path}"
+    return None
+
+
 @dataclass(frozen=True)
 class StudyRow:
     name: str
@@ -134,46 +189,92 @@ def _run_dict(row: Sequence[Any], columns: Sequence[str]) -> dict[str, Any]:
 class Store:
     """One connection; all writes go through it (the daemon is the only writer)."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, db: aiosqlite.Connection, path: Path,
+                 busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> None:
         self.db = db
         self.path = path
+        self.busy_timeout_ms = busy_timeout_ms
         # One connection is shared by every task: a transaction must not interleave with
         # another task's statements, so writes take this lock.
         self.write_lock = asyncio.Lock()
 
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable | None:
+        why = unavailable_reason(exc, self.path, self.busy_timeout_ms)
+        return None if why is None else StoreUnavailable(why)
+
+    async def _rollback(self) -> None:
+        """Undo an open transaction; a rollback that fails too (nothing open any more, the
+        disk gone) is ignored: the next write checks again."""
+        with contextlib.suppress(Exception):
+            await self.db.execute("ROLLBACK")
+
+    async def _not_in_transaction(self) -> None:
+        if self.db.in_transaction:  # left open by a failure whose rollback failed as well
+            await self._rollback()
+
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT under the write lock. Any failure in the body or at
+        COMMIT rolls back; a database that cannot be written now raises StoreUnavailable."""
         async with self.write_lock:
-            await self.db.execute("BEGIN IMMEDIATE")
+            await self._not_in_transaction()
+            try:
+                await self.db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                if (unavailable := self._unavailable(exc)) is not None:
+                    raise unavailable from exc
+                raise
             try:
                 yield
-            except BaseException:
-                await self.db.execute("ROLLBACK")
+                await self.db.execute("COMMIT")
+            except BaseException as exc:
+                await self._rollback()
+                if (unavailable := self._unavailable(exc)) is not None:
+                    raise unavailable from exc
                 raise
-            await self.db.execute("COMMIT")
 
     async def write(self, sql: str, args: Sequence[Any] = ()) -> None:
         """One statement on its own (autocommit), never inside another task's transaction."""
         async with self.write_lock:
-            await self.db.execute(sql, args)
+            await self._not_in_transaction()
+            try:
+                await self.db.execute(sql, args)
+            except sqlite3.Error as exc:
+                if (unavailable := self._unavailable(exc)) is not None:
+                    raise unavailable from exc
+                raise
 
     @classmethod
-    async def open(cls, path: Path) -> Store:
+    async def open(cls, path: Path, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> Store:
+        """Open (creating if need be) the store at path. busy_timeout_ms: how long a write
+        waits for another process's write lock before StoreUnavailable."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(path, isolation_level=None)
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=NORMAL")
-        await db.execute("PRAGMA foreign_keys=ON")
-        await db.execute("PRAGMA busy_timeout=5000")
-        await db.executescript(SCHEMA)
-        async with db.execute("SELECT value FROM meta WHERE key='schema_version'") as cur:
-            row = await cur.fetchone()
-        if row is None:
-            await db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) > SCHEMA_VERSION:
-            await db.close()
-            raise StoreError(f"{path} was written by a newer hypd (schema {row[0]}); upgrade hypd")
-        return cls(db, path)
+        busy_timeout_ms = int(busy_timeout_ms)
+        try:
+            db = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
+        except sqlite3.Error as exc:
+            if (why := unavailable_reason(exc, path, busy_timeout_ms)) is not None:
+                raise StoreUnavailable(why) from exc
+            raise
+        try:
+            await db.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=NORMAL")
+            await db.execute("PRAGMA foreign_keys=ON")
+            await db.executescript(SCHEMA)
+            async with db.execute("SELECT value FROM meta WHERE key='schema_version'") as cur:
+                row = await cur.fetchone()
+            if row is None:
+                await db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise StoreError(f"{path} was written by a newer hypd (schema {row[0]}); upgrade hypd")
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await db.close()
+            if (why := unavailable_reason(exc, path, busy_timeout_ms)) is not None:
+                raise StoreUnavailable(why) from exc
+            raise
+        return cls(db, path, busy_timeout_ms)
 
     async def close(self) -> None:
         await self.db.close()
@@ -288,7 +389,13 @@ class Store:
 
     async def update_run(self, run_id: int, **fields: Any) -> None:
         async with self.write_lock:
-            await self._update(run_id, fields)
+            await self._not_in_transaction()
+            try:
+                await self._update(run_id, fields)
+            except sqlite3.Error as exc:
+                if (unavailable := self._unavailable(exc)) is not None:
+                    raise unavailable from exc
+                raise
 
     async def _update(self, run_id: int, fields: Mapping[str, Any]) -> None:
         cols = []
@@ -321,6 +428,52 @@ class Store:
         async with self.db.execute("SELECT told FROM trials WHERE study=? AND trial=?", (study, trial)) as cur:
             row = await cur.fetchone()
         return row[0] if row else None
+
+    async def untold_trials(self, study: str) -> list[dict[str, Any]]:
+        """The study's trials the search has not been told about (told IS NULL) whose
+        every attempt has ended (none pending, running or lost), in trial order; each with
+        its last attempt: {trial, params, run_id, name, attempt, state, reason, metrics,
+        objective, attempts, failures} (failures: attempts that failed).
+
+        With record_told, telling the search is done exactly once across crashes: tell it
+        about each of these, then record its new state and the told marks together."""
+        sql = """
+            SELECT t.trial, t.params, r.id, r.run_no, r.attempt, r.state, r.reason, r.metrics,
+                   r.objective,
+                   (SELECT COUNT(*) FROM runs a WHERE a.study=t.study AND a.trial=t.trial),
+                   (SELECT COUNT(*) FROM runs a WHERE a.study=t.study AND a.trial=t.trial
+                                                  AND a.state IN ('failed', 'lost'))
+            FROM trials t JOIN runs r ON r.study=t.study AND r.trial=t.trial
+            WHERE t.study=? AND t.told IS NULL
+              AND r.attempt=(SELECT MAX(attempt) FROM runs a WHERE a.study=t.study AND a.trial=t.trial)
+              AND NOT EXISTS (SELECT 1 FROM runs a WHERE a.study=t.study AND a.trial=t.trial
+                                                    AND a.state IN ('pending', 'running', 'lost'))
+            ORDER BY t.trial"""
+        async with self.db.execute(sql, (study,)) as cur:
+            rows = await cur.fetchall()
+        return [{"trial": trial, "params": json.loads(params), "run_id": run_id, "name": f"{study}:{run_no}",
+                 "attempt": attempt, "state": state, "reason": reason, "metrics": json.loads(metrics),
+                 "objective": objective, "attempts": attempts, "failures": failures}
+                for (trial, params, run_id, run_no, attempt, state, reason, metrics, objective,
+                     attempts, failures) in rows]
+
+    async def record_told(self, study: str, search_state: str | None,
+                          told: Sequence[tuple[int, str]]) -> None:
+        """The search's state after it was told about some trials, and what each of those
+        trials was told (completed/failed/abandoned/stopped), in one transaction: the
+        stored state and the told marks never disagree. search_state None leaves the
+        stored state as it is. An unknown study or trial raises StoreError (nothing kept)."""
+        async with self.transaction():
+            async with self.db.execute("SELECT 1 FROM studies WHERE name=?", (study,)) as cur:
+                if await cur.fetchone() is None:
+                    raise StoreError(f"no study {study}")
+            if search_state is not None:
+                await self.db.execute("UPDATE studies SET search_state=? WHERE name=?", (search_state, study))
+            for trial, what in told:
+                async with self.db.execute("UPDATE trials SET told=? WHERE study=? AND trial=?",
+                                           (what, study, trial)) as cur:
+                    if cur.rowcount != 1:
+                        raise StoreError(f"no trial {trial} in study {study}")
 
     # ------------------------------------------------------------ queries
 

@@ -433,6 +433,101 @@ async def test_told(store: Store) -> None:
     assert await store.trial_told("zz", 1) is None
 
 
+async def untold(store: Store, study: str = "a") -> list[tuple[int, str, str, int]]:
+    return [(t["trial"], t["state"], t["name"], t["attempt"]) for t in await store.untold_trials(study)]
+
+
+async def test_untold_trials_are_the_ended_ones_not_yet_told(store: Store) -> None:
+    runs = await new_study(store, "a", trials=6)
+    await new_study(store, "b", trials=1)
+    ids = {r["trial"]: r["id"] for r in runs}
+    assert await untold(store) == []  # all pending
+    await to(store, ids[1], R)
+    await store.add_reports(ids[1], [(0, 1.0, {"loss": 0.5, "acc": 0.9})], log_offset=30,
+                            metrics={"loss": 0.5, "acc": 0.9}, objective=0.5, last_line="x")
+    await to(store, ids[1], C)
+    await to(store, ids[2], R, F)
+    await to(store, ids[3], R, L)  # lost: it may still come back
+    await to(store, ids[4], K)  # killed before it started
+    await to(store, ids[5], R, S)
+    await to(store, ids[6], R)
+    await to(store, (await store.runs(study="b"))[0]["id"], R, C)  # another study's
+    assert await untold(store) == [(1, "completed", "a:1", 1), (2, "failed", "a:2", 1),
+                                   (4, "killed", "a:4", 1), (5, "stopped", "a:5", 1)]
+    (first,) = [t for t in await store.untold_trials("a") if t["trial"] == 1]
+    assert first == {"trial": 1, "params": {"x": 1}, "run_id": ids[1], "name": "a:1", "attempt": 1,
+                     "state": "completed", "reason": "to completed", "metrics": {"loss": 0.5, "acc": 0.9},
+                     "objective": 0.5, "attempts": 1, "failures": 0}
+    await to(store, ids[3], F)  # the lost one ended after all
+    assert [t for t, *_ in await untold(store)] == [1, 2, 3, 4, 5]
+    assert await untold(store, "b") == [(1, "completed", "b:1", 1)]
+    assert await untold(store, "zz") == []
+
+
+async def test_a_trial_with_an_attempt_to_come_is_not_untold(store: Store) -> None:
+    (run,) = await new_study(store, "a", trials=1)
+    await to(store, run["id"], R, F)
+    assert [t["failures"] for t in await store.untold_trials("a")] == [1]
+    retry = await store.add_retry("a", 1, "retry 1")
+    assert await untold(store) == []  # pending
+    await to(store, retry["id"], R)
+    assert await untold(store) == []  # running
+    await to(store, retry["id"], L)
+    assert await untold(store) == []  # lost
+    await to(store, retry["id"], C)
+    (t,) = await store.untold_trials("a")
+    assert (t["state"], t["attempt"], t["name"], t["run_id"]) == ("completed", 2, retry["name"], retry["id"])
+    assert (t["attempts"], t["failures"]) == (2, 1)
+
+
+async def test_record_told_writes_the_search_state_and_the_marks_together(store: Store) -> None:
+    runs = await new_study(store, "a", trials=3)
+    for r in runs:
+        await to(store, r["id"], R, C)
+    await store.record_told("a", "state-1", [(1, "completed"), (3, "failed")])
+    study = await store.study("a")
+    assert study is not None and study.search_state == "state-1"
+    assert [await store.trial_told("a", t) for t in (1, 2, 3)] == ["completed", None, "failed"]
+    assert [t for t, *_ in await untold(store)] == [2]
+    # None leaves the stored state as it is; no trials: the state alone.
+    await store.record_told("a", None, [(2, "stopped")])
+    assert (await store.study("a")).search_state == "state-1"  # type: ignore[union-attr]
+    await store.record_told("a", "state-2", [])
+    assert (await store.study("a")).search_state == "state-2"  # type: ignore[union-attr]
+    assert await untold(store) == []
+
+
+@pytest.mark.parametrize("study, told", [("a", [(2, "completed"), (9, "failed")]), ("zz", [(2, "completed")])])
+async def test_record_told_is_all_or_nothing(store: Store, study: str, told: list[tuple[int, str]]) -> None:
+    runs = await new_study(store, "a", trials=2)
+    for r in runs:
+        await to(store, r["id"], R, C)
+    await store.record_told("a", "state-1", [(1, "completed")])
+    with pytest.raises(StoreError, match="no (trial|study)"):
+        await store.record_told(study, "state-2", told)
+    assert (await store.study("a")).search_state == "state-1"  # type: ignore[union-attr]
+    assert await store.trial_told("a", 2) is None
+    assert not store.db.in_transaction
+
+
+async def test_told_marks_and_search_state_survive_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "hypd.db"
+    s = await Store.open(path)
+    try:
+        runs = await new_study(s, "a", trials=2)
+        for r in runs:
+            await to(s, r["id"], R, C)
+        await s.record_told("a", "state-1", [(1, "completed")])
+    finally:
+        await s.close()
+    s = await Store.open(path)
+    try:
+        assert (await s.study("a")).search_state == "state-1"  # type: ignore[union-attr]
+        assert [t for t, *_ in await untold(s)] == [2]
+    finally:
+        await s.close()
+
+
 async def finished(store: Store, study: str, trial: int, objective: float | None, state: RunState = C,
                    retry: bool = False) -> int:
     run = await store.add_retry(study, trial, "again") if retry else \
