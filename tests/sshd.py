@@ -220,6 +220,17 @@ class SshdHost:
         self.proc.wait(10)
         self.proc = None
 
+    def drop_connections(self) -> list[int]:
+        """SIGKILL the sshd processes serving connections (the listener's children, by
+        pid), so every connection drops while the listener stays up and takes new ones
+        (a dropped network path, not a machine that went away). The pids killed."""
+        assert self.proc is not None
+        victims = [p for p in _children_map().get(self.proc.pid, []) if _comm(p).startswith("sshd")]
+        for p in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+        return victims
+
     def freeze(self) -> None:
         """SIGSTOP the listener and its connection children: connections stay open but
         nothing answers (a machine that hangs, a network that drops packets)."""

@@ -1,13 +1,12 @@
 """SshHost against real OpenSSH servers on 127.0.0.1 (tests/sshd.py): connecting, host key
-checks, GPUs streamed from a fake nvidia-smi, copying study code, launching detached runs,
-following their logs across a dropped connection and a daemon restart, signalling process
-groups, and a clean close."""
+checks, GPUs streamed from a fake nvidia-smi, copying study code, runs launched and
+watched through the host watcher (events, not polls), a dropped connection (the sshd
+session processes killed, the listener up) and a daemon restart, kills, and a clean stop."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,18 +15,19 @@ from typing import Any
 
 import pytest
 
-from hypd.hosts import Handle, HostError, Launch, Status
+from hypd import lifecycle as lc
+from hypd.hosts import GpusRead, HostError
 from hypd.ssh import SshHost
 from hypd.study import parse_study
-from hypd.wrapper import RunScript
+from hypd.wrapper import RunScript, script_text
 from tests.fakes.nvidia_smi import gpu, write_gpu_failure
 from tests.sshd import SshdCluster, SshdHost, sshd_cluster, sshd_unavailable
 
 pytestmark = [pytest.mark.ssh,
               pytest.mark.skipif(sshd_unavailable() is not None, reason=sshd_unavailable() or "")]
 
-FAST: dict[str, Any] = dict(gpu_interval=0.2, log_interval=0.1, backoff=(0.1, 0.5), keepalive=(1.0, 3),
-                            connect_timeout=5.0, command_timeout=15.0)
+FAST: dict[str, Any] = dict(gpu_interval=0.2, backoff=(0.1, 0.5), keepalive=(1.0, 3), connect_timeout=5.0,
+                            command_timeout=15.0, kill_grace=2.0)
 
 
 async def until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
@@ -43,8 +43,20 @@ async def until(predicate: Callable[[], Any], timeout: float = 15.0, what: str =
         await asyncio.sleep(0.05)
 
 
-def other_tasks() -> list[asyncio.Task[Any]]:
-    return [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+class Served:
+    """A host served as the daemon serves it, with the events it sends kept in order."""
+
+    def __init__(self, host: SshHost) -> None:
+        self.host = host
+        self.events: list[object] = []
+        self.task = asyncio.create_task(host.serve(self.events.append))
+
+    def of(self, kind: type, run: int | None = None) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind) and (run is None or getattr(e, "run", None) == run)]
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
 
 
 @pytest.fixture
@@ -54,46 +66,39 @@ def cluster(tmp_path: Path) -> Any:
 
 
 @pytest.fixture
-async def hosts(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[SshHost]]]:
-    """make(server, **config overrides) -> a started SshHost (home: tmp_path/home); all
-    closed at the end, leaving no task behind."""
-    made: list[SshHost] = []
+async def hosts(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Served]]]:
+    """make(server, **config overrides) -> a served SshHost; all stopped at the end,
+    leaving no task behind."""
+    made: list[Served] = []
 
-    async def make(server: SshdHost, wait: bool = True, **overrides: Any) -> SshHost:
-        host = SshHost(server.host_config(**overrides), tmp_path / "home", **FAST)
-        made.append(host)
-        await host.start()
+    async def make(server: SshdHost, wait: bool = True, **overrides: Any) -> Served:
+        served = Served(SshHost(server.host_config(**overrides), tmp_path / "home", **FAST))
+        made.append(served)
         if wait:
-            assert await host.wait_up(15), host.state
-        return host
+            assert await served.host.wait_up(15), served.host.state
+        return served
 
     yield make
-    for host in made:
-        await host.close()
+    for served in made:
+        await served.stop()
     await asyncio.sleep(0)
-    assert other_tasks() == []
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()] == []
 
 
-def run_script(host: SshHost, number: int, command: str, study: str = "s") -> RunScript:
-    root = host.root
-    return RunScript(run=f"{study}:{number}", ctl_dir=f"{root}/runs/{study}/{number:04d}",
-                     run_dir=f"{root}/studies/{study}/{number:04d}", workdir=root,
-                     env={"PYTHONUNBUFFERED": "1"}, stages=[("train", command)])
+def ctl(host: SshHost, number: int, study: str = "s") -> str:
+    return f"{host.root}/runs/{study}/{number:04d}"
 
 
-def local_log(tmp_path: Path, study: str, number: int) -> Path:
-    """Where the daemon keeps a run's log: <home>/runs/<study>/<NNNN>/log."""
-    return tmp_path / "home" / "runs" / study / f"{number:04d}" / "log"
+def script(host: SshHost, number: int, command: str, study: str = "s") -> str:
+    return script_text(RunScript(run=f"{study}:{number}", ctl_dir=ctl(host, number, study),
+                                 run_dir=f"{host.root}/studies/{study}/{number:04d}", workdir=host.root,
+                                 env={"PYTHONUNBUFFERED": "1"}, stages=[("train", command)]))
 
 
-async def wait_ended(host: SshHost, handle: Handle, ctl_dir: str, timeout: float = 30) -> Status:
-    async def ended() -> Status | None:
-        try:
-            status = await host.status(handle, ctl_dir)
-        except HostError:
-            return None
-        return None if status.alive else status
-    return await until(ended, timeout, "the run to end")
+def local_log(tmp_path: Path, number: int) -> Path:
+    path = tmp_path / "home" / "runs" / "s" / f"{number:04d}" / "log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def metrics_command(lines: int, pause: float) -> str:
@@ -104,112 +109,85 @@ def metrics_command(lines: int, pause: float) -> str:
 
 # --------------------------------------------------------------------------- connecting
 
-async def test_connects_up_with_root_and_cpu_slots_and_closes_cleanly(cluster: SshdCluster, hosts: Any) -> None:
+async def test_connects_up_with_root_and_cpu_slots_and_stops_cleanly(cluster: SshdCluster, hosts: Any) -> None:
     server = cluster.add(gpus=[gpu(0)])
-    host = await hosts(server, workdir=str(server.root / "sub" / ".." / "work"))
-    assert host.state == ("up", "")
-    assert host.accepting and host.down_since is None
-    assert host.root == str(server.root / "work")  # created and resolved on the host
+    served = await hosts(server, workdir=str(server.root / "sub" / ".." / "work"))
+    host = served.host
+    assert host.state == ("up", "") and host.accepting and host.down_since is None
+    assert host.root == str(server.root / "work")  # created and resolved on the host by the watcher
     assert (server.root / "work").is_dir()
     assert host.cpu_slots == os.cpu_count()
+    assert served.of(lc.HostUp) == [lc.HostUp(host.name)]
     host.set_draining(True)
     assert host.state[0] == "draining" and not host.accepting
     host.set_draining(False)
-    assert host.accepting
-    await host.close()
-    assert other_tasks() == []  # no supervisor, GPU stream or log pump left
-    assert host.state == ("down", "closed") and not host.accepting
-    await host.close()  # twice is fine
+    await served.stop()
 
 
 async def test_cpu_slots_from_config(cluster: SshdCluster, hosts: Any) -> None:
-    host = await hosts(cluster.add(gpus=None), cpu_slots=3)
-    assert host.cpu_slots == 3
+    served = await hosts(cluster.add(gpus=None), cpu_slots=3)
+    assert served.host.cpu_slots == 3 and served.host.rules().cpu_slots == 3
 
 
 async def test_unknown_host_key_is_refused(cluster: SshdCluster, hosts: Any, tmp_path: Path) -> None:
     server = cluster.add(gpus=None)
     empty = tmp_path / "empty_known_hosts"
     empty.write_text("")
-    host = await hosts(server, wait=False, known_hosts=str(empty))
+    served = await hosts(server, wait=False, known_hosts=str(empty))
+    host = served.host
     await until(lambda: "host key" in host.state[1], what="the host key refusal")
     state, why = host.state
     assert state == "down" and not host.accepting
     assert f"host key for 127.0.0.1:{server.port} not in known_hosts" in why
     assert f"ssh-keyscan -p {server.port} 127.0.0.1" in why and "known_hosts = false" in why
-    assert host.down_since is not None and host.down_since <= time.time()
+    assert [type(e) for e in served.events] == [lc.HostDown]  # said once, not at every retry
     with pytest.raises(HostError, match="is down: host key"):
-        await host.status(Handle(12345, None), str(server.root / "runs/s/0001"))
-    snap = await host.read_gpus()
-    assert not snap.ok and "down" in (snap.error or "")
+        await host.launch(1, ctl(host, 1), script(host, 1, "true"), str(local_log(tmp_path, 1)))
 
-    # A changed key (another key recorded for the same host) is refused the same way.
-    changed = tmp_path / "changed_known_hosts"
-    other = cluster.add(gpus=None, start=False)
-    changed.write_text(f"[127.0.0.1]:{server.port} {' '.join(other.host_key_pub[:2])}\n")
-    host2 = await hosts(server, wait=False, known_hosts=str(changed))
-    await until(lambda: "host key" in host2.state[1], what="the changed key refusal")
-
-    # known_hosts = false is the explicit opt-out.
-    host3 = await hosts(server, known_hosts=False)
-    assert host3.state == ("up", "")
+    served3 = await hosts(server, known_hosts=False)  # the explicit opt-out
+    assert served3.host.state == ("up", "")
 
 
-async def test_unreachable_host_is_down_and_methods_raise_host_error(cluster: SshdCluster,
-                                                                     hosts: Any) -> None:
+async def test_unreachable_host_is_down_then_comes_up_by_itself(cluster: SshdCluster, hosts: Any) -> None:
     server = cluster.add(gpus=None, start=False)
-    host = await hosts(server, wait=False)
-    await until(lambda: "refused" in host.state[1], what="connection refused")
-    assert host.state[0] == "down"
-    script = run_script(host, 1, "true")
-    for call in (host.launch(Launch(script, "/tmp/nowhere/log")), host.find_handle(script.ctl_dir),
-                 host.signal(Handle(99999, None), signal.SIGTERM), host.group_alive(Handle(99999, None))):
-        with pytest.raises(HostError) as info:
-            await call
-        assert "\n" not in str(info.value) and "refused" in str(info.value)
-    server.start()  # comes up by itself once the server is there
-    assert await host.wait_up(10)
+    served = await hosts(server, wait=False)
+    await until(lambda: "refused" in served.host.state[1], what="connection refused")
+    server.start()
+    assert await served.host.wait_up(10)
+    assert [type(e) for e in served.events if isinstance(e, lc.HostDown | lc.HostUp)] == [lc.HostDown, lc.HostUp]
 
 
 async def test_a_host_that_stops_answering_goes_down_by_keepalive(cluster: SshdCluster, hosts: Any) -> None:
     server = cluster.add(gpus=None)
-    host = await hosts(server)  # keepalive every 1 s, down after 3 unanswered
+    served = await hosts(server)  # keepalive every 1 s, down after 3 unanswered
     server.freeze()
     try:
-        await until(lambda: host.state[0] == "down", 15, "the keepalive to give up")
-        assert "keepalive" in host.state[1].lower(), host.state
+        await until(lambda: served.host.state[0] == "down", 15, "the keepalive to give up")
     finally:
         server.thaw()
-    assert await host.wait_up(15)
+    assert await served.host.wait_up(15)
 
 
 # --------------------------------------------------------------------------- GPUs
 
 async def test_gpus_stream_from_one_nvidia_smi(cluster: SshdCluster, hosts: Any) -> None:
     server = cluster.add(gpus=[gpu(0), gpu(1)])
-    host = await hosts(server)
-    snap = await host.read_gpus()
-    assert snap.ok and snap.source == "nvidia-smi"
-    assert [(g.index, g.memory_used_mib) for g in snap.gpus] == [(0, 0), (1, 0)]
-    # GPU 1 is taken by someone else's process: the next readings show its memory used.
+    served = await hosts(server)
+    host = served.host
+    await until(lambda: host.gpus() is not None and len(host.gpus().gpus) == 2, 10, "a reading")
     server.set_gpus([gpu(0), gpu(1, memory_used_mib=9000, utilization_pct=95, pids=[4242]), gpu(2)])
-
-    async def changed() -> bool:
-        s = await host.read_gpus()
-        return len(s.gpus) == 3 and s.gpus[1].memory_used_mib == 9000
-    await until(changed, 10, "the new GPU state")
-    snap = await host.read_gpus()
-    assert snap.gpus[1].utilization_pct == 95 and snap.gpus[0].memory_used_mib == 0
-    first = snap.taken_at
-    await until(lambda: host._gpu is not None and host._gpu.taken_at > first, 5, "a newer reading")
+    await until(lambda: len(host.gpus().gpus) == 3 and host.gpus().gpus[1].memory_used_mib == 9000, 10,
+                "the new GPU state")
+    assert served.of(GpusRead) and all(e.host == host.name for e in served.of(GpusRead))
     assert host.gpu_stream_starts == 1  # one long-running process, not one per poll
 
 
 async def test_host_without_nvidia_smi_offers_cpu_slots(cluster: SshdCluster, hosts: Any) -> None:
-    host = await hosts(cluster.add(gpus=None))
-    snap = await host.read_gpus()
-    assert snap.source == "none" and not snap.gpus
-    assert "nvidia-smi not found" in (snap.error or "")
+    served = await hosts(cluster.add(gpus=None))
+    host = served.host
+    await until(lambda: host.gpus() is not None, 10, "a reading")
+    snap = host.gpus()
+    assert snap.source == "none" and not snap.gpus and "nvidia-smi not found" in (snap.error or "")
     assert host.accepting and host.cpu_slots >= 1
 
 
@@ -217,25 +195,19 @@ async def test_broken_driver_is_a_failed_snapshot_then_recovers(cluster: SshdClu
     server = cluster.add(gpus=[gpu(0)])
     assert server.gpu_state is not None
     write_gpu_failure(server.gpu_state)
-    host = await hosts(server)
-
-    async def failed() -> bool:
-        s = await host.read_gpus()
-        return not s.ok and "NVIDIA driver" in (s.error or "")
-    await until(failed, 10, "the driver failure")
+    served = await hosts(server)
+    host = served.host
+    await until(lambda: host.gpus() is not None and "NVIDIA driver" in (host.gpus().error or ""), 10,
+                "the driver failure")
     server.set_gpus([gpu(0), gpu(1)])
-
-    async def back() -> bool:
-        return len((await host.read_gpus()).gpus) == 2
-    await until(back, 15, "nvidia-smi to be restarted")
+    await until(lambda: len(host.gpus().gpus) == 2, 15, "nvidia-smi to be restarted")
 
 
 # --------------------------------------------------------------------------- study code
 
-async def test_prepare_study_copies_changed_files_only(cluster: SshdCluster, hosts: Any,
-                                                       tmp_path: Path) -> None:
+async def test_prepare_study_copies_changed_files_only(cluster: SshdCluster, hosts: Any, tmp_path: Path) -> None:
     server = cluster.add(gpus=None)
-    host = await hosts(server)
+    host = (await hosts(server)).host
     src = tmp_path / "src"
     (src / "data" / "deep").mkdir(parents=True)
     (src / "train.py").write_text("print('hi')\n")
@@ -256,12 +228,9 @@ async def test_prepare_study_copies_changed_files_only(cluster: SshdCluster, hos
     assert (code / "data" / "deep" / "b.bin").read_bytes() == (src / "data" / "deep" / "b.bin").read_bytes()
     assert not (code / "unlisted.txt").exists()
     assert host.uploads == 3
+    assert await host.prepare_study(spec) == workdir and host.uploads == 3  # nothing changed
 
-    assert await host.prepare_study(spec) == workdir
-    assert host.uploads == 3  # nothing changed: nothing copied
-
-    # A new SshHost (a restarted daemon) trusts the manifest kept on the host.
-    host2 = await hosts(server)
+    host2 = (await hosts(server)).host  # a restarted daemon trusts the manifest kept on the host
     assert await host2.prepare_study(spec) == workdir and host2.uploads == 0
 
     (src / "data" / "a.txt").write_text("changed")
@@ -269,10 +238,8 @@ async def test_prepare_study_copies_changed_files_only(cluster: SshdCluster, hos
     assert await host.prepare_study(spec) == workdir
     assert host.uploads == 4 and (code / "data" / "a.txt").read_text() == "changed"
 
-    # Without files the study's own workdir is used as it is (shared filesystem).
     bare = parse_study(text.replace('files = ["train.py", "data/"]\n', ""), "cp.toml", base_dir=src)
     assert await host.prepare_study(bare) == str(src)
-
     missing = parse_study(text.replace('"data/"', '"nothere.py"'), "cp.toml", base_dir=src)
     with pytest.raises(HostError, match="nothere.py"):
         await host.prepare_study(missing)
@@ -280,142 +247,83 @@ async def test_prepare_study_copies_changed_files_only(cluster: SshdCluster, hos
 
 # --------------------------------------------------------------------------- runs
 
-async def test_launch_streams_log_and_survives_a_dropped_connection(cluster: SshdCluster, hosts: Any,
-                                                                   tmp_path: Path) -> None:
+async def test_a_run_is_launched_streamed_and_its_end_told(cluster: SshdCluster, hosts: Any, tmp_path: Path) -> None:
     server = cluster.add(gpus=None)
-    host = await hosts(server)
-    script = run_script(host, 1, metrics_command(40, 0.1))
-    log_path = local_log(tmp_path, "s", 1)
-    started = time.monotonic()
-    handle = await host.launch(Launch(script, str(log_path)))
-    assert time.monotonic() - started < 5
-    assert handle.pid > 1 and handle.proc_start
-    assert (await host.status(handle, script.ctl_dir)).alive
-    await until(lambda: log_path.exists() and log_path.read_text().count("\n") >= 5, 10, "the log to stream")
-
-    server.kill()  # the listener and its connection children: the connection really drops
-    await until(lambda: host.state[0] == "down", 10, "the host to go down")
-    state, why = host.state
-    assert why and host.down_since is not None and not host.accepting
-    with pytest.raises(HostError, match="is down"):
-        await host.status(handle, script.ctl_dir)
-    await asyncio.sleep(0.5)  # the run goes on meanwhile
-    server.start()
-    assert await host.wait_up(15)
-    assert host.connects == 2
-
-    status = await wait_ended(host, handle, script.ctl_dir)
-    assert status.exit == (0, "-")
-    remote = (Path(script.ctl_dir) / "log").read_bytes()
-    local = log_path.read_bytes()
-    assert local == remote  # byte for byte: nothing lost, nothing doubled
-    lines = local.decode().splitlines()
-    assert [int(line.split()[1].split("=")[1]) for line in lines] == list(range(40))
-    assert host.following == []
+    served = await hosts(server)
+    host = served.host
+    log_path = local_log(tmp_path, 1)
+    await host.launch(1, ctl(host, 1), script(host, 1, metrics_command(20, 0.02) + " && exit 3"), str(log_path))
+    await until(lambda: served.of(lc.Cleaned, 1), 20, "the run to end")
+    (started,) = served.of(lc.Launched, 1)
+    assert started.pid > 1 and started.start
+    (exited,) = served.of(lc.Exited, 1)
+    assert (exited.status, exited.stage) == (3, "train")
+    remote = (Path(ctl(host, 1)) / "log").read_bytes()
+    assert log_path.read_bytes() == remote and exited.size == len(remote)
+    assert remote.count(b"METRICS:") == 20
+    grew = [e.size for e in served.of(lc.LogGrew, 1)]
+    assert grew == sorted(grew) and grew[-1] == exited.size
+    order = [type(e) for e in served.events if getattr(e, "run", None) == 1]
+    assert order.index(lc.Launched) < order.index(lc.Exited) < order.index(lc.Cleaned)
 
 
-async def test_status_and_find_handle_during_launch_wait_for_it(cluster: SshdCluster, hosts: Any, tmp_path: Path) -> None:
-    # The daemon's monitor may ask about a run whose launch() has not returned yet.
-    host = await hosts(cluster.add(gpus=None))
-    script = run_script(host, 7, "sleep 1")
-    launching = asyncio.create_task(host.launch(Launch(script, str(local_log(tmp_path, "s", 7)))))
-    await asyncio.sleep(0)
-    early = await host.status(None, script.ctl_dir)  # answered with the handle launch() returns
-    found = await host.find_handle(script.ctl_dir)
-    handle = await launching
-    assert early.alive and found == handle
-    assert (await host.status(found, script.ctl_dir)).alive
-    assert (await wait_ended(host, handle, script.ctl_dir)).exit == (0, "-")
-
-
-async def test_failed_stage_exit_and_log(cluster: SshdCluster, hosts: Any, tmp_path: Path) -> None:
-    host = await hosts(cluster.add(gpus=None), setup="echo setting up")
-    script = run_script(host, 2, "echo partial; printf 'no newline'; exit 3")
-    script = RunScript(**{**script.__dict__, "setup": host.setup})
-    handle = await host.launch(Launch(script, str(local_log(tmp_path, "s", 2))))
-    status = await wait_ended(host, handle, script.ctl_dir)
-    assert status.exit == (3, "train")
-    text = local_log(tmp_path, "s", 2).read_text()
-    assert text.startswith("setting up\npartial\nno newline")
-    assert "stage train failed" in text
-
-
-async def test_launch_that_cannot_start_is_a_host_error(cluster: SshdCluster, hosts: Any,
-                                                        tmp_path: Path) -> None:
-    host = await hosts(cluster.add(gpus=None))
-    script = run_script(host, 3, "true")
-    script = RunScript(**{**script.__dict__, "ctl_dir": "/proc/nope/0003"})
-    with pytest.raises(HostError) as info:
-        await host.launch(Launch(script, str(local_log(tmp_path, "s", 3))))
-    assert "cannot" in str(info.value) and "\n" not in str(info.value)
-    assert host.state == ("up", "")
-
-
-async def test_signal_term_ends_the_whole_process_group(cluster: SshdCluster, hosts: Any,
-                                                         tmp_path: Path) -> None:
+async def test_a_dropped_connection_is_back_within_seconds_and_loses_no_line(cluster: SshdCluster, hosts: Any,
+                                                                            tmp_path: Path) -> None:
     server = cluster.add(gpus=None)
-    host = await hosts(server)
-    script = run_script(host, 4, "sleep 300 & sleep 301 & echo children started; wait")
-    handle = await host.launch(Launch(script, str(local_log(tmp_path, "s", 4))))
-    await until(lambda: server.ssh(f"pgrep -g {handle.pid} sleep").stdout.count("\n") == 2, 10,
-                "both sleeps to run")
-    assert await host.group_alive(handle)
-    assert await host.signal(handle, signal.SIGTERM)
-    await until(lambda: _not(host.group_alive(handle)), 10, "the group to end")
-    check = server.ssh(f"pgrep -g {handle.pid}; echo rc=$?")  # a fresh connection
-    assert check.stdout.strip() == "rc=1", check.stdout
-    status = await host.status(handle, script.ctl_dir)
-    assert not status.alive and status.exit is None  # killed as a whole: no exit file
-    assert not await host.signal(handle, signal.SIGTERM)  # nothing left to signal
-    assert "children started" in local_log(tmp_path, "s", 4).read_text()
+    served = await hosts(server)
+    host = served.host
+    long_log, short_log = local_log(tmp_path, 2), local_log(tmp_path, 3)
+    await host.launch(2, ctl(host, 2), script(host, 2, metrics_command(60, 0.05)), str(long_log))
+    await host.launch(3, ctl(host, 3), script(host, 3, metrics_command(5, 0.01)), str(short_log))
+    await until(lambda: long_log.exists() and long_log.read_bytes().count(b"\n") >= 5, 10, "the log to stream")
+    await until(lambda: served.of(lc.Exited, 3), 10, "the short run to end")
+    launched = served.of(lc.Launched, 2)[0]
+    served.events.clear()
+    await until(lambda: server.drop_connections(), 5, "session processes to kill")
+    await until(lambda: served.of(lc.HostDown), 10, "the host to go down")
+    dropped = time.monotonic()
+    assert await host.wait_up(10)
+    assert time.monotonic() - dropped < 10
+    # As the daemon does on HostUp: watch again from the end of what is here.
+    size = long_log.stat().st_size
+    await host.watch(2, ctl(host, 2), str(long_log), size, launched.pid, launched.start)
+    await until(lambda: served.of(lc.Exited, 2), 20, "the run to end")
+    remote = (Path(ctl(host, 2)) / "log").read_bytes()
+    assert long_log.read_bytes() == remote  # no byte lost or doubled
+    assert remote.count(b"\n") == 60
+    assert served.of(lc.Exited, 2)[0].status == 0
 
 
-async def test_a_launch_cut_off_midway_is_ended_when_the_host_is_back(cluster: SshdCluster, hosts: Any,
-                                                                     tmp_path: Path) -> None:
-    server = cluster.add(gpus=None)
-    host = await hosts(server)
-    script = run_script(host, 8, "sleep 300")
-    handle = await host.launch(Launch(script, str(local_log(tmp_path, "s", 8))))
-    host._orphans.add(script.ctl_dir)  # as if the connection had dropped before launch() returned
-    await until(lambda: _not(host.group_alive(handle)), 10, "the orphan to be ended")
-    assert host._orphans == set()
-
-
-async def _not(value: Awaitable[bool]) -> bool:
-    return not await value
-
-
-async def test_adopted_run_resumes_its_log_after_a_daemon_restart(cluster: SshdCluster, hosts: Any,
-                                                                   tmp_path: Path) -> None:
+async def test_a_run_adopted_by_a_new_host_object_goes_on(cluster: SshdCluster, hosts: Any, tmp_path: Path) -> None:
     server = cluster.add(gpus=None)
     first = await hosts(server)
-    script = run_script(first, 5, metrics_command(30, 0.1))
-    log_path = local_log(tmp_path, "s", 5)
-    handle = await first.launch(Launch(script, str(log_path)))
-    await until(lambda: log_path.exists() and log_path.read_text().count("\n") >= 3, 10, "some log")
-    await first.close()  # the daemon stops; the run goes on
-    copied = log_path.stat().st_size
-    await asyncio.sleep(0.5)
-    assert (Path(script.ctl_dir) / "log").stat().st_size > copied
-
-    second = await hosts(server)  # the next daemon: it knows the handle and the control folder only
-    found = await second.find_handle(script.ctl_dir)
-    assert found == handle
-    assert script.ctl_dir in second.following  # following again, into <home>/runs/s/0005/log
-    status = await wait_ended(second, handle, script.ctl_dir)
-    assert status.exit == (0, "-")
-    assert log_path.read_bytes() == (Path(script.ctl_dir) / "log").read_bytes()
-    assert log_path.read_text().count("\n") == 30
+    log_path = local_log(tmp_path, 5)
+    await first.host.launch(5, ctl(first.host, 5), script(first.host, 5, metrics_command(30, 0.05)), str(log_path))
+    await until(lambda: first.of(lc.Launched, 5) and log_path.exists() and log_path.read_bytes().count(b"\n") >= 3, 10,
+                "some log")
+    launched = first.of(lc.Launched, 5)[0]
+    await first.stop()  # the daemon stops; the run goes on
+    second = await hosts(server)  # the next daemon knows the pid and the control folder
+    await second.host.watch(5, ctl(second.host, 5), str(log_path), log_path.stat().st_size, launched.pid,
+                            launched.start)
+    await until(lambda: second.of(lc.Exited, 5), 20, "the run to end")
+    assert second.of(lc.Alive, 5)[0].pid == launched.pid
+    assert second.of(lc.Exited, 5)[0].status == 0
+    assert log_path.read_bytes() == (Path(ctl(second.host, 5)) / "log").read_bytes()
 
 
-async def test_status_alone_restarts_following(cluster: SshdCluster, hosts: Any, tmp_path: Path) -> None:
+async def test_kill_ends_the_run_and_what_it_left_behind(cluster: SshdCluster, hosts: Any, tmp_path: Path) -> None:
     server = cluster.add(gpus=None)
-    first = await hosts(server)
-    script = run_script(first, 6, metrics_command(10, 0.05))
-    log_path = local_log(tmp_path, "s", 6)
-    handle = await first.launch(Launch(script, str(log_path)))
-    await first.close()
-    second = await hosts(server)
-    status = await wait_ended(second, handle, script.ctl_dir)  # status() only, as the daemon does
-    assert status.exit == (0, "-")
-    assert log_path.read_bytes() == (Path(script.ctl_dir) / "log").read_bytes()
+    served = await hosts(server)
+    host = served.host
+    command = "(setsid sleep 300 &); sleep 300 & echo children started; wait"
+    log_path = local_log(tmp_path, 4)
+    await host.launch(4, ctl(host, 4), script(host, 4, command), str(log_path))
+    await until(lambda: log_path.exists() and b"children started" in log_path.read_bytes(), 10, "the children")
+    await host.kill(4)
+    await until(lambda: served.of(lc.Cleaned, 4), 15, "the run and its leftovers to end")
+    (exited,) = served.of(lc.Exited, 4)
+    assert exited.status is None  # killed as a whole: no exit file
+    marker = f"HYPD_CTL={ctl(host, 4)}"
+    check = server.ssh(f"grep -l -a -F '{marker}' /proc/[0-9]*/environ 2>/dev/null | wc -l")
+    assert check.stdout.strip() == "0", check.stdout
