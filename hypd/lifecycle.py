@@ -11,7 +11,8 @@ socket or a sleep.
 The promises kept here:
 - an attempt ends exactly once, and only after every byte its log received is stored;
 - a trial runs again only where a retry is decided (a failure within its budget, or a
-  lost host), and a lost attempt that comes back finished is recorded as it ended;
+  lost host, unless the attempt was asked to end), and a lost attempt that comes back
+  finished is recorded as it ended;
 - a run's GPUs are handed out again only once its processes are confirmed gone;
 - a trial whose attempts have all ended is handed to the search once (the shell tells
   the search and marks it told in one transaction).
@@ -25,6 +26,8 @@ from enum import Enum
 from hypd.runstate import RunState, StopIntent, counts_as_failure, ending
 
 STORE_RETRY = 1.0  # seconds between tries of a store write that failed
+# How the trial reads an attempt lost after it was asked to end: not as a failure.
+_ASKED_END = {StopIntent.KILL: RunState.KILLED, StopIntent.EARLY_STOP: RunState.STOPPED}
 
 
 class Phase(str, Enum):
@@ -298,18 +301,26 @@ class Lifecycle:
         book.live.discard(run)
         return self._after_end(study, trial, state)
 
-    def adopt(self, attempt: Attempt) -> list[Action]:
-        """A run that was going when the daemon started (or launched now): watch it."""
+    def adopt(self, attempt: Attempt, failures: int = 0, settled: bool = False) -> list[Action]:
+        """A run launched now (phase LAUNCHING), or one found at start: running, lost, or
+        recorded ended with its processes not confirmed gone (phase ENDED). `failures`
+        and `settled` say what the store knows of its trial at start: attempts that
+        failed or were lost, and whether one completed."""
         self.attempts[attempt.id] = attempt
-        self.trials.setdefault((attempt.study, attempt.trial), TrialBook()).live.add(attempt.id)
+        book = self.trials.setdefault((attempt.study, attempt.trial), TrialBook())
+        book.failures = max(book.failures, failures)
+        book.settled = book.settled or settled
+        if attempt.phase in (Phase.LAUNCHING, Phase.RUNNING):
+            book.live.add(attempt.id)  # a lost one was dealt with already; an ended one is over
         if attempt.phase is Phase.LAUNCHING:
             return []
         return [Watch(attempt.id, attempt.host, attempt.log_size, attempt.pid, attempt.start)]
 
     def held(self, host: str) -> list[Attempt]:
-        """Attempts whose GPUs or CPU slot on `host` are taken (not lost, processes not
-        confirmed gone)."""
-        return [a for a in self.attempts.values() if a.host == host and a.phase is not Phase.LOST]
+        """Attempts whose GPUs or CPU slot on `host` are taken: every one whose processes
+        are not confirmed gone, lost ones included (a lost run may still be there, and
+        may come back)."""
+        return [a for a in self.attempts.values() if a.host == host]
 
     def live(self) -> list[Attempt]:
         return [a for a in self.attempts.values() if a.phase is not Phase.ENDED]
@@ -325,6 +336,9 @@ class Lifecycle:
 
     def _on_Launched(self, e: Launched) -> list[Action]:
         a = self._attempt(e.run)
+        if a is not None and a.phase is Phase.LOST and a.pid is None:
+            # Lost while its launch was under way, and it started after all: as if seen alive.
+            return self._on_Alive(Alive(e.run, e.pid, e.start))
         if a is None or a.phase is not Phase.LAUNCHING:
             return []
         a.phase, a.pid, a.start = Phase.RUNNING, e.pid, e.start
@@ -335,10 +349,15 @@ class Lifecycle:
 
     def _on_LaunchFailed(self, e: LaunchFailed) -> list[Action]:
         a = self._attempt(e.run)
-        if a is None or a.phase is not Phase.LAUNCHING:
+        was_lost = a is not None and a.phase is Phase.LOST and a.pid is None  # lost while launching
+        if a is None or not (a.phase is Phase.LAUNCHING or was_lost):
             return []
         a.clean = True  # nothing started
-        return self._end(a, RunState.FAILED, f"launch failed: {e.why}", None)
+        if a.stop_intent is not None:  # it was to end anyway: as asked, not as a failure
+            end = ending(None, None, a.stop_intent, self.rules.get(a.study, StudyRules()).timeout_text)
+            return self._end(a, end.state, f"{a.stop_reason or end.reason} (its launch failed: {e.why})", None,
+                             was_lost)
+        return self._end(a, RunState.FAILED, f"launch failed: {e.why}", None, was_lost)
 
     def _on_Alive(self, e: Alive) -> list[Action]:
         a = self._attempt(e.run)
@@ -433,7 +452,7 @@ class Lifecycle:
         end = ending(code, stage, a.stop_intent, rules.timeout_text)
         reason = a.stop_reason if a.stop_reason and end.state is RunState.KILLED else end.reason
         was_lost = a.phase is Phase.LOST
-        if was_lost:
+        if was_lost and not (a.stop_reason and end.state is RunState.KILLED):
             reason += " (while its host was away)"
         return self._end(a, end.state, reason, code, was_lost)
 
@@ -508,7 +527,7 @@ class Lifecycle:
             # Watched again from what is here: exits that happened meanwhile come back
             # with their real status, and the log goes on from the local copy's end.
             out.append(Watch(a.id, a.host, a.log_size, a.pid, a.start))
-            if a.stop_intent is not None and a.phase is not Phase.ENDED:
+            if a.stop_intent is not None and a.phase is not Phase.ENDED and a.pid is not None:
                 out.append(Signal(a.id, a.host))
         return out
 
@@ -524,7 +543,8 @@ class Lifecycle:
         a.stop_intent = intent
         a.stop_reason = reason
         out: list[Action] = [Persist(a.id, (("stop_intent", intent.value), ("stop_sent", at)))]
-        if a.phase is not Phase.LAUNCHING and a.host not in self.hosts_down:
+        # Without a pid (its launch is under way) the Signal goes once it is known.
+        if a.pid is not None and a.host not in self.hosts_down:
             out.append(Signal(a.id, a.host))
         return out
 
@@ -538,7 +558,8 @@ class Lifecycle:
                     and e.now >= a.deadline:
                 out += self._stop(a, StopIntent.TIMEOUT, at=e.now)
             since = a.unreachable_since
-            if (a.phase in (Phase.RUNNING, Phase.LAUNCHING) and since is not None
+            # A run whose exit was seen is not lost: only its log is left to store, here.
+            if (a.phase in (Phase.RUNNING, Phase.LAUNCHING) and a.exit is None and since is not None
                     and e.now - since >= self.lost_after.get(a.host, 120.0)):
                 out += self._lose(a, e.now - since)
         return out
@@ -549,8 +570,10 @@ class Lifecycle:
         a.phase = Phase.LOST
         reason = f"host {a.host} unreachable for {_duration(away)}"
         self.trials.setdefault((a.study, a.trial), TrialBook()).live.discard(a.id)
+        # One asked to end (killed, early-stopped) is not run again for being lost.
+        as_trial = _ASKED_END.get(a.stop_intent, RunState.LOST) if a.stop_intent else RunState.LOST
         return [Record(a.id, RunState.LOST, reason), Note("warning", f"{a.name} lost: {reason}"),
-                *self._after_end(a.study, a.trial, RunState.LOST)]
+                *self._after_end(a.study, a.trial, as_trial)]
 
 
 def _duration(seconds: float) -> str:
