@@ -59,6 +59,7 @@ class Host(ABC):
     kill_grace: float = 10.0  # SIGTERM, then SIGKILL after this long
     draining: bool = False
     send_logs: bool = True  # the watcher sends log bytes (the log is not on this machine)
+    in_inventory: bool = True  # described in hosts.toml (else in config.toml: the local machine)
 
     def __init__(self) -> None:
         self.down_since: float | None = time.time()
@@ -242,6 +243,7 @@ class LocalHost(Host):
 
     name = "local"
     send_logs = False
+    in_inventory = False
 
     def __init__(self, config: LocalHostConfig, root: Path, *, gpu_poll: float = 5.0, kill_grace: float = 10.0,
                  tick: float = 0.05) -> None:

@@ -153,14 +153,10 @@ class Registry:
         await self.hosts[name].wait_up(5)
         return self.summary(name)
 
-    def _ssh_host(self, name: str) -> Host:
-        host = self.hosts.get(name)
-        if isinstance(host, LocalHost):
-            raise Refusal("invalid", "the local host is not in hosts.toml; set [local] enabled = false in config.toml")
-        return host  # type: ignore[return-value]
-
     async def op_hosts_rm(self, name: str) -> dict[str, Any]:
-        self._ssh_host(name)
+        host = self.hosts.get(name)
+        if host is not None and not host.in_inventory:
+            raise Refusal("invalid", f"host {name} is not in hosts.toml; set [local] enabled = false in config.toml")
         going = self.busy(name)
         if going:
             raise Refusal("conflict", f"host {name} has {len(going)} run(s) going ({', '.join(going[:5])}); "
@@ -170,8 +166,8 @@ class Registry:
 
     async def op_hosts_drain(self, name: str, undo: bool) -> dict[str, Any]:
         host = self.hosts.get(name)
-        if isinstance(host, LocalHost):
-            host.set_draining(not undo)  # the local host is not in hosts.toml: until the daemon restarts
+        if host is not None and not host.in_inventory:
+            host.set_draining(not undo)  # not in hosts.toml: until the daemon restarts
             self.wake()
         else:
             await self._edit(lambda hosts: set_draining(hosts, name, not undo))

@@ -137,14 +137,14 @@ class Runs:
         elif isinstance(action, lc.Persist):
             await self._durably(self.store.update_run, action.run, **dict(action.fields))
         elif isinstance(action, lc.Signal):
-            await self._host_call(action.host, "kill", action.run)
+            await self._host_call(action.host, lambda h: h.kill(action.run))
         elif isinstance(action, lc.Watch):
             data = self.data.get(action.run)
             if data is not None:
-                await self._host_call(action.host, "watch", action.run, data.ctl_dir, data.log_path,
-                                      action.offset, action.pid, action.start)
+                await self._host_call(action.host, lambda h: h.watch(action.run, data.ctl_dir, data.log_path,
+                                                                     action.offset, action.pid, action.start))
         elif isinstance(action, lc.Unwatch):
-            await self._host_call(action.host, "unwatch", action.run)
+            await self._host_call(action.host, lambda h: h.unwatch(action.run))
         elif isinstance(action, lc.Release):
             self._release(action)
         elif isinstance(action, lc.Retry):
@@ -176,14 +176,14 @@ class Runs:
                 log.info("store available again")
             return result
 
-    async def _host_call(self, host_name: str, method: str, *args: Any) -> None:
+    async def _host_call(self, host_name: str, call: Callable[[Host], Awaitable[None]]) -> None:
         host = self.hosts().get(host_name)
         if host is None:
             return
         try:
-            await getattr(host, method)(*args)
+            await call(host)
         except (HostError, OSError, ConnectionError) as exc:
-            log.warning("host %s: %s: %s", host_name, method, exc)
+            log.warning("host %s: %s", host_name, exc)
 
     # ------------------------------------------------------------ reports
 
@@ -209,6 +209,9 @@ class Runs:
             if rt is not None and rt.spec.objective.metric in report.values:
                 o = rt.spec.objective
                 objective = fold_objective(objective, report.values[o.metric], o.minimize, o.use)
+        if batch.end == action.offset and not batch.lines:
+            self.feed(lc.Stored(action.run, batch.end))  # nothing new: no write
+            return
         try:
             await self.store.add_reports(action.run, reports, log_offset=batch.end, metrics=metrics,
                                          objective=_finite(objective), last_line=last_line)
@@ -290,21 +293,25 @@ class Runs:
                                               "metrics", "objective", "last_line", "deadline", "stop_intent",
                                               "started"))
         failures: dict[tuple[str, int], int] = {}
-        for row in await self.store.runs(states=[RunState.FAILED.value, RunState.LOST.value],
-                                         columns=("study", "trial")):
-            failures[(row["study"], row["trial"])] = failures.get((row["study"], row["trial"]), 0) + 1
+        settled: set[tuple[str, int]] = set()
+        for row in await self.store.runs(states=[RunState.FAILED.value, RunState.LOST.value,
+                                                 RunState.COMPLETED.value], columns=("study", "trial", "state")):
+            key = (row["study"], row["trial"])
+            if row["state"] == RunState.COMPLETED.value:
+                settled.add(key)
+            else:
+                failures[key] = failures.get(key, 0) + 1
         for row in rows:
             key = (row["study"], row["trial"])
-            rt = self.studies.get(row["study"])
             if row["state"] == RunState.PENDING.value:
                 self.core.queued(row["study"], row["trial"], row["id"], failures.get(key, 0))
                 continue
             host = hosts.get(row["host"] or "")
+            rt = self.studies.get(row["study"])
             if host is None or rt is None:
                 why = f"host {row['host']} is not configured" if host is None else "its study cannot be loaded"
                 log.error("run %s cannot be adopted: %s", row["name"], why)
                 continue
-            self.core.queued(row["study"], row["trial"], row["id"], failures.get(key, 0))
             self.data[row["id"]] = RunData(row["ctl_dir"], row["log_path"],
                                            MetricsReader(rt.spec.metrics_regex, row["reports"]),
                                            dict(row["metrics"] or {}), row["objective"], row["last_line"],
@@ -316,9 +323,7 @@ class Runs:
                 StopIntent(row["stop_intent"]) if row["stop_intent"] else None,
                 log_size=row["log_offset"], stored=row["log_offset"], asked=row["log_offset"],
                 unreachable_since=None if host.up else (host.down_since or time.time()))
-            self._carry_out(row["id"], self.core.adopt(attempt))
-            if row["state"] == RunState.LOST.value:  # its trial was dealt with when it was lost
-                self.core.trials[(row["study"], row["trial"])].live.discard(row["id"])
+            self._carry_out(row["id"], self.core.adopt(attempt, failures.get(key, 0), key in settled))
             log.info("adopted %s (pid %s)", row["name"], row["pid"] or "unknown")
         for study in self.studies.all:
             self._carry_out(("tell", study), [lc.Tell(study, -1)])
