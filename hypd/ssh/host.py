@@ -64,6 +64,7 @@ class SshHost(Host):
         self._nproc: int | None = None
         self._conn: asyncssh.SSHClientConnection | None = None
         self._sftp: asyncssh.SFTPClient | None = None
+        self._sftp_lock = asyncio.Lock()
         self._gpu_stream: GpuStream | None = None
         if logging.getLogger("asyncssh").level == logging.NOTSET:
             logging.getLogger("asyncssh").setLevel(logging.WARNING)  # it logs every channel at INFO
@@ -160,9 +161,12 @@ class SshHost(Host):
         conn = self._conn
         if conn is None or not self.up:
             raise HostError(f"host {self.name} is down: {self._why}")
+        if not spec.files:
+            return spec.workdir  # nothing to copy: no SFTP session
         try:
-            if self._sftp is None:
-                self._sftp = await asyncio.wait_for(conn.start_sftp_client(), self.command_timeout)
+            async with self._sftp_lock:  # one SFTP session, also when several launches ask at once
+                if self._sftp is None:
+                    self._sftp = await asyncio.wait_for(conn.start_sftp_client(), self.command_timeout)
             return await self.stager.prepare(self._sftp, self.root, spec)
         except ValueError as exc:
             raise HostError(f"study {spec.name}: {exc}") from None
