@@ -115,19 +115,20 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     with connect() as c:
-        r = c.call("info", run=args.run)
+        info = c.call("info", run=args.run)
+    r = info["run"]
     lines = [
-        f"run        {r['name']}  (trial {r['trial']}, attempt {r['attempt']}; retries allowed {r['retries']})",
+        f"run        {r['name']}  (trial {r['trial']}, attempt {r['attempt']}; retries allowed {info['retries']})",
         f"state      {r['state']}  {r['reason']}",
         f"params     {fmt_params(r['params'])}",
         f"where      {where(r)}",
         f"created    {fmt_time(r['created'])}",
         f"started    {fmt_time(r['started'])}",
         f"ended      {fmt_time(r['ended'])}",
-        f"runtime    {fmt_seconds(runtime(r))}" + (f"  (timeout {fmt_seconds(r['timeout'])})" if r.get("timeout") else ""),
-        f"objective  {r['objective_metric']} ({r['goal']}) = {fmt_number(r['objective'])}",
-        f"metrics    {fmt_params(r['metrics']) or '-'}  ({len(r['reports'])} reports)",
-        f"attempts   {' '.join(r['attempts'])}",
+        f"runtime    {fmt_seconds(runtime(r))}" + (f"  (timeout {fmt_seconds(info['timeout'])})" if info.get("timeout") else ""),
+        f"objective  {info['objective_metric']} ({info['goal']}) = {fmt_number(r['objective'])}",
+        f"metrics    {fmt_params(r['metrics']) or '-'}  ({len(info['reports'])} reports)",
+        f"attempts   {' '.join(info['attempts'])}",
         f"run_dir    {r['run_dir'] or '-'}",
         f"log        {r['log_path'] or '-'}",
     ]
@@ -137,14 +138,14 @@ def cmd_info(args: argparse.Namespace) -> int:
         lines.append(f"last line  {r['last_line']}")
     if args.verbose:
         lines.append("commands")
-        for stage, command in r["commands"]:
+        for stage, command in info["commands"]:
             lines.append(f"  [{stage}] {command}")
         lines.append("history")
-        for t in r["transitions"]:
+        for t in info["transitions"]:
             lines.append(f"  {fmt_time(t['at'])}  {t['from'] or '-':>9} -> {t['to']:<9}  {t['reason']}")
-        if r["reports"]:
+        if info["reports"]:
             lines.append("metrics")
-            lines.extend("  " + line for line in metrics_tsv(r["reports"]).splitlines())
+            lines.extend("  " + line for line in metrics_tsv(info["reports"]).splitlines())
     print("\n".join(lines))
     return 0
 

@@ -33,7 +33,7 @@ from hypd.registry import Registry
 from hypd.runs import Runs
 from hypd.runstate import StopIntent
 from hypd.server import EventBus, Server
-from hypd.store import RUN_COLUMNS, Store
+from hypd.store import Store
 from hypd.studies import SEARCH_FLUSH_EVERY, Studies
 
 log = logging.getLogger("hypd.daemon")
@@ -212,7 +212,7 @@ class Daemon:
             return
         row = await self.store.run_by_id(run_id)
         if row is not None:
-            self.bus.publish("run", {c: row.get(c) for c in RUN_COLUMNS + ("name",)}, run=row["name"])
+            self.bus.publish("run", {c: row[c] for c in ipc.RUN_FIELDS}, run=row["name"])
 
     async def _publish_study(self, study: str) -> None:
         if not self.bus.queues:

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, get_args, get_origin, get_type_hints, is_typeddict
 
 if TYPE_CHECKING:  # the CLI imports this module: asyncio only where the TUI needs it
     import asyncio
@@ -103,6 +103,244 @@ OPS: dict[str, dict[str, Arg]] = {
     "subscribe": {"topics": Arg(list, ["run", "study", "host"]), "run": _opt_str},
 }
 TOPICS = ("run", "study", "host", "log")
+
+
+# ------------------------------------------------------------------ replies and events
+# The one place the shapes the daemon sends are written, as requests are above. A run has
+# one shape from the store (its columns are these fields) through replies and events to
+# the CLI and the TUI.
+
+
+class Run(TypedDict):
+    id: int
+    name: str  # "study:N", what users type
+    study: str
+    run_no: int
+    trial: int
+    attempt: int
+    state: str  # hypd.runstate.STATES
+    reason: str
+    params: dict[str, Any]
+    host: str | None
+    gpus: list[int] | None  # [] for a CPU slot; None before it started
+    created: float
+    started: float | None
+    ended: float | None
+    deadline: float | None
+    metrics: dict[str, float]  # the latest value of each metric
+    objective: float | None
+    last_line: str
+    exit_code: int | None
+    run_dir: str | None
+    log_path: str | None
+    reports: int  # how many reports it has made
+
+
+RUN_FIELDS = tuple(Run.__annotations__)
+
+
+class LeaderRun(Run, total=False):
+    values: dict[str, float]  # with several objectives: each objective's value
+    pareto: bool  # with several objectives: on the Pareto front
+
+
+class Report(TypedDict):
+    step: int
+    at: float
+    values: dict[str, float]
+
+
+Transition = TypedDict("Transition", {"at": float, "from": str | None, "to": str, "reason": str})
+
+
+class RunInfo(TypedDict):
+    run: Run
+    reports: list[Report]
+    transitions: list[Transition]
+    attempts: list[str]
+    retries: int
+    objective_metric: str
+    goal: str
+    commands: list[list[str]]
+    timeout: float | None
+
+
+class StudySummary(TypedDict, total=False):
+    name: str
+    error: str  # only this and the name when the study cannot be loaded
+    algorithm: str
+    paused: bool
+    max_trials: int | None
+    trials: int
+    parallel: int
+    gpus: int
+    priority: int
+    counts: dict[str, int]
+    metric: str
+    goal: str
+    best: float | None
+    best_run: str | None
+    finished: bool
+    source: str
+
+
+class _HostSummary(TypedDict):
+    name: str
+    state: str  # up | down | draining | error
+    why: str
+    down_since: float | None
+    cpu_slots: int
+    cpu_used: int
+    cpu_runs: list[str]
+    gpus: list[dict[str, Any]]
+    gpu_source: str | None
+    gpu_error: str | None
+    runs: list[str]
+
+
+class HostSummary(_HostSummary, total=False):
+    address: str  # an SSH host's user@address:port
+
+
+class Pong(TypedDict):
+    pid: int
+    version: str
+    home: str
+    uptime: float
+
+
+class Submitted(TypedDict):
+    study: str
+    continued: bool
+    queued: int
+    warnings: list[str]
+
+
+class LogChunk(TypedDict):
+    text: str
+    offset: int
+    size: int
+    state: str
+    live: bool
+    path: str | None
+
+
+class MetricsPage(TypedDict):
+    run: str
+    reports: list[Report]
+    next: int
+
+
+class Killed(TypedDict):
+    killed: list[str]
+    paused: bool
+
+
+class Retried(TypedDict):
+    retried: list[str]
+
+
+class Paused(TypedDict):
+    study: str
+    paused: bool
+
+
+class Leaderboard(TypedDict):
+    study: str
+    metric: str
+    goal: str
+    objectives: list[dict[str, Any]]
+    runs: list[LeaderRun]
+
+
+class Best(TypedDict):
+    study: str
+    observed: LeaderRun | None
+    predicted: dict[str, Any] | None
+    metric: str
+    goal: str
+
+
+class Suggested(TypedDict):
+    run: str
+    trial: int
+    params: dict[str, Any]
+
+
+class Removed(TypedDict):
+    removed: str
+
+
+class Stopping(TypedDict):
+    stopping: bool
+    killed: list[str]
+    left_running: list[str]
+    pid: int
+
+
+class Subscribed(TypedDict):
+    topics: list[str]
+
+
+class LogText(TypedDict):
+    run: str
+    text: str
+
+
+REPLIES: dict[str, Any] = {
+    "ping": Pong, "submit": Submitted, "ls": list[Run], "info": RunInfo, "logs": LogChunk,
+    "metrics": MetricsPage, "kill": Killed, "retry": Retried, "pause": Paused, "resume": Paused,
+    "leaderboard": Leaderboard, "best": Best, "suggest": Suggested, "studies": list[StudySummary],
+    "hosts": list[HostSummary], "hosts_add": HostSummary, "hosts_rm": Removed, "hosts_drain": HostSummary,
+    "stop": Stopping, "subscribe": Subscribed,
+}
+EVENTS: dict[str, Any] = {"run": Run, "study": StudySummary, "host": HostSummary, "log": LogText}
+
+
+def mismatch(shape: Any, value: Any, where: str = "") -> str | None:
+    """Why `value` does not have the declared `shape` (a TypedDict, list[...], X | None, or
+    a plain type), or None when it does. For tests and tools that check the daemon keeps
+    to what is declared."""
+    where = where or getattr(shape, "__name__", str(shape))
+    if shape is Any:
+        return None
+    args = get_args(shape)
+    if type(None) in args:
+        if value is None:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        return mismatch(rest[0] if len(rest) == 1 else Any, value, where)
+    origin = get_origin(shape)
+    if origin is list:
+        if not isinstance(value, list):
+            return f"{where}: a list expected, not {type(value).__name__}"
+        for i, item in enumerate(value):
+            why = mismatch(args[0] if args else Any, item, f"{where}[{i}]")
+            if why:
+                return why
+        return None
+    if origin is dict:
+        return None if isinstance(value, dict) else f"{where}: an object expected"
+    if is_typeddict(shape):
+        if not isinstance(value, dict):
+            return f"{where}: an object expected, not {type(value).__name__}"
+        hints = get_type_hints(shape)
+        missing = shape.__required_keys__ - value.keys()
+        extra = value.keys() - hints.keys()
+        if missing or extra:
+            return f"{where}: missing {sorted(missing)}, unknown {sorted(extra)}"
+        for key, item in value.items():
+            why = mismatch(hints[key], item, f"{where}.{key}")
+            if why:
+                return why
+        return None
+    if shape is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif isinstance(shape, type):
+        ok = isinstance(value, shape) and (shape is bool or not isinstance(value, bool))
+    else:
+        ok = True
+    return None if ok else f"{where}: {shape.__name__} expected, not {value!r}"[:300]
 
 
 class ProtocolError(Exception):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hypd import __version__
+from hypd.ipc import RUN_FIELDS
 from hypd.lifecycle import StudyRules
 from hypd.metrics import pareto_front
 from hypd.runs import Runs
@@ -139,18 +140,19 @@ class Ops:
     async def op_info(self, run: str) -> dict[str, Any]:
         row = await self._run(run)
         rt = self._study(row["study"])
-        row["transitions"] = await self.store.transitions(row["id"])
-        row["attempts"] = [a["name"] for a in await self.store.runs(study=row["study"], trial=row["trial"],
-                                                                 columns=("study", "run_no"))]
-        row["retries"] = rt.spec.retries
-        row["objective_metric"] = rt.spec.objective.metric
-        row["goal"] = rt.spec.objective.goal
-        row["reports"] = await self.store.reports(row["id"])
-        run_dir = row["run_dir"] or "<run_dir>"
-        row["commands"] = render_commands(rt.spec, row["params"], run_dir=run_dir, run=row["name"],
-                                          run_no=row["run_no"], trial=row["trial"])
-        row["timeout"] = rt.spec.timeout
-        return row
+        attempts = await self.store.runs(study=row["study"], trial=row["trial"], columns=("study", "run_no"))
+        return {
+            "run": {k: row[k] for k in RUN_FIELDS},
+            "reports": await self.store.reports(row["id"]),
+            "transitions": await self.store.transitions(row["id"]),
+            "attempts": [a["name"] for a in attempts],
+            "retries": rt.spec.retries,
+            "objective_metric": rt.spec.objective.metric,
+            "goal": rt.spec.objective.goal,
+            "commands": [list(c) for c in render_commands(rt.spec, row["params"], run_dir=row["run_dir"] or "<run_dir>",
+                                                          run=row["name"], run_no=row["run_no"], trial=row["trial"])],
+            "timeout": rt.spec.timeout,
+        }
 
     async def op_logs(self, run: str, offset: int, limit: int, tail: int | None) -> dict[str, Any]:
         row = await self._run(run)

@@ -27,6 +27,7 @@ from typing import Any
 
 import aiosqlite
 
+from hypd.ipc import RUN_FIELDS
 from hypd.runstate import RunState, check_transition
 
 SCHEMA_VERSION = 1
@@ -104,12 +105,8 @@ CREATE TABLE IF NOT EXISTS reports (
 );
 """
 
-# The columns a run is shown with (ls --json, info, the TUI). One list, used everywhere.
-RUN_COLUMNS = (
-    "id", "study", "run_no", "trial", "attempt", "state", "reason", "params", "host", "gpus",
-    "created", "started", "ended", "deadline", "metrics", "objective", "last_line", "exit_code",
-    "run_dir", "log_path", "reports",
-)
+# The columns a run is shown with (ls, info, events, the TUI): hypd.ipc.Run, less its name.
+RUN_COLUMNS = tuple(f for f in RUN_FIELDS if f != "name")
 _JSON_COLUMNS = {"params", "gpus", "metrics"}
 
 

@@ -115,7 +115,8 @@ class DaemonProc:
         return self.call("ls", state=filters.get("state"), study=filters.get("study"), limit=None)
 
     def run(self, name: str) -> dict[str, Any]:
-        return self.call("info", run=name)
+        """The run (hypd.ipc.Run); `call("info", ...)` has its history and reports too."""
+        return self.call("info", run=name)["run"]
 
     def wait_state(self, name: str, *states: str, timeout: float = 30) -> dict[str, Any]:
         return wait_for(lambda: (r := self.run(name))["state"] in states and r, timeout,

@@ -95,7 +95,7 @@ def test_sshd_killed_mid_run_and_restarted_loses_no_line(cluster: SshdCluster, r
     wait_hosts_up(d, "a")
     d.cli("submit", study(d, "drop", n=1, steps=40, sleep=0.1))
     d.wait_state("drop:1", "running")
-    wait_for(lambda: len(d.run("drop:1")["reports"]) >= 5, timeout=30, what="drop:1 reporting")
+    wait_for(lambda: d.run("drop:1")["reports"] >= 5, timeout=30, what="drop:1 reporting")
     a.kill()  # the listener and every connection: the daemon's connection drops
     wait_for(lambda: d.call("hosts")[0]["state"] == "down", timeout=30, what="host a down")
     time.sleep(1.5)
