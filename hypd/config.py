@@ -1,8 +1,8 @@
 """The daemon's settings: $HYPD_HOME/config.toml, every key optional.
 
     [daemon]
-    poll_interval = "0.5s"     # how often run logs and exits are checked
-    gpu_poll = "5s"            # how often GPUs are read
+    poll_interval = "0.5s"     # accepted from older configs; unused (runs are watched by events)
+    gpu_poll = "5s"            # how often the local GPUs are read (SSH hosts stream theirs)
     kill_grace = "10s"         # SIGTERM, then SIGKILL after this long
 
     [local]                    # the local machine as a host
