@@ -183,7 +183,103 @@ def _run_dict(row: Sequence[Any], columns: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-class Store:
+class Queries:
+    """What the store answers (reads only; the CLI's and TUI's views of runs and studies)."""
+
+    db: aiosqlite.Connection
+
+
+    async def runs(self, *, state: str | None = None, study: str | None = None,
+                   states: Sequence[str] | None = None, trial: int | None = None,
+                   limit: int | None = None, columns: Sequence[str] = RUN_COLUMNS,
+                   order: str = "id") -> list[dict[str, Any]]:
+        where, args = [], []
+        if state is not None:
+            where.append("state=?")
+            args.append(state)
+        if states:
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            args.extend(states)
+        if study is not None:
+            where.append("study=?")
+            args.append(study)
+        if trial is not None:
+            where.append("trial=?")
+            args.append(trial)
+        sql = f"SELECT {', '.join(columns)} FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY {order}"
+        return await self._fetch_runs(sql, args, columns, limit)
+
+    async def _fetch_runs(self, sql: str, args: list[Any], columns: Sequence[str],
+                          limit: int | None) -> list[dict[str, Any]]:
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        async with self.db.execute(sql, args) as cur:
+            rows = await cur.fetchall()
+        return [_run_dict(r, columns) for r in rows]
+
+    async def run(self, study: str, run_no: int) -> dict[str, Any] | None:
+        rows = await self._runs_where("study=? AND run_no=?", (study, run_no))
+        return rows[0] if rows else None
+
+    async def run_by_id(self, run_id: int) -> dict[str, Any] | None:
+        rows = await self._runs_where("id=?", (run_id,))
+        return rows[0] if rows else None
+
+    async def _runs_where(self, where: str, args: Sequence[Any]) -> list[dict[str, Any]]:
+        columns = _ALL_COLUMNS
+        async with self.db.execute(f"SELECT {', '.join(columns)} FROM runs WHERE {where}", args) as cur:
+            rows = await cur.fetchall()
+        return [_run_dict(r, columns) for r in rows]
+
+    async def transitions(self, run_id: int) -> list[dict[str, Any]]:
+        async with self.db.execute(
+            "SELECT at, from_state, to_state, reason FROM transitions WHERE run_id=? ORDER BY rowid",
+            (run_id,)) as cur:
+            rows = await cur.fetchall()
+        return [{"at": r[0], "from": r[1], "to": r[2], "reason": r[3]} for r in rows]
+
+    async def reports(self, run_id: int, since: int = 0) -> list[dict[str, Any]]:
+        """The run's reports from sequence number `since` on, in order."""
+        async with self.db.execute(
+            "SELECT step, at, data FROM reports WHERE run_id=? AND seq>=? ORDER BY seq", (run_id, since)) as cur:
+            rows = await cur.fetchall()
+        return [{"step": r[0], "at": r[1], "values": json.loads(r[2])} for r in rows]
+
+    async def state_counts(self) -> dict[str, dict[str, int]]:
+        """study -> state -> number of runs."""
+        out: dict[str, dict[str, int]] = {}
+        async with self.db.execute("SELECT study, state, COUNT(*) FROM runs GROUP BY study, state") as cur:
+            async for study, state, n in cur:
+                out.setdefault(study, {})[state] = n
+        return out
+
+    async def trial_count(self, study: str) -> int:
+        async with self.db.execute("SELECT COUNT(*) FROM trials WHERE study=?", (study,)) as cur:
+            (n,) = await cur.fetchone()  # type: ignore[misc]
+        return int(n)
+
+    async def trial_counts(self) -> dict[str, int]:
+        async with self.db.execute("SELECT study, COUNT(*) FROM trials GROUP BY study") as cur:
+            return {s: n async for s, n in cur}
+
+    async def best_runs(self, study: str, minimize: bool, limit: int | None = None) -> list[dict[str, Any]]:
+        """The best run of each trial with a result, best first."""
+        agg = "MIN" if minimize else "MAX"
+        order = "ASC" if minimize else "DESC"
+        sql = (f"SELECT {', '.join('r.' + c for c in RUN_COLUMNS)} FROM runs r JOIN ("
+               f"  SELECT trial, {agg}(objective) AS best FROM runs"
+               f"  WHERE study=? AND objective IS NOT NULL AND state IN ('completed','stopped')"
+               f"  GROUP BY trial) b ON r.trial=b.trial AND r.objective=b.best "
+               f"WHERE r.study=? AND r.state IN ('completed','stopped') "
+               f"GROUP BY r.trial ORDER BY r.objective {order}, r.id")
+        return await self._fetch_runs(sql, [study, study], RUN_COLUMNS, limit)
+
+
+class Store(Queries):
     """One connection; all writes go through it (the daemon is the only writer)."""
 
     def __init__(self, db: aiosqlite.Connection, path: Path,
@@ -471,98 +567,6 @@ class Store:
                                            (what, study, trial)) as cur:
                     if cur.rowcount != 1:
                         raise StoreError(f"no trial {trial} in study {study}")
-
-    # ------------------------------------------------------------ queries
-
-    async def runs(self, *, state: str | None = None, study: str | None = None,
-                   states: Sequence[str] | None = None, trial: int | None = None,
-                   limit: int | None = None, columns: Sequence[str] = RUN_COLUMNS,
-                   order: str = "id") -> list[dict[str, Any]]:
-        where, args = [], []
-        if state is not None:
-            where.append("state=?")
-            args.append(state)
-        if states:
-            where.append(f"state IN ({','.join('?' * len(states))})")
-            args.extend(states)
-        if study is not None:
-            where.append("study=?")
-            args.append(study)
-        if trial is not None:
-            where.append("trial=?")
-            args.append(trial)
-        sql = f"SELECT {', '.join(columns)} FROM runs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY {order}"
-        return await self._fetch_runs(sql, args, columns, limit)
-
-    async def _fetch_runs(self, sql: str, args: list[Any], columns: Sequence[str],
-                          limit: int | None) -> list[dict[str, Any]]:
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(limit)
-        async with self.db.execute(sql, args) as cur:
-            rows = await cur.fetchall()
-        return [_run_dict(r, columns) for r in rows]
-
-    async def run(self, study: str, run_no: int) -> dict[str, Any] | None:
-        rows = await self._runs_where("study=? AND run_no=?", (study, run_no))
-        return rows[0] if rows else None
-
-    async def run_by_id(self, run_id: int) -> dict[str, Any] | None:
-        rows = await self._runs_where("id=?", (run_id,))
-        return rows[0] if rows else None
-
-    async def _runs_where(self, where: str, args: Sequence[Any]) -> list[dict[str, Any]]:
-        columns = _ALL_COLUMNS
-        async with self.db.execute(f"SELECT {', '.join(columns)} FROM runs WHERE {where}", args) as cur:
-            rows = await cur.fetchall()
-        return [_run_dict(r, columns) for r in rows]
-
-    async def transitions(self, run_id: int) -> list[dict[str, Any]]:
-        async with self.db.execute(
-            "SELECT at, from_state, to_state, reason FROM transitions WHERE run_id=? ORDER BY rowid",
-            (run_id,)) as cur:
-            rows = await cur.fetchall()
-        return [{"at": r[0], "from": r[1], "to": r[2], "reason": r[3]} for r in rows]
-
-    async def reports(self, run_id: int, since: int = 0) -> list[dict[str, Any]]:
-        """The run's reports from sequence number `since` on, in order."""
-        async with self.db.execute(
-            "SELECT step, at, data FROM reports WHERE run_id=? AND seq>=? ORDER BY seq", (run_id, since)) as cur:
-            rows = await cur.fetchall()
-        return [{"step": r[0], "at": r[1], "values": json.loads(r[2])} for r in rows]
-
-    async def state_counts(self) -> dict[str, dict[str, int]]:
-        """study -> state -> number of runs."""
-        out: dict[str, dict[str, int]] = {}
-        async with self.db.execute("SELECT study, state, COUNT(*) FROM runs GROUP BY study, state") as cur:
-            async for study, state, n in cur:
-                out.setdefault(study, {})[state] = n
-        return out
-
-    async def trial_count(self, study: str) -> int:
-        async with self.db.execute("SELECT COUNT(*) FROM trials WHERE study=?", (study,)) as cur:
-            (n,) = await cur.fetchone()  # type: ignore[misc]
-        return int(n)
-
-    async def trial_counts(self) -> dict[str, int]:
-        async with self.db.execute("SELECT study, COUNT(*) FROM trials GROUP BY study") as cur:
-            return {s: n async for s, n in cur}
-
-    async def best_runs(self, study: str, minimize: bool, limit: int | None = None) -> list[dict[str, Any]]:
-        """The best run of each trial with a result, best first."""
-        agg = "MIN" if minimize else "MAX"
-        order = "ASC" if minimize else "DESC"
-        sql = (f"SELECT {', '.join('r.' + c for c in RUN_COLUMNS)} FROM runs r JOIN ("
-               f"  SELECT trial, {agg}(objective) AS best FROM runs"
-               f"  WHERE study=? AND objective IS NOT NULL AND state IN ('completed','stopped')"
-               f"  GROUP BY trial) b ON r.trial=b.trial AND r.objective=b.best "
-               f"WHERE r.study=? AND r.state IN ('completed','stopped') "
-               f"GROUP BY r.trial ORDER BY r.objective {order}, r.id")
-        return await self._fetch_runs(sql, [study, study], RUN_COLUMNS, limit)
-
 
 _ALL_COLUMNS = RUN_COLUMNS + ("pid", "proc_start", "ctl_dir", "log_offset", "stop_intent", "stop_sent")
 _WRITABLE = set(_ALL_COLUMNS) - {"id", "study", "run_no", "trial", "attempt", "params", "created"}
