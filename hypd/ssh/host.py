@@ -111,8 +111,12 @@ class SshHost(Host):
             finally:
                 self._conn = self._sftp = None
                 conn.close()
+            # A connection that brought the host up (its watcher said hello) worked: the
+            # next try starts from the shortest delay, so a host whose connection drops
+            # again and again is back within seconds each time, not after a growing wait.
+            worked = self.down_since is None
             self._set_down(why)
-            if time.monotonic() - since > 10:
+            if worked or time.monotonic() - since > 10:
                 delay = self.backoff[0]
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, self.backoff[1])
