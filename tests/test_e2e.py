@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -557,3 +559,18 @@ def test_killing_a_pending_run_ends_it_before_it_starts(daemon: DaemonProc) -> N
     daemon.wait_state("kp:1", "completed", timeout=30)
     time.sleep(0.5)
     assert daemon.run("kp:2")["state"] == "killed"  # never started afterwards
+
+
+def test_two_ctrl_c_stop_the_daemon_at_once_and_still_close_the_store_and_socket(daemon: DaemonProc) -> None:
+    daemon.cli("submit", str(slow_study(daemon, "cc", n=2, steps=200, sleep=0.1)))
+    wait_for(lambda: len(daemon.runs(state="running")) == 2, 30, what="two runs going")
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGINT)
+    daemon.proc.send_signal(signal.SIGINT)
+    daemon.proc.wait(15)
+    assert not socket_path(daemon.home).exists()
+    with sqlite3.connect(daemon.home / "hypd.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    # The runs went on, and the next daemon adopts them.
+    daemon.start()
+    assert {r["state"] for r in daemon.runs(study="cc")} == {"running"}
