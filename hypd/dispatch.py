@@ -20,7 +20,7 @@ from hypd.capacity import Holding, host_capacity
 from hypd.hosts import Host, HostError
 from hypd.metrics import MetricsReader
 from hypd.runs import RunData, Runs
-from hypd.runstate import RunState
+from hypd.runstate import RunState, StopIntent
 from hypd.scheduler import HostCapacity, StudyDemand, place
 from hypd.store import Store
 from hypd.studies import Studies
@@ -178,6 +178,8 @@ class Dispatcher:
             lc.Attempt(run_id, row["name"], spec.name, row["trial"], host.name, gpus, deadline=deadline),
             RunData(str(ctl_dir), str(log_path), MetricsReader(spec.metrics_regex), gpu_mem_mib=spec.gpu_mem_mib,
                     started=now))
+        if self.runs.stopping:  # `hypd stop --kill-runs` came while this launch was under way
+            self.runs.feed(lc.StopRequested(run_id, StopIntent.KILL, "killed: the daemon was stopped", now))
         log_path.parent.mkdir(parents=True, exist_ok=True)
         try:
             await host.launch(run_id, str(ctl_dir), script_text(script), str(log_path))
