@@ -674,6 +674,11 @@ def main(argv=None):
     parser.add_argument("--no-pidfd", action="store_true", help=argparse.SUPPRESS)  # tests the /proc fallback
     parser.add_argument("--pid-wait", type=float, default=PID_WAIT, help=argparse.SUPPRESS)  # tests shorten it
     args = parser.parse_args(argv)
+    if os.environ.get("SHLVL", "0") in ("", "0"):
+        # Started by `exec python3 ...` from a bash login shell, which left SHLVL at 0 beside
+        # SSH_CLIENT: each run's `bash -c` would then take itself for the shell sshd started and
+        # source ~/.bashrc again (280 ms per stage with pyenv's init; conda's can change PATH).
+        os.environ["SHLVL"] = "1"
     root = os.path.expanduser(args.root)
     try:
         os.makedirs(root, exist_ok=True)
