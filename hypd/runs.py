@@ -105,6 +105,17 @@ class Runs:
             await asyncio.wait(tasks, timeout=timeout)
 
     def _carry_out(self, key: object, actions: list[lc.Action]) -> None:
+        """Each run's actions go after that run's earlier ones (one event, a host back or a
+        tick, may act on many runs); an action without a run (a retry, a tell) goes with
+        the run whose action came before it."""
+        groups: dict[object, list[lc.Action]] = {}
+        for action in actions:
+            key = getattr(action, "run", None) or key
+            groups.setdefault(key, []).append(action)
+        for group_key, group in groups.items():
+            self._chain(group_key, group)
+
+    def _chain(self, key: object, actions: list[lc.Action]) -> None:
         previous = self._chains.get(key) if key is not None else None
         task = asyncio.create_task(self._run_actions(previous, actions))
         self._tasks.add(task)
