@@ -176,7 +176,9 @@ class Daemon:
             for a in self.runs.core.live():
                 self.runs.feed(lc.StopRequested(a.id, StopIntent.KILL, "killed: the daemon was stopped", time.time()))
             deadline = time.time() + self.config.kill_grace + 10
-            while self.runs.core.attempts and time.time() < deadline:
+            # Launches under way (waiting on the store, say) are not in the core yet: wait
+            # for them too, so that the runs they start are ended before the daemon exits.
+            while (self.runs.core.attempts or self.dispatcher.placing) and time.time() < deadline:
                 await asyncio.sleep(0.1)
         asyncio.get_running_loop().call_soon(self.shutdown.set)
         return {"stopping": True, "killed": names if kill_runs else [], "left_running": [] if kill_runs else names,

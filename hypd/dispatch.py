@@ -39,6 +39,7 @@ class Dispatcher:
         self.hosts = hosts
         self.home = home
         self.wakeup = asyncio.Event()
+        self.placing = False  # a placement is under way: its launches may not be in the core yet
 
     def wake(self) -> None:
         self.wakeup.set()
@@ -47,12 +48,15 @@ class Dispatcher:
         while True:
             await self.wakeup.wait()
             self.wakeup.clear()
+            self.placing = True
             try:
                 await self.place_once()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("placing runs failed; carrying on")
+            finally:
+                self.placing = False
 
     # ------------------------------------------------------------ capacity and demand
 
