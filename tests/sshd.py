@@ -102,7 +102,8 @@ class SshdHost:
     """One sshd: a simulated host."""
 
     def __init__(self, cluster: SshdCluster, name: str, gpus: list[dict[str, Any]] | None,
-                 max_sessions: int | None = None) -> None:
+                 max_sessions: int | None = None, log_level: str = "ERROR",
+                 sftp_server: str | None = None) -> None:
         self.cluster = cluster
         self.name = name
         self.dir = cluster.base / name
@@ -125,7 +126,7 @@ class SshdHost:
         self.config_path = self.dir / "sshd_config"
         path = os.pathsep.join([str(self.bin_dir), str(Path(sys.executable).parent),
                                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
-        sftp = next((p for p in SFTP_SERVERS if os.access(p, os.X_OK)), "internal-sftp")
+        sftp = sftp_server or next((p for p in SFTP_SERVERS if os.access(p, os.X_OK)), "internal-sftp")
         lines = [
             f"Port {self.port}",
             "ListenAddress 127.0.0.1",
@@ -146,7 +147,7 @@ class SshdHost:
             f"MaxSessions {max_sessions or 10}",
             f"SetEnv PATH={path}",
             f"Subsystem sftp {sftp}",
-            "LogLevel ERROR",
+            f"LogLevel {log_level}",  # benchmarks count requests in sshd.log at DEBUG1
         ]
         if sshd_version() >= (9, 8):
             lines.append("PerSourcePenalties no")  # killed connections must not lock us out
@@ -281,9 +282,12 @@ class SshdCluster:
         self.hosts: list[SshdHost] = []
 
     def add(self, name: str | None = None, gpus: list[dict[str, Any]] | None = None, *,
-            start: bool = True, max_sessions: int | None = None) -> SshdHost:
-        """A new host (`gpus`: what its fake nvidia-smi reports; None: no nvidia-smi)."""
-        host = SshdHost(self, name or f"h{len(self.hosts) + 1}", gpus, max_sessions)
+            start: bool = True, max_sessions: int | None = None, log_level: str = "ERROR",
+            sftp_server: str | None = None) -> SshdHost:
+        """A new host (`gpus`: what its fake nvidia-smi reports; None: no nvidia-smi).
+        `log_level`: sshd's LogLevel (sshd.log); `sftp_server`: the command of its sftp
+        subsystem (default: the system's sftp-server)."""
+        host = SshdHost(self, name or f"h{len(self.hosts) + 1}", gpus, max_sessions, log_level, sftp_server)
         self.hosts.append(host)
         with open(self.known_hosts, "a") as f:
             f.write(host.known_hosts_line + "\n")
