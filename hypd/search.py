@@ -352,6 +352,180 @@ class _AxParam:
         return float(value)
 
 
+class _AxSpace:
+    """The study's searched parameters as Ax sees them, and whole parameter sets translated
+    both ways. Fixed parameters never reach Ax: they are added back on the way out."""
+
+    def __init__(self, searched: tuple[Param, ...]) -> None:
+        self.params = [_AxParam(p) for p in searched]
+        self.by_name = {p.name: p for p in self.params}
+        sizes = [p.size for p in self.params]
+        # How many distinct points Ax can propose; None: a continuum.
+        self.size = math.prod(sizes) if None not in sizes else None  # type: ignore[arg-type]
+
+    def configs(self) -> list[Any]:
+        return [p.config for p in self.params]
+
+    def to_ax(self, full: Mapping[str, Any]) -> dict[str, Any]:
+        """A trial's full, validated parameters as Ax's parameterisation."""
+        return {p.name: p.to_ax(full[p.name]) for p in self.params}
+
+    def from_ax(self, spec: StudySpec, ax_params: Mapping[str, Any]) -> dict[str, Any]:
+        """Ax's parameterisation as the trial's full parameters, in the study's order."""
+        values = {name: self.by_name[name].from_ax(v) for name, v in ax_params.items()
+                  if name in self.by_name}
+        values.update(spec.fixed_values())
+        return {p.name: values[p.name] for p in spec.params}
+
+
+def _ax_objective(spec: StudySpec) -> str:
+    """The study's objectives in Ax's syntax: "-loss, accuracy" (a minus to minimise)."""
+    return ", ".join(("-" if o.minimize else "") + o.metric for o in spec.objectives)
+
+
+def _new_ax_client(spec: StudySpec, space: _AxSpace) -> Any:
+    """An ax.Client set up for the study: its experiment, objectives and generation
+    strategy (early stopping is attached separately, as a restored client needs it too)."""
+    ax = _ax()
+    client = ax.Client(random_seed=spec.seed)
+    try:
+        client.configure_experiment(
+            parameters=space.configs(),
+            parameter_constraints=list(spec.param_constraints) or None,
+            name=spec.name,
+        )
+        client.configure_optimization(
+            objective=_ax_objective(spec),
+            outcome_constraints=list(spec.constraints) or None,
+        )
+    except (ax.AxError, ValueError, TypeError) as exc:
+        raise SearchError(f"Ax cannot take this study: {_one_line(exc)}") from None
+    if spec.algorithm == "sobol":
+        # Ax's "random_search" strategy is one Sobol node with no way out: no model.
+        client.configure_generation_strategy(
+            method="random_search", initialization_random_seed=spec.seed,
+            initialize_with_center=False)
+    else:
+        # Ax's default ("fast": centre, 5 Sobol trials in all, then the GP). Exceeding
+        # the Sobol budget keeps parallel slots busy with more Sobol points while the
+        # first results are awaited, instead of Ax refusing to generate.
+        client.configure_generation_strategy(
+            method="fast", initialization_random_seed=spec.seed,
+            allow_exceeding_initialization_budget=True)
+    return client
+
+
+def _attach_early_stopping(client: Any, spec: StudySpec) -> None:
+    """Give the early-stopping metric a direction and attach the strategy (it is not
+    part of Ax's snapshot, so this runs after a restore too)."""
+    es = spec.early_stop
+    if es is None:
+        return
+    ax = _ax()
+    metric = es.metric
+    lower_is_better = True  # a metric that is neither objective nor constraint: a loss
+    objective = next((o for o in spec.objectives if o.metric == metric), None)
+    if objective is not None:
+        lower_is_better = objective.minimize
+    else:
+        config = client._experiment.optimization_config
+        for oc in getattr(config, "outcome_constraints", []) or []:
+            if list(oc.metric_names) == [metric]:
+                lower_is_better = oc.op == oc.op.__class__.LEQ
+    if metric not in client._experiment.metrics:
+        client.configure_tracking_metrics([metric])
+    client.configure_metrics([ax.MapMetric(name=metric, lower_is_better=lower_is_better)])
+    client.set_early_stopping_strategy(ax.PercentileEarlyStoppingStrategy(
+        metric_signatures=[metric], min_progression=es.min_step))
+
+
+def _ax_raw_data(client: Any, values: Mapping[str, float]) -> dict[str, float]:
+    """The values Ax can use: metrics it knows, finite numbers."""
+    known = set(client._experiment.metrics)
+    out = {}
+    for k, v in values.items():
+        if k not in known or isinstance(v, bool):
+            continue
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(f):
+            out[k] = f
+    return out
+
+
+def _last_step(client: Any, trial: int) -> int | None:
+    """The last step a trial reported at (where its final values belong), if any."""
+    df = client._experiment.lookup_data(trial_indices=[trial]).full_df
+    if "step" not in df.columns or df.empty:
+        return None
+    steps = df["step"].dropna()
+    return None if steps.empty else int(steps.max())
+
+
+def _observed_and_predicted(client: Any, ax_params: Mapping[str, Any],
+                            index: int) -> tuple[dict[str, list[float | None]], bool, dict[str, float | None]]:
+    """For `AxSuggester.best`: a trial's prediction ({metric: [mean, sem]}, the model's at
+    its parameters where there is a model, else the observed values), whether the model
+    made it, and the observed values."""
+    ax = _ax()
+
+    def num(x: Any) -> float | None:
+        x = float(x)
+        return x if math.isfinite(x) else None
+
+    df = client._experiment.lookup_data(trial_indices=[index]).df
+    observed = {str(r.metric_name): num(r.mean) for r in df.itertuples()}
+    sems = {str(r.metric_name): num(r.sem) for r in df.itertuples()}
+    try:
+        (pred,) = client.predict([dict(ax_params)])
+        prediction = {m: [num(mean), num(sem)] for m, (mean, sem) in pred.items()}
+        predicted = True
+    except (ax.AxError, ValueError, AssertionError, NotImplementedError):
+        prediction = {m: [v, sems.get(m)] for m, v in observed.items()}
+        predicted = False
+    return prediction, predicted, observed
+
+
+def _client_snapshot(client: Any) -> dict[str, Any]:
+    """Ax's JSON snapshot of the client: the experiment and the generation strategy."""
+    # Ax's snapshot holds the experiment twice: at its top level and inside the
+    # generation strategy. Encoding it is most of dump()'s time (a pandas frame per
+    # trial's data), and on restore Ax's decoder takes the top-level one for the
+    # strategy (Client._from_json_snapshot passes it), so leave the inner one out.
+    gs = client._maybe_generation_strategy
+    saved = gs._experiment if gs is not None else None
+    try:
+        if gs is not None:
+            gs._experiment = None
+        return client._to_json_snapshot()
+    finally:
+        if gs is not None:
+            gs._experiment = saved
+
+
+def _client_from_state(state: Mapping[str, Any], space: _AxSpace) -> Any:
+    """The ax.Client of a stored `AxSuggester.dump()`, checked to search the same
+    parameters as the study."""
+    ax = _ax()
+    if not isinstance(state, Mapping) or state.get("format") != "ax-client-snapshot" \
+            or not isinstance(state.get("ax"), dict):
+        algorithm = state.get("algorithm") if isinstance(state, Mapping) else None
+        raise SearchError(f"the stored search state is not an Ax snapshot (algorithm {algorithm!r})")
+    snapshot = state["ax"]  # consumed: Ax's decoder pops keys off it
+    try:
+        client = ax.Client._from_json_snapshot(snapshot=snapshot)
+    except Exception as exc:  # any decoding failure: a bad state
+        raise SearchError(f"cannot restore the Ax state: {_one_line(exc)}") from None
+    stored = set(client._experiment.search_space.parameters)
+    if stored != set(space.by_name):
+        raise SearchError(
+            f"the stored Ax state searches {sorted(stored)}, the study {sorted(space.by_name)}; "
+            "the study's parameters changed: start a new study")
+    return client
+
+
 class AxSuggester(Suggester):
     """Ax (1.x, `ax.Client`): "ax" is Ax's default generation strategy (the centre of the
     space, then Sobol points, then Bayesian optimisation with a GP, "MBM"); "sobol" stays on
@@ -400,44 +574,17 @@ class AxSuggester(Suggester):
 
     adaptive = True
 
+    adaptive = True
+
     def __init__(self, spec: StudySpec) -> None:
         import threading
 
         self._lock = threading.Lock()
         super().__init__(spec)
-        ax = _ax()
-        self._params = [_AxParam(p) for p in spec.searched]
-        self._by_name = {p.name: p for p in self._params}
+        self._space = _AxSpace(spec.searched)
         self._objective_metrics = [o.metric for o in spec.objectives]
-        sizes = [p.size for p in self._params]
-        self._space_size = math.prod(sizes) if None not in sizes else None  # type: ignore[arg-type]
-        client = ax.Client(random_seed=spec.seed)
-        try:
-            client.configure_experiment(
-                parameters=[p.config for p in self._params],
-                parameter_constraints=list(spec.param_constraints) or None,
-                name=spec.name,
-            )
-            client.configure_optimization(
-                objective=self._objective_string(),
-                outcome_constraints=list(spec.constraints) or None,
-            )
-        except (ax.AxError, ValueError, TypeError) as exc:
-            raise SearchError(f"Ax cannot take this study: {_one_line(exc)}") from None
-        if spec.algorithm == "sobol":
-            # Ax's "random_search" strategy is one Sobol node with no way out: no model.
-            client.configure_generation_strategy(
-                method="random_search", initialization_random_seed=spec.seed,
-                initialize_with_center=False)
-        else:
-            # Ax's default ("fast": centre, 5 Sobol trials in all, then the GP). Exceeding
-            # the Sobol budget keeps parallel slots busy with more Sobol points while the
-            # first results are awaited, instead of Ax refusing to generate.
-            client.configure_generation_strategy(
-                method="fast", initialization_random_seed=spec.seed,
-                allow_exceeding_initialization_budget=True)
-        self._client = client
-        self._setup_early_stopping()
+        self._client = _new_ax_client(spec, self._space)
+        _attach_early_stopping(self._client, spec)
         self._spec_applied = True
         _quiet_ax_loggers()
 
@@ -460,75 +607,23 @@ class AxSuggester(Suggester):
         with self._lock:
             if not self._spec_applied:
                 self._client._random_seed = self._spec.seed
-                self._setup_early_stopping()
+                _attach_early_stopping(self._client, self._spec)
                 self._spec_applied = True
             yield
 
     def _objective_string(self) -> str:
-        return ", ".join(("-" if o.minimize else "") + o.metric for o in self.spec.objectives)
-
-    def _setup_early_stopping(self) -> None:
-        """Give the early-stopping metric a direction and attach the strategy (it is not
-        part of Ax's snapshot, so this runs after a restore too)."""
-        es = self.spec.early_stop
-        if es is None:
-            return
-        ax = _ax()
-        client = self._client
-        metric = es.metric
-        lower_is_better = True  # a metric that is neither objective nor constraint: a loss
-        objective = next((o for o in self.spec.objectives if o.metric == metric), None)
-        if objective is not None:
-            lower_is_better = objective.minimize
-        else:
-            config = client._experiment.optimization_config
-            for oc in getattr(config, "outcome_constraints", []) or []:
-                if list(oc.metric_names) == [metric]:
-                    lower_is_better = oc.op == oc.op.__class__.LEQ
-        if metric not in client._experiment.metrics:
-            client.configure_tracking_metrics([metric])
-        client.configure_metrics([ax.MapMetric(name=metric, lower_is_better=lower_is_better)])
-        client.set_early_stopping_strategy(ax.PercentileEarlyStoppingStrategy(
-            metric_signatures=[metric], min_progression=es.min_step))
+        return _ax_objective(self.spec)
 
     # -- helpers
 
-    def _known_metrics(self) -> set[str]:
-        return set(self._client._experiment.metrics)
-
     def _full_params(self, ax_params: Mapping[str, Any]) -> dict[str, Any]:
-        values = {name: self._by_name[name].from_ax(v) for name, v in ax_params.items()
-                  if name in self._by_name}
-        values.update(self.spec.fixed_values())
-        return {p.name: values[p.name] for p in self.spec.params}
+        return self._space.from_ax(self.spec, ax_params)
 
     def _trial(self, trial: int) -> Any:
         try:
             return self._client._experiment.trials[trial]
         except KeyError:
             raise SearchError(f"Ax has no trial {trial}") from None
-
-    def _values(self, values: Mapping[str, float]) -> dict[str, float]:
-        """The values Ax can use: metrics it knows, finite numbers."""
-        known = self._known_metrics()
-        out = {}
-        for k, v in values.items():
-            if k not in known or isinstance(v, bool):
-                continue
-            try:
-                f = float(v)
-            except (TypeError, ValueError):
-                continue
-            if math.isfinite(f):
-                out[k] = f
-        return out
-
-    def _last_step(self, trial: int) -> int | None:
-        df = self._client._experiment.lookup_data(trial_indices=[trial]).full_df
-        if "step" not in df.columns or df.empty:
-            return None
-        steps = df["step"].dropna()
-        return None if steps.empty else int(steps.max())
 
     def _ended(self, status: Any) -> bool:
         return bool(status.is_terminal)
@@ -541,11 +636,11 @@ class AxSuggester(Suggester):
             experiment = self._client._experiment
             budget = self.spec.max_trials if self.spec.max_trials is not None else 1 << 62
             k = min(n, budget - len(experiment.trials))
-            if self._space_size is not None:
+            if self._space.size is not None:
                 # A finite space: never ask Ax for more new points than are left (it
                 # deduplicates against every arm but those of FAILED trials). Asked for
                 # more, it searches for long and then gives nothing at all.
-                k = min(k, self._space_size - len(experiment.arms_by_signature_for_deduplication))
+                k = min(k, self._space.size - len(experiment.arms_by_signature_for_deduplication))
             if k <= 0:
                 return []
             try:
@@ -563,7 +658,7 @@ class AxSuggester(Suggester):
                 full = complete_params(self.spec, params)
             except ValueError as exc:
                 raise SearchError(str(exc)) from None
-            ax_params = {p.name: p.to_ax(full[p.name]) for p in self._params}
+            ax_params = self._space.to_ax(full)
             try:
                 return int(self._client.attach_trial(parameters=ax_params))
             except (ax.AxError, ValueError) as exc:
@@ -574,18 +669,18 @@ class AxSuggester(Suggester):
             status = self._trial(trial).status
             if not (status.is_running or status.is_early_stopped):
                 return
-            data = self._values(values)
+            data = _ax_raw_data(self._client, values)
             if data:
                 self._client.attach_data(trial_index=trial, raw_data=data, progression=int(step))
 
     def complete(self, trial: int, values: Mapping[str, float]) -> None:
         with self._session():
             status = self._trial(trial).status
-            data = self._values(values)
+            data = _ax_raw_data(self._client, values)
             if status.is_early_stopped:
                 if data:  # its final values, where its curve ended
                     self._client.attach_data(trial_index=trial, raw_data=data,
-                                             progression=self._last_step(trial))
+                                             progression=_last_step(self._client, trial))
                 return
             if self._ended(status):
                 return
@@ -597,7 +692,7 @@ class AxSuggester(Suggester):
             # With intermediate reports, the final values sit at the last reported step, so
             # the curve and the final result stay one series (the model uses its latest row).
             self._client.complete_trial(trial_index=trial, raw_data=data,
-                                        progression=self._last_step(trial))
+                                        progression=_last_step(self._client, trial))
 
     def fail(self, trial: int) -> None:
         with self._session():
@@ -648,62 +743,20 @@ class AxSuggester(Suggester):
                 _quiet_ax_loggers()
             return self._best_entry(params, index)
 
-    def _best_entry(self, params: Mapping[str, Any], index: int) -> dict[str, Any]:
-        ax = _ax()
-
-        def num(x: Any) -> float | None:
-            x = float(x)
-            return x if math.isfinite(x) else None
-
-        df = self._client._experiment.lookup_data(trial_indices=[index]).df
-        observed = {str(r.metric_name): num(r.mean) for r in df.itertuples()}
-        sems = {str(r.metric_name): num(r.sem) for r in df.itertuples()}
-        try:
-            (pred,) = self._client.predict([dict(params)])
-            prediction = {m: [num(mean), num(sem)] for m, (mean, sem) in pred.items()}
-            predicted = True
-        except (ax.AxError, ValueError, AssertionError, NotImplementedError):
-            prediction = {m: [v, sems.get(m)] for m, v in observed.items()}
-            predicted = False
-        return {"trial": int(index), "params": self._full_params(params),
+    def _best_entry(self, ax_params: Mapping[str, Any], index: int) -> dict[str, Any]:
+        prediction, predicted, observed = _observed_and_predicted(self._client, ax_params, index)
+        return {"trial": int(index), "params": self._full_params(ax_params),
                 "prediction": prediction, "predicted": predicted, "observed": observed}
 
     # -- state
 
     def dump(self) -> str:
         with self._session():
-            # Ax's snapshot holds the experiment twice: at its top level and inside the
-            # generation strategy. Encoding it is most of dump()'s time (a pandas frame per
-            # trial's data), and on restore Ax's decoder takes the top-level one for the
-            # strategy (Client._from_json_snapshot passes it), so leave the inner one out.
-            gs = self._client._maybe_generation_strategy
-            saved = gs._experiment if gs is not None else None
-            try:
-                if gs is not None:
-                    gs._experiment = None
-                snapshot = self._client._to_json_snapshot()
-            finally:
-                if gs is not None:
-                    gs._experiment = saved
             return json.dumps({"algorithm": self.spec.algorithm, "format": "ax-client-snapshot",
-                               "ax": snapshot})
+                               "ax": _client_snapshot(self._client)})
 
     def _restore(self, state: Mapping[str, Any]) -> None:
-        ax = _ax()
-        if not isinstance(state, Mapping) or state.get("format") != "ax-client-snapshot" \
-                or not isinstance(state.get("ax"), dict):
-            algorithm = state.get("algorithm") if isinstance(state, Mapping) else None
-            raise SearchError(f"the stored search state is not an Ax snapshot (algorithm {algorithm!r})")
-        snapshot = state["ax"]  # consumed: Ax's decoder pops keys off it
-        try:
-            client = ax.Client._from_json_snapshot(snapshot=snapshot)
-        except Exception as exc:  # any decoding failure: a bad state
-            raise SearchError(f"cannot restore the Ax state: {_one_line(exc)}") from None
-        stored = set(client._experiment.search_space.parameters)
-        if stored != set(self._by_name):
-            raise SearchError(
-                f"the stored Ax state searches {sorted(stored)}, the study {sorted(self._by_name)}; "
-                "the study's parameters changed: start a new study")
+        client = _client_from_state(state, self._space)
         with self._lock:
             self._client = client
             self._spec_applied = False  # the seed and early stopping are not in the snapshot

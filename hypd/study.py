@@ -225,11 +225,13 @@ _METRICS_KEYS = {"regex"}
 _TOP_KEYS = {"study", "params", "run", "metrics"}
 
 
-class _Parser:
-    def __init__(self, source: str, base_dir: Path) -> None:
+class _Reader:
+    """Typed look-ups in a study file's tables, each refusal a StudyError naming the file
+    and the key. The section parsers of one file share its warnings list."""
+
+    def __init__(self, source: str, warnings: list[str]) -> None:
         self.source = source
-        self.base_dir = base_dir
-        self.warnings: list[str] = []
+        self.warnings = warnings
 
     def fail(self, key: str, message: str) -> StudyError:
         return StudyError(self.source, key, message)
@@ -269,7 +271,61 @@ class _Parser:
             raise self.fail(f"{where}.{key}", f"must be a string, got {value!r}")
         return value
 
-    # -- sections
+
+@dataclass(frozen=True)
+class _StudySettings:
+    """The [study] keys read before [params]. Its other keys (max_trials, constraints,
+    early_stop) are read after the sections they depend on or follow, in the order that
+    decides which of several mistakes in a file is the one reported."""
+
+    name: str
+    objectives: tuple[Objective, ...]
+    algorithm: str
+    parallel: int
+    gpus: int
+    gpu_mem_mib: int
+    retries: int
+    priority: int
+    seed: int | None
+    timeout: float | None
+
+
+class _StudySectionParser(_Reader):
+    """[study]: the name, objectives, algorithm, resources, and the search's options."""
+
+    def settings(self, study: Mapping[str, Any]) -> _StudySettings:
+        name = study.get("name")
+        if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > 64:
+            raise self.fail("study.name", "missing or not a short name (letters, digits, _ . -)")
+        objectives = self.objectives(study.get("objective"))
+        algorithm = study.get("algorithm", DEFAULT_ALGORITHM)
+        if algorithm not in ALGORITHMS:
+            raise self.fail("study.algorithm", f"unknown {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
+        parallel = self.integer(study, "parallel", "study", 1, 1)
+        gpus = self.integer(study, "gpus", "study", 0, 0)
+        gpu_mem = 0
+        if "gpu_mem" in study:
+            try:
+                gpu_mem = parse_memory_mib(study["gpu_mem"])
+            except ValueError as exc:
+                raise self.fail("study.gpu_mem", str(exc)) from None
+            if not gpus:
+                raise self.fail("study.gpu_mem", "needs gpus = 1 or more; drop it for CPU runs")
+        retries = self.integer(study, "retries", "study", 0, 0)
+        priority = self.integer(study, "priority", "study", 1, 1)
+        seed = study.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise self.fail("study.seed", f"must be a whole number, got {seed!r}")
+        timeout = None
+        if "timeout" in study:
+            try:
+                timeout = parse_duration(study["timeout"])
+            except ValueError as exc:
+                raise self.fail("study.timeout", str(exc)) from None
+        return _StudySettings(
+            name=name, objectives=objectives, algorithm=algorithm, parallel=parallel or 1,
+            gpus=gpus or 0, gpu_mem_mib=gpu_mem, retries=retries or 0, priority=priority or 1,
+            seed=seed, timeout=timeout)
 
     def objectives(self, raw: Any) -> tuple[Objective, ...]:
         key = "study.objective"
@@ -299,6 +355,37 @@ class _Parser:
         if len(set(names)) != len(names):
             raise self.fail(key, "the same metric is named twice")
         return tuple(out)
+
+    def early_stop(self, study: Mapping[str, Any], default_metric: str) -> EarlyStop | None:
+        if "early_stop" not in study:
+            return None
+        es = study["early_stop"]
+        if not isinstance(es, dict):
+            raise self.fail("study.early_stop", 'must be { metric = "loss", min_step = 3 }')
+        self.no_unknown(es, {"metric", "min_step"}, "study.early_stop")
+        metric = es.get("metric", default_metric)
+        if not isinstance(metric, str):
+            raise self.fail("study.early_stop.metric", "must be a metric name")
+        min_step = self.integer(es, "min_step", "study.early_stop", 0, 0)
+        return EarlyStop(metric, min_step or 0)
+
+    def string_list(self, table: Mapping[str, Any], key: str) -> tuple[str, ...]:
+        value = table.get(key, [])
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(f"study.{key}", 'must be a list of strings, e.g. ["x + y <= 1.0"]')
+        return tuple(value)
+
+
+class _ParamsParser(_Reader):
+    """[params]: each parameter's space, and how a grid covers them."""
+
+    def params(self, raw_params: Mapping[str, Any], algorithm: str) -> tuple[Param, ...]:
+        params = tuple(self.param(n, s) for n, s in raw_params.items())
+        if not any(not isinstance(p, FixedParam) for p in params) and algorithm != "grid":
+            self.warnings.append("no parameter varies: every trial runs the same configuration")
+        return params
 
     def number(self, spec: Mapping[str, Any], key: str, where: str, kind: type) -> Any:
         if key not in spec:
@@ -381,6 +468,72 @@ class _Parser:
             return FloatParam(name, low, high, log, step)
         raise self.fail(f"{where}.type", f'unknown type {ptype!r}; use "float", "int", "choice" or "fixed"')
 
+    def grid_check(self, params: tuple[Param, ...], max_trials: int | None) -> None:
+        continuous = [p for p in params if isinstance(p, FloatParam) and p.step is None]
+        if continuous and max_trials is None:
+            p = continuous[0]
+            raise self.fail(f"params.{p.name}", "a grid cannot cover a continuous range; give step = ..., "
+                                                "values = [...], or max_trials to size the grid")
+        axes = grid_axes(params, max_trials)
+        size = math.prod(len(a) for a in axes)
+        if continuous:
+            names = ", ".join(p.name for p in continuous)
+            self.warnings.append(f"grid: {len(axes[params.index(continuous[0])])} points along the "
+                                 f"continuous range(s) {names}, sized to max_trials = {max_trials}")
+        if max_trials is not None and size > max_trials:
+            self.warnings.append(f"grid has {size} points; max_trials = {max_trials} runs the first {max_trials}")
+
+
+@dataclass(frozen=True)
+class _RunSettings:
+    """What [run] says: the stages' commands, where they run, and with what."""
+
+    stages: tuple[Stage, ...]
+    workdir: Path
+    output_dir: str | None
+    files: tuple[str, ...]
+    env: dict[str, str]
+
+
+class _RunParser(_Reader):
+    """[run] and [metrics]: the commands (checked against the parameters they fill in),
+    their folder, files and environment, and how metrics are read from their output."""
+
+    def __init__(self, source: str, warnings: list[str], base_dir: Path) -> None:
+        super().__init__(source, warnings)
+        self.base_dir = base_dir
+
+    def run(self, run: Mapping[str, Any], params: tuple[Param, ...]) -> _RunSettings:
+        self.no_unknown(run, _RUN_KEYS, "run")
+        stages = self.stages(run)
+        self.check_placeholders(stages, params)
+        workdir_raw = self.string(run, "workdir", "run", ".")
+        assert workdir_raw is not None
+        workdir = (self.base_dir / Path(workdir_raw).expanduser()).resolve()
+        output_raw = self.string(run, "output_dir", "run")
+        output_dir = str((workdir / Path(output_raw).expanduser()).resolve()) if output_raw else None
+        files_raw = run.get("files", [])
+        if not isinstance(files_raw, list) or not all(isinstance(f, str) and f for f in files_raw):
+            raise self.fail("run.files", 'must be a list of paths relative to workdir, e.g. ["train.py", "data/"]')
+        for f in files_raw:
+            if Path(f).is_absolute() or ".." in Path(f).parts:
+                raise self.fail("run.files", f"{f!r}: give paths inside workdir, relative to it")
+        return _RunSettings(stages=stages, workdir=workdir, output_dir=output_dir,
+                            files=tuple(files_raw), env=self.env(run))
+
+    def env(self, run: Mapping[str, Any]) -> dict[str, str]:
+        env_raw = run.get("env", {})
+        if not isinstance(env_raw, dict):
+            raise self.fail("run.env", 'must be a table, e.g. env = { PYTHONUNBUFFERED = "1" }')
+        env: dict[str, str] = {}
+        for k, v in env_raw.items():
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
+                raise self.fail(f"run.env.{k}", "not a valid environment variable name")
+            if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+                raise self.fail(f"run.env.{k}", f"must be a string or number, got {v!r}")
+            env[k] = str(v)
+        return env
+
     def stages(self, run: Mapping[str, Any]) -> tuple[Stage, ...]:
         command, stages = run.get("command"), run.get("stages")
         if command is not None and stages is not None:
@@ -442,92 +595,7 @@ class _Parser:
                         raise self.fail(where, f"cannot fill a placeholder with {p.name} = {value!r} ({exc}); "
                                                "fix its format spec") from None
 
-    def grid_check(self, params: tuple[Param, ...], max_trials: int | None) -> None:
-        continuous = [p for p in params if isinstance(p, FloatParam) and p.step is None]
-        if continuous and max_trials is None:
-            p = continuous[0]
-            raise self.fail(f"params.{p.name}", "a grid cannot cover a continuous range; give step = ..., "
-                                                "values = [...], or max_trials to size the grid")
-        axes = grid_axes(params, max_trials)
-        size = math.prod(len(a) for a in axes)
-        if continuous:
-            names = ", ".join(p.name for p in continuous)
-            self.warnings.append(f"grid: {len(axes[params.index(continuous[0])])} points along the "
-                                 f"continuous range(s) {names}, sized to max_trials = {max_trials}")
-        if max_trials is not None and size > max_trials:
-            self.warnings.append(f"grid has {size} points; max_trials = {max_trials} runs the first {max_trials}")
-
-    def parse(self, doc: Mapping[str, Any]) -> StudySpec:
-        self.no_unknown(doc, _TOP_KEYS, "")
-        study = self.table(doc, "study", required=True)
-        self.no_unknown(study, _STUDY_KEYS, "study")
-        name = study.get("name")
-        if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > 64:
-            raise self.fail("study.name", "missing or not a short name (letters, digits, _ . -)")
-        objectives = self.objectives(study.get("objective"))
-        algorithm = study.get("algorithm", DEFAULT_ALGORITHM)
-        if algorithm not in ALGORITHMS:
-            raise self.fail("study.algorithm", f"unknown {algorithm!r}; use one of {', '.join(ALGORITHMS)}")
-        parallel = self.integer(study, "parallel", "study", 1, 1)
-        gpus = self.integer(study, "gpus", "study", 0, 0)
-        gpu_mem = 0
-        if "gpu_mem" in study:
-            try:
-                gpu_mem = parse_memory_mib(study["gpu_mem"])
-            except ValueError as exc:
-                raise self.fail("study.gpu_mem", str(exc)) from None
-            if not gpus:
-                raise self.fail("study.gpu_mem", "needs gpus = 1 or more; drop it for CPU runs")
-        retries = self.integer(study, "retries", "study", 0, 0)
-        priority = self.integer(study, "priority", "study", 1, 1)
-        seed = study.get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise self.fail("study.seed", f"must be a whole number, got {seed!r}")
-        timeout = None
-        if "timeout" in study:
-            try:
-                timeout = parse_duration(study["timeout"])
-            except ValueError as exc:
-                raise self.fail("study.timeout", str(exc)) from None
-
-        raw_params = self.table(doc, "params", required=True)
-        params = tuple(self.param(n, s) for n, s in raw_params.items())
-        if not any(not isinstance(p, FixedParam) for p in params) and algorithm != "grid":
-            self.warnings.append("no parameter varies: every trial runs the same configuration")
-
-        max_trials = self.integer(study, "max_trials", "study", None, 1)
-        if algorithm == "grid":
-            self.grid_check(params, max_trials)
-        elif max_trials is None:
-            max_trials = DEFAULT_MAX_TRIALS
-
-        run = self.table(doc, "run", required=True)
-        self.no_unknown(run, _RUN_KEYS, "run")
-        stages = self.stages(run)
-        self.check_placeholders(stages, params)
-        workdir_raw = self.string(run, "workdir", "run", ".")
-        assert workdir_raw is not None
-        workdir = (self.base_dir / Path(workdir_raw).expanduser()).resolve()
-        output_raw = self.string(run, "output_dir", "run")
-        output_dir = str((workdir / Path(output_raw).expanduser()).resolve()) if output_raw else None
-        files_raw = run.get("files", [])
-        if not isinstance(files_raw, list) or not all(isinstance(f, str) and f for f in files_raw):
-            raise self.fail("run.files", 'must be a list of paths relative to workdir, e.g. ["train.py", "data/"]')
-        for f in files_raw:
-            if Path(f).is_absolute() or ".." in Path(f).parts:
-                raise self.fail("run.files", f"{f!r}: give paths inside workdir, relative to it")
-        env_raw = run.get("env", {})
-        if not isinstance(env_raw, dict):
-            raise self.fail("run.env", 'must be a table, e.g. env = { PYTHONUNBUFFERED = "1" }')
-        env: dict[str, str] = {}
-        for k, v in env_raw.items():
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
-                raise self.fail(f"run.env.{k}", "not a valid environment variable name")
-            if isinstance(v, bool) or not isinstance(v, (str, int, float)):
-                raise self.fail(f"run.env.{k}", f"must be a string or number, got {v!r}")
-            env[k] = str(v)
-
-        metrics = self.table(doc, "metrics", required=False)
+    def metrics_regex(self, metrics: Mapping[str, Any]) -> dict[str, str]:
         self.no_unknown(metrics, _METRICS_KEYS, "metrics")
         regex_raw = metrics.get("regex", {})
         if not isinstance(regex_raw, dict):
@@ -544,38 +612,48 @@ class _Parser:
                 raise self.fail(f"metrics.regex.{k}", "needs one capturing group around the number, "
                                                       "e.g. 'val_loss ([0-9.eE+-]+)'")
             metrics_regex[k] = pattern
+        return metrics_regex
 
-        constraints = self.string_list(study, "constraints")
-        param_constraints = self.string_list(study, "param_constraints")
-        early_stop = None
-        if "early_stop" in study:
-            es = study["early_stop"]
-            if not isinstance(es, dict):
-                raise self.fail("study.early_stop", 'must be { metric = "loss", min_step = 3 }')
-            self.no_unknown(es, {"metric", "min_step"}, "study.early_stop")
-            metric = es.get("metric", objectives[0].metric)
-            if not isinstance(metric, str):
-                raise self.fail("study.early_stop.metric", "must be a metric name")
-            min_step = self.integer(es, "min_step", "study.early_stop", 0, 0)
-            early_stop = EarlyStop(metric, min_step or 0)
+
+class _Parser(_Reader):
+    """A whole study file: its sections, read in a fixed order (so of several mistakes the
+    same one is always reported), into a StudySpec."""
+
+    def __init__(self, source: str, base_dir: Path) -> None:
+        super().__init__(source, [])
+        self.study_parser = _StudySectionParser(source, self.warnings)
+        self.params_parser = _ParamsParser(source, self.warnings)
+        self.run_parser = _RunParser(source, self.warnings, base_dir)
+
+    def parse(self, doc: Mapping[str, Any]) -> StudySpec:
+        self.no_unknown(doc, _TOP_KEYS, "")
+        study = self.table(doc, "study", required=True)
+        self.no_unknown(study, _STUDY_KEYS, "study")
+        settings = self.study_parser.settings(study)
+        params = self.params_parser.params(self.table(doc, "params", required=True), settings.algorithm)
+
+        max_trials = self.integer(study, "max_trials", "study", None, 1)
+        if settings.algorithm == "grid":
+            self.params_parser.grid_check(params, max_trials)
+        elif max_trials is None:
+            max_trials = DEFAULT_MAX_TRIALS
+
+        run = self.run_parser.run(self.table(doc, "run", required=True), params)
+        metrics_regex = self.run_parser.metrics_regex(self.table(doc, "metrics", required=False))
+        constraints = self.study_parser.string_list(study, "constraints")
+        param_constraints = self.study_parser.string_list(study, "param_constraints")
+        early_stop = self.study_parser.early_stop(study, settings.objectives[0].metric)
 
         return StudySpec(
-            name=name, objectives=objectives, algorithm=algorithm, max_trials=max_trials,
-            parallel=parallel or 1, gpus=gpus or 0, timeout=timeout, retries=retries or 0,
-            priority=priority or 1, seed=seed, params=params, workdir=str(workdir), env=env,
-            stages=stages, metrics_regex=metrics_regex, output_dir=output_dir, files=tuple(files_raw),
-            constraints=constraints, param_constraints=param_constraints, early_stop=early_stop,
-            gpu_mem_mib=gpu_mem,
+            name=settings.name, objectives=settings.objectives, algorithm=settings.algorithm,
+            max_trials=max_trials, parallel=settings.parallel, gpus=settings.gpus,
+            timeout=settings.timeout, retries=settings.retries, priority=settings.priority,
+            seed=settings.seed, params=params, workdir=str(run.workdir), env=run.env,
+            stages=run.stages, metrics_regex=metrics_regex, output_dir=run.output_dir,
+            files=run.files, constraints=constraints, param_constraints=param_constraints,
+            early_stop=early_stop, gpu_mem_mib=settings.gpu_mem_mib,
             source=self.source, warnings=tuple(self.warnings),
         )
-
-    def string_list(self, table: Mapping[str, Any], key: str) -> tuple[str, ...]:
-        value = table.get(key, [])
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self.fail(f"study.{key}", 'must be a list of strings, e.g. ["x + y <= 1.0"]')
-        return tuple(value)
 
 
 def parse_study(text: str, source: str = "<study>", base_dir: str | Path | None = None) -> StudySpec:
