@@ -163,7 +163,10 @@ class Runs:
         elif isinstance(action, lc.Supersede):
             await self._supersede(action)
         elif isinstance(action, lc.Tell):
-            await self.studies.tell(action.study)
+            # Retried like a record: a tell whose store write failed would otherwise wait
+            # for the study's next ending (none, for its last trial). Telling again is
+            # safe: the search ignores a trial it was told about already.
+            await self._durably(self.studies.tell, action.study)
             await self.publish_study(action.study)
         elif isinstance(action, lc.Note):
             getattr(log, action.level)("%s", action.text)
