@@ -61,6 +61,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def main_thread_cpu(pid: int) -> float:
+    """CPU seconds of the process's main thread (the daemon's event loop)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e9
+    except OSError:
+        return math.nan
+
+
 def proc_usage(pid: int) -> tuple[float, int]:
     """(CPU seconds, peak RSS in KiB) of a live process."""
     cpu = cpu_seconds(pid)

@@ -5,7 +5,8 @@ costs per run (daemon CPU, SSH requests).
 
 What it does: starts N real OpenSSH servers on 127.0.0.1 (tests/sshd.py), each a simulated
 host with its own fake nvidia-smi reporting G idle GPUs and its own workdir; writes
-hosts.toml for them and a config.toml with the local machine disabled; starts `hypd serve`
+hosts.toml for them and a config.toml with the local machine disabled (and the daemon's
+defaults otherwise: GPUs read every second per host, unless --gpu-poll); starts `hypd serve`
 on a fresh $HYPD_HOME, which builds an SshHost (hypd/ssh/) per host: one connection, one
 host watcher (hypd/hostwatch.py) and one streaming nvidia-smi each. Once every host is up
 it measures the daemon's idle CPU for --idle seconds, submits one random-search study of
@@ -60,7 +61,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from common import BenchError, Daemon, load, percentile, proc_usage, study_runs  # noqa: I001
+from common import BenchError, Daemon, load, main_thread_cpu, percentile, proc_usage, study_runs  # noqa: I001
 from sshcount import count_sftp_log, count_sshd_log, sftp_proxy_command, size
 
 from hypd.inventory import save_inventory
@@ -152,6 +153,7 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=320)
     p.add_argument("--seconds", type=float, default=3.0, help="length of one trial")
     p.add_argument("--files", type=int, default=0, help="small files in run.files, copied to each host over SFTP")
+    p.add_argument("--gpu-poll", default="", help="[daemon] gpu_poll in config.toml (default: the daemon's)")
     p.add_argument("--idle", type=float, default=10.0, help="seconds of idle daemon CPU measured before the submit")
     p.add_argument("--timeout", type=float, default=900.0, help="give up after this many seconds")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, database)")
@@ -176,14 +178,8 @@ def main() -> int:
                                sftp_server=sftp_proxy_command(sftp_logs[i])) for i in range(args.hosts)]
         roots = {s.name: s.root for s in servers}
         save_inventory(home / "hosts.toml", [s.host_config() for s in servers])
-        (home / "config.toml").write_text(textwrap.dedent("""\
-            [daemon]
-            gpu_poll = "0.5s"
-            kill_grace = "2s"
-
-            [local]
-            enabled = false
-            """))
+        gpu_poll = f'gpu_poll = "{args.gpu_poll}"\n' if args.gpu_poll else ""
+        (home / "config.toml").write_text(f"[daemon]\n{gpu_poll}\n[local]\nenabled = false\n")
         n_gpus = args.hosts * args.gpus
         workdir = base / "code"
         workdir.mkdir()
@@ -226,11 +222,13 @@ def main() -> int:
         sshd_offsets = [size(s.log_file) for s in servers]
         sftp_offsets = [size(f) for f in sftp_logs]
         cpu_before, t_before = daemon.cpu(), time.monotonic()
+        loop_before = main_thread_cpu(daemon.pid)
         submitted = time.time()
         daemon.call("submit", path=str(study), text=study.read_text(), as_name=None)
         daemon.wait_study(STUDY, args.timeout)
         study_s = time.monotonic() - t_before
         cpu_after, peak_kib = proc_usage(daemon.pid)
+        loop_cpu = main_thread_cpu(daemon.pid) - loop_before
         load_end = load()
         requests: Counter[str] = Counter()
         for server, off in zip(servers, sshd_offsets):
@@ -247,7 +245,7 @@ def main() -> int:
         keepalives = sum(v for k, v in requests.items() if k.startswith("global:keepalive"))
         cpu = cpu_after - cpu_before
         result.update(
-            daemon_cpu_s=cpu, daemon_cpu_ms_per_run=cpu / args.runs * 1000,
+            daemon_cpu_s=cpu, daemon_cpu_ms_per_run=cpu / args.runs * 1000, daemon_loop_cpu_s=loop_cpu,
             daemon_idle_cpu_ms_per_s=idle_rate * 1000,
             daemon_cpu_ms_per_run_net=max(0.0, cpu - idle_rate * study_s) / args.runs * 1000,
             daemon_peak_rss_mib=peak_kib / 1024, ssh_connections_opened=connects,
@@ -275,7 +273,8 @@ def main() -> int:
               f"  (GPU free on the host -> the daemon records `running`)")
         print(f"daemon CPU          {cpu:.2f} s in {study_s:.1f} s: {r['daemon_cpu_ms_per_run']:.1f} ms per run; "
               f"{r['daemon_cpu_ms_per_run_net']:.1f} ms per run net of its idle "
-              f"{r['daemon_idle_cpu_ms_per_s']:.1f} ms/s (goal <= 5 ms)")
+              f"{r['daemon_idle_cpu_ms_per_s']:.1f} ms/s (goal <= 5 ms); {loop_cpu / cpu:.0%} in the event loop's "
+              f"thread, the rest in SQLite's and the executor's")
         print(f"daemon peak RSS     {r['daemon_peak_rss_mib']:.0f} MiB")
         print(f"SSH requests        {r['ssh_requests_per_run']:.3f} per run "
               f"({r['ssh_requests_per_run_without_keepalives']:.3f} without keepalives; goal <= 5), "
