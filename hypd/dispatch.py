@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hypd import lifecycle as lc
 from hypd.capacity import Holding, host_capacity
-from hypd.hosts import Host, HostError
+from hypd.hosts import Host, HostDownError, HostError
 from hypd.metrics import MetricsReader
 from hypd.runs import RunData, Runs
 from hypd.runstate import RunState, StopIntent
@@ -188,7 +188,7 @@ class Dispatcher:
         try:
             await host.launch(run_id, str(ctl_dir), script_text(script), str(log_path))
         except HostError as exc:
-            self.runs.feed(lc.LaunchFailed(run_id, str(exc)))
+            self.runs.feed(lc.LaunchFailed(run_id, str(exc), reached_host=not isinstance(exc, HostDownError)))
             return
         log.info("%s launching on %s", row["name"], where)
         await self.runs.publish_run(run_id)

@@ -39,6 +39,10 @@ class HostError(RuntimeError):
     """A host could not do what was asked; the message is one line."""
 
 
+class HostDownError(HostError):
+    """The host is down: the request did not reach it."""
+
+
 @dataclass(frozen=True)
 class GpusRead:
     host: str
@@ -130,12 +134,12 @@ class Host(ABC):
         """Start a run; Launched or LaunchFailed follows. HostError while down."""
         link = self._link
         if link is None:
-            raise HostError(f"host {self.name} is down: {self._why}")
+            raise HostDownError(f"host {self.name} is down: {self._why}")
         self._logs[run] = log_path
-        try:
+        # If the link breaks while the command is written, the host may have it: the run
+        # stays launching, and watching it once the host is back tells whether it started.
+        with contextlib.suppress(WatchLinkError):
             await link.launch(str(run), ctl_dir, script, self.kill_grace)
-        except WatchLinkError as exc:
-            raise HostError(f"host {self.name}: {exc}") from None
 
     # While the host is down these are dropped: when it is up again the daemon watches its
     # runs anew (and asks again for the kills it wants).

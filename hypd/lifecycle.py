@@ -50,6 +50,7 @@ class Launched:
 class LaunchFailed:
     run: int
     why: str
+    reached_host: bool = True  # False: nothing reached the host (it was down): pending again
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,14 @@ class Retry:
 
 
 @dataclass(frozen=True)
+class Requeue:
+    """A run whose launch never reached its host: pending again, not a failure."""
+
+    run: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class Supersede:
     """Other attempts of a trial are not needed any more: end the pending ones, stop the
     running ones."""
@@ -228,7 +237,8 @@ class Note:
     text: str
 
 
-Action = Ingest | Persist | Signal | Watch | Unwatch | Record | Retry | Supersede | Tell | Release | Note
+Action = (Ingest | Persist | Signal | Watch | Unwatch | Record | Retry | Requeue | Supersede | Tell | Release
+          | Note)
 
 
 # ----------------------------------------------------------------------------- state
@@ -353,6 +363,9 @@ class Lifecycle:
         if a is None or not (a.phase is Phase.LAUNCHING or was_lost):
             return []
         a.clean = True  # nothing started
+        if not e.reached_host and a.phase is Phase.LAUNCHING and a.stop_intent is None:
+            del self.attempts[a.id]  # still its trial's attempt under way: a pending one
+            return [Requeue(a.id, f"back to pending: {e.why}"), Release(a.id, a.host, a.gpus)]
         if a.stop_intent is not None:  # it was to end anyway: as asked, not as a failure
             end = ending(None, None, a.stop_intent, self.rules.get(a.study, StudyRules()).timeout_text)
             return self._end(a, end.state, f"{a.stop_reason or end.reason} (its launch failed: {e.why})", None,

@@ -158,6 +158,12 @@ class Runs:
             await self._host_call(action.host, lambda h: h.unwatch(action.run))
         elif isinstance(action, lc.Release):
             self._release(action)
+        elif isinstance(action, lc.Requeue):
+            await self._durably(self.store.transition, action.run, RunState.PENDING, action.reason, host=None,
+                                gpus=None, started=None, ctl_dir=None, log_path=None, deadline=None, pid=None,
+                                proc_start=None)
+            await self.publish_run(action.run)
+            self.wake()
         elif isinstance(action, lc.Retry):
             await self._retry(action)
         elif isinstance(action, lc.Supersede):

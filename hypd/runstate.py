@@ -2,6 +2,7 @@
 
     pending -> running -> completed | failed | killed | stopped | lost
     pending -> killed                    (killed before it started)
+    running -> pending                   (its launch never reached its host)
     lost    -> running                   (its host came back and the run was still alive)
     lost    -> completed | failed | killed | stopped  (its host came back and told how it ended)
 """
@@ -33,7 +34,7 @@ LIVE = frozenset({RunState.RUNNING, RunState.LOST})
 TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     RunState.PENDING: frozenset({RunState.RUNNING, RunState.KILLED}),
     RunState.RUNNING: frozenset({RunState.COMPLETED, RunState.FAILED, RunState.KILLED,
-                                 RunState.STOPPED, RunState.LOST}),
+                                 RunState.STOPPED, RunState.LOST, RunState.PENDING}),
     RunState.LOST: frozenset({RunState.RUNNING, RunState.COMPLETED, RunState.FAILED, RunState.KILLED,
                               RunState.STOPPED}),
     RunState.COMPLETED: frozenset(),

@@ -34,6 +34,7 @@ from hypd.lifecycle import (
     Phase,
     Record,
     Release,
+    Requeue,
     Retry,
     Signal,
     StopRequested,
@@ -272,6 +273,17 @@ def test_launch_failed_is_failed_and_retried_within_the_budget() -> None:
     start(lc, run=2, launched=False)
     out = lc.handle(LaunchFailed(2, "no route to host"))
     assert of(out, Retry) == [] and of(out, Tell) == [Tell("s", 1)]  # the budget is spent
+
+
+def test_a_launch_that_never_reached_its_host_is_pending_again_not_failed() -> None:
+    lc = Lifecycle({"s": StudyRules(retries=0)})
+    start(lc, launched=False)
+    out = lc.handle(LaunchFailed(1, "host h is down: connection lost", reached_host=False))
+    assert out == [Requeue(1, "back to pending: host h is down: connection lost"), Release(1, "h", (0,))]
+    assert lc.held("h") == [] and lc.trials[("s", 1)].live == {1}  # still the trial's attempt
+    start_again = lc.adopt(Attempt(1, "s-1", "s", 1, "h", (1,), phase=Phase.LAUNCHING))
+    assert start_again == []
+    assert lc.handle(Launched(1, 7, "t7")) == [Persist(1, (("pid", 7), ("proc_start", "t7")))]
 
 
 def test_failure_of_an_attempt_beside_a_pending_one_waits_for_it() -> None:

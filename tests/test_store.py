@@ -252,7 +252,7 @@ async def test_lost_run_coming_back_keeps_its_start_time(store: Store) -> None:
 
 FORBIDDEN_FROM: list[tuple[tuple[RunState, ...], RunState]] = [
     ((), C), ((), F), ((), S), ((), L), ((), P),
-    ((R,), P), ((R,), R),
+    ((R,), R), ((R, P), C),
     ((R, C), R), ((R, C), F), ((R, F), R), ((K,), R), ((R, S), C), ((R, K), P),
     ((R, L), P), ((R, L), L),
 ]
