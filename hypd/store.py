@@ -186,7 +186,9 @@ def _run_dict(row: Sequence[Any], columns: Sequence[str]) -> dict[str, Any]:
 class Queries:
     """What the store answers (reads only; the CLI's and TUI's views of runs and studies)."""
 
-    db: aiosqlite.Connection
+    # Its own connection: in WAL mode reads never wait for a write, so `hypd ls` answers
+    # while a write waits out another process's lock.
+    reader: aiosqlite.Connection
 
 
     async def runs(self, *, state: str | None = None, study: str | None = None,
@@ -217,7 +219,7 @@ class Queries:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
-        async with self.db.execute(sql, args) as cur:
+        async with self.reader.execute(sql, args) as cur:
             rows = await cur.fetchall()
         return [_run_dict(r, columns) for r in rows]
 
@@ -231,12 +233,12 @@ class Queries:
 
     async def _runs_where(self, where: str, args: Sequence[Any]) -> list[dict[str, Any]]:
         columns = _ALL_COLUMNS
-        async with self.db.execute(f"SELECT {', '.join(columns)} FROM runs WHERE {where}", args) as cur:
+        async with self.reader.execute(f"SELECT {', '.join(columns)} FROM runs WHERE {where}", args) as cur:
             rows = await cur.fetchall()
         return [_run_dict(r, columns) for r in rows]
 
     async def transitions(self, run_id: int) -> list[dict[str, Any]]:
-        async with self.db.execute(
+        async with self.reader.execute(
             "SELECT at, from_state, to_state, reason FROM transitions WHERE run_id=? ORDER BY rowid",
             (run_id,)) as cur:
             rows = await cur.fetchall()
@@ -244,7 +246,7 @@ class Queries:
 
     async def reports(self, run_id: int, since: int = 0) -> list[dict[str, Any]]:
         """The run's reports from sequence number `since` on, in order."""
-        async with self.db.execute(
+        async with self.reader.execute(
             "SELECT step, at, data FROM reports WHERE run_id=? AND seq>=? ORDER BY seq", (run_id, since)) as cur:
             rows = await cur.fetchall()
         return [{"step": r[0], "at": r[1], "values": json.loads(r[2])} for r in rows]
@@ -252,18 +254,18 @@ class Queries:
     async def state_counts(self) -> dict[str, dict[str, int]]:
         """study -> state -> number of runs."""
         out: dict[str, dict[str, int]] = {}
-        async with self.db.execute("SELECT study, state, COUNT(*) FROM runs GROUP BY study, state") as cur:
+        async with self.reader.execute("SELECT study, state, COUNT(*) FROM runs GROUP BY study, state") as cur:
             async for study, state, n in cur:
                 out.setdefault(study, {})[state] = n
         return out
 
     async def trial_count(self, study: str) -> int:
-        async with self.db.execute("SELECT COUNT(*) FROM trials WHERE study=?", (study,)) as cur:
+        async with self.reader.execute("SELECT COUNT(*) FROM trials WHERE study=?", (study,)) as cur:
             (n,) = await cur.fetchone()  # type: ignore[misc]
         return int(n)
 
     async def trial_counts(self) -> dict[str, int]:
-        async with self.db.execute("SELECT study, COUNT(*) FROM trials GROUP BY study") as cur:
+        async with self.reader.execute("SELECT study, COUNT(*) FROM trials GROUP BY study") as cur:
             return {s: n async for s, n in cur}
 
     async def best_runs(self, study: str, minimize: bool, limit: int | None = None) -> list[dict[str, Any]]:
@@ -283,8 +285,9 @@ class Store(Queries):
     """One connection; all writes go through it (the daemon is the only writer)."""
 
     def __init__(self, db: aiosqlite.Connection, path: Path,
-                 busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> None:
+                 busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS, reader: aiosqlite.Connection | None = None) -> None:
         self.db = db
+        self.reader = reader or db
         self.path = path
         self.busy_timeout_ms = busy_timeout_ms
         # One connection is shared by every task: a transaction must not interleave with
@@ -367,9 +370,21 @@ class Store(Queries):
             if (why := unavailable_reason(exc, path, busy_timeout_ms)) is not None:
                 raise StoreUnavailable(why) from exc
             raise
-        return cls(db, path, busy_timeout_ms)
+        reader = None
+        try:
+            reader = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
+            await reader.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+            await reader.execute("PRAGMA query_only=ON")
+        except sqlite3.Error:  # reads then share the writer's connection
+            if reader is not None:
+                with contextlib.suppress(Exception):
+                    await reader.close()
+            reader = None
+        return cls(db, path, busy_timeout_ms, reader)
 
     async def close(self) -> None:
+        if self.reader is not self.db:
+            await self.reader.close()
         await self.db.close()
 
     # ------------------------------------------------------------ studies

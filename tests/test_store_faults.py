@@ -182,6 +182,31 @@ async def test_a_short_lock_is_waited_out(tmp_path: Path) -> None:
         await store.close()
 
 
+async def test_reads_do_not_wait_behind_a_write_that_waits_for_a_lock(tmp_path: Path) -> None:
+    """`hypd ls` answers while a write waits out another process's lock: reads have their
+    own connection, and in WAL mode a read never waits for a writer."""
+    db = tmp_path / "hypd.db"
+    store = await Store.open(db, busy_timeout_ms=3000)
+    try:
+        run_id = await running_run(store)
+        holder = await Holder.start(db)
+        try:
+            write = asyncio.create_task(add(store, run_id, batch(2), 40))
+            await asyncio.sleep(0.2)  # the write is waiting for the lock now
+            t0 = time.monotonic()
+            rows = await store.runs(columns=("id", "state"))
+            read_took = time.monotonic() - t0
+            assert rows == [{"id": run_id, "state": "running"}]
+            assert not write.done()
+        finally:
+            await holder.release()
+        await write
+        assert read_took < 1.0, read_took  # not the 3 s the write waits
+        assert await stored(store, run_id) == (batch(2), 40, 2)
+    finally:
+        await store.close()
+
+
 async def test_busy_timeout_is_a_parameter(tmp_path: Path) -> None:
     store = await Store.open(tmp_path / "hypd.db", busy_timeout_ms=1234)
     try:
@@ -214,7 +239,7 @@ async def test_mistakes_are_not_store_unavailable(tmp_path: Path) -> None:
         with pytest.raises(sqlite3.IntegrityError):
             await store.add_trials("a", [(1, {"x": 1})], None)  # trial 1 exists
         with pytest.raises(InvalidTransition):
-            await store.transition(run_id, RunState.PENDING, "back")
+            await store.transition(run_id, RunState.RUNNING, "again")
         with pytest.raises(sqlite3.OperationalError) as caught:
             await store.write("UPDATE nowhere SET x=1")
         assert not isinstance(caught.value, StoreUnavailable)
