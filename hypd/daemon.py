@@ -202,8 +202,11 @@ class Daemon:
 
     def _on_host_event(self, event: object) -> None:
         if isinstance(event, GpusRead):
-            self.dispatcher.wake()
-            self.bus.publish("host", self._host_summary(event.host))
+            # The same reading again frees nothing: a run's end frees its GPU by itself.
+            if event.changed:
+                self.dispatcher.wake()
+            if self.bus.queues:
+                self.bus.publish("host", self._host_summary(event.host))
             return
         self.runs.feed(event)
         if isinstance(event, lc.HostUp | lc.HostDown):

@@ -47,6 +47,7 @@ class HostDownError(HostError):
 class GpusRead:
     host: str
     snapshot: GpuSnapshot
+    changed: bool = True  # differs from the reading before (what placement may care about)
 
 
 Sink = Callable[[object], None]
@@ -204,8 +205,9 @@ class Host(ABC):
             self._sink(lc.HostDown(self.name, why, self.down_since))
 
     def _set_gpus(self, snapshot: GpuSnapshot) -> None:
-        self._gpus = snapshot
-        self._sink(GpusRead(self.name, snapshot))
+        before, self._gpus = self._gpus, snapshot
+        changed = before is None or (before.gpus, before.error) != (snapshot.gpus, snapshot.error)
+        self._sink(GpusRead(self.name, snapshot, changed))
 
     def _log_path(self, key: str) -> str | None:
         with contextlib.suppress(ValueError):

@@ -39,6 +39,7 @@ class StudyRuntime:
     trials: int = 0
     last_early_stop: float = 0.0
     dirty_since: float | None = None  # reports told to the search and not yet stored
+    tell_queued: bool = False  # a tell waits for the lock: it will tell every trial ended by then
 
 
 class Studies:
@@ -125,11 +126,17 @@ class Studies:
 
     async def tell(self, study: str) -> None:
         """Tell the search the outcome of every ended trial it has not been told, and store
-        its state with the told marks in one transaction."""
+        its state with the told marks in one transaction. Trials that end together are told
+        together: a tell waiting for the study's lock already covers them."""
         rt = self.all.get(study)
-        if rt is None:
+        if rt is None or rt.tell_queued:
             return
-        async with rt.lock:
+        rt.tell_queued = True
+        try:
+            await rt.lock.acquire()
+        finally:
+            rt.tell_queued = False
+        try:
             untold = await self.store.untold_trials(study)
             if not untold:
                 return
@@ -143,6 +150,8 @@ class Studies:
             state = await asyncio.to_thread(rt.suggester.dump)
             await self.store.record_told(study, state, told)
             rt.dirty_since = None
+        finally:
+            rt.lock.release()
 
     @staticmethod
     def _tell_one(rt: StudyRuntime, row: dict[str, Any]) -> str:
