@@ -2,7 +2,7 @@
 
     [daemon]
     poll_interval = "0.5s"     # accepted from older configs; unused (runs are watched by events)
-    gpu_poll = "5s"            # how often the local GPUs are read (SSH hosts stream theirs)
+    gpu_poll = "5s"            # how often GPUs are read (SSH hosts: nvidia-smi streams at this interval)
     kill_grace = "10s"         # SIGTERM, then SIGKILL after this long
 
     [local]                    # the local machine as a host

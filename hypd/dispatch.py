@@ -140,7 +140,6 @@ class Dispatcher:
             if isinstance(outcome, Exception):
                 log.error("launch failed: %s", outcome, exc_info=outcome)
         for study in {p.study for p in placements}:
-            await self.store.set_last_served(study, now)
             await self.runs.publish_study(study)
 
     # ------------------------------------------------------------ one launch

@@ -118,7 +118,7 @@ class Registry:
         for name, config in configs.items():
             if name not in self.hosts:
                 self.configs[name] = config
-                self._add(SshHost(config, self.home, gpu_interval=min(self.config.gpu_poll, 1.0),
+                self._add(SshHost(config, self.home, gpu_interval=self.config.gpu_poll,
                                   kill_grace=self.config.kill_grace))
                 log.info("host %s added (%s)", name, config.address)
         self.wake()

@@ -39,6 +39,7 @@ class StudyRuntime:
     trials: int = 0
     last_early_stop: float = 0.0
     dirty_since: float | None = None  # reports told to the search and not yet stored
+    served_stored: float = 0.0  # last_served as the store has it (stored by `flush`)
     tell_queued: bool = False  # a tell waits for the lock: it will tell every trial ended by then
 
 
@@ -61,7 +62,7 @@ class Studies:
                 self.broken[row.name] = str(exc)
                 log.error("study %s cannot be loaded: %s", row.name, exc)
                 continue
-            rt = StudyRuntime(spec, suggester, row.paused, row.last_served)
+            rt = StudyRuntime(spec, suggester, row.paused, row.last_served, served_stored=row.last_served)
             rt.trials = await self.store.trial_count(row.name)
             rt.exhausted = not suggester.adaptive  # a search that is not adaptive queued every trial at submit
             self.all[row.name] = rt
@@ -93,7 +94,13 @@ class Studies:
         rt.dirty_since = None
 
     async def flush(self, older_than: float = 0.0) -> None:
-        for rt in self.all.values():
+        """Store what is kept in memory between changes: search states with intermediate
+        reports, and when each study was last given a slot (fairness across restarts; a
+        write per placement would cost more than it is worth)."""
+        for name, rt in self.all.items():
+            if rt.last_served != rt.served_stored:
+                await self.store.set_last_served(name, rt.last_served)
+                rt.served_stored = rt.last_served
             if rt.dirty_since is not None and time.time() - rt.dirty_since >= older_than:
                 async with rt.lock:
                     if rt.dirty_since is not None:
