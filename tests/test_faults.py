@@ -574,17 +574,22 @@ GOOD_REPORTS = [(0, 0.5), (1, 0.25), (3, 0.125), (4, 0.0625), ((1 << 63) - 1, 0.
                 (7, 0.0078125)]
 
 
+def daemon_at(where: str, request: pytest.FixtureRequest, cpu_slots: int) -> DaemonProc:
+    """A daemon whose runs go to the local machine, or to one SSH host ("a") only."""
+    if where == "local":
+        return request.getfixturevalue("daemon")  # type: ignore[no-any-return]
+    cluster: SshdCluster = request.getfixturevalue("cluster")
+    d: DaemonProc = request.getfixturevalue("remote_daemon")
+    use_hosts(d, cluster.add("a", gpus=None).host_config(cpu_slots=cpu_slots))
+    d.start()
+    wait_for(lambda: host_state(d, "a") == "up", 30, what="host a up")
+    return d
+
+
 @pytest.mark.parametrize("where", ["local", "ssh"])
 def test_a_line_that_cannot_be_a_report_is_refused_alone(where: str, request: pytest.FixtureRequest,
                                                           tmp_path: Path) -> None:
-    if where == "local":
-        d: DaemonProc = request.getfixturevalue("daemon")
-    else:
-        cluster: SshdCluster = request.getfixturevalue("cluster")
-        d = request.getfixturevalue("remote_daemon")
-        use_hosts(d, cluster.add("a", gpus=None).host_config(cpu_slots=1))
-        d.start()
-        wait_for(lambda: host_state(d, "a") == "up", 30, what="host a up")
+    d = daemon_at(where, request, cpu_slots=1)
     script = tmp_path / "bad.py"
     script.write_text(BAD_OUTPUT)
     path = d.write_study("bad", f"""
@@ -821,14 +826,7 @@ def test_stop_kill_runs_while_runs_launch_leaves_no_process(hypd_home: Path, dae
 
 @pytest.mark.parametrize("where", ["local", "ssh"])
 def test_nothing_a_run_started_outlives_it(where: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    if where == "local":
-        d: DaemonProc = request.getfixturevalue("daemon")
-    else:
-        cluster: SshdCluster = request.getfixturevalue("cluster")
-        d = request.getfixturevalue("remote_daemon")
-        use_hosts(d, cluster.add("a", gpus=None).host_config(cpu_slots=2))
-        d.start()
-        wait_for(lambda: host_state(d, "a") == "up", 30, what="host a up")
+    d = daemon_at(where, request, cpu_slots=2)
     script = tmp_path / "leftovers.sh"
     script.write_text(LEFTOVERS)
     path = d.write_study("left", f"""
