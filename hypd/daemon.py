@@ -33,7 +33,7 @@ from hypd.registry import Registry
 from hypd.runs import Runs
 from hypd.runstate import StopIntent
 from hypd.server import EventBus, Server
-from hypd.store import Store
+from hypd.store import Store, StoreUnavailable
 from hypd.studies import SEARCH_FLUSH_EVERY, Studies
 
 log = logging.getLogger("hypd.daemon")
@@ -142,13 +142,21 @@ class Daemon:
             log.info("hypd stopped")
 
     async def _chores(self) -> None:
+        troubled = False  # the store refused a write: said once, tried again each second
         while True:
             await asyncio.sleep(1.0)
             try:
                 await self.studies.flush(older_than=SEARCH_FLUSH_EVERY)
                 await self._early_stops()
+                if troubled:
+                    log.info("store available again for search states")
+                troubled = False
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailable as exc:
+                if not troubled:
+                    log.warning("cannot store search states now (%s); trying again", exc)
+                troubled = True
             except Exception:
                 log.exception("periodic chores failed; carrying on")
 
