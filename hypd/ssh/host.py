@@ -15,7 +15,6 @@ the daemon watches its runs anew, from the end of each log copy it has.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -181,11 +180,3 @@ class SshHost(Host):
     @property
     def uploads(self) -> int:
         return self.stager.uploads
-
-    async def close(self) -> None:
-        """For tests that drive a host without the daemon: drop the connection."""
-        conn = self._conn
-        if conn is not None:
-            conn.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.wait_closed(), 5)
