@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 
+from hypd.inventory import HostConfig, inventory_path, save_inventory
 from hypd.ipc import Client, DaemonError, socket_path
+from tests.sshd import SshdCluster, sshd_cluster
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -182,3 +184,28 @@ def daemon(hypd_home: Path, daemon_env: dict[str, str]) -> Iterator[DaemonProc]:
     d.stop(kill_runs=True)
     if d.proc is not None and d.proc.poll() is None:
         d.proc.kill()
+
+
+# ---------------------------------------------------------------- SSH hosts (real sshd)
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[SshdCluster]:
+    """Real sshd servers on 127.0.0.1, one per simulated host (skips without sshd)."""
+    with sshd_cluster(tmp_path / "sshd") as c:
+        yield c
+
+
+@pytest.fixture
+def remote_daemon(hypd_home: Path, daemon_env: dict[str, str]) -> Iterator[DaemonProc]:
+    """A daemon (not started) whose only hosts are the SSH ones the test puts in hosts.toml."""
+    (hypd_home / "config.toml").write_text(FAST_CONFIG + "enabled = false\n")
+    d = DaemonProc(hypd_home, daemon_env)
+    yield d
+    d.stop(kill_runs=True)
+    if d.proc is not None and d.proc.poll() is None:
+        d.proc.kill()
+
+
+def use_hosts(d: DaemonProc, *configs: HostConfig) -> None:
+    """Make these the daemon's SSH hosts (hosts.toml)."""
+    save_inventory(inventory_path(d.home), list(configs))

@@ -4,15 +4,14 @@ simulated host, each with its own fake nvidia-smi), the real CLI."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import FAST_CONFIG, DaemonProc, wait_for
-from hypd.inventory import HostConfig, inventory_path, save_inventory
+from conftest import DaemonProc, use_hosts, wait_for
+from hypd.inventory import inventory_path, save_inventory
 from tests.fakes.nvidia_smi import gpu
-from tests.sshd import SshdCluster, sshd_cluster
+from tests.sshd import SshdCluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.ssh]
 
@@ -29,25 +28,6 @@ x = {{ type = "choice", values = {values} }}
 [run]
 command = "echo \\"on=$(hostname) devices=$CUDA_VISIBLE_DEVICES\\"; python3 -u -c 'import time\\nfor i in range({steps}):\\n print(\\"METRICS: step=%d loss=%d\\" % (i, i))\\n time.sleep({sleep})'"
 """
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[SshdCluster]:
-    with sshd_cluster(tmp_path / "sshd") as c:
-        yield c
-
-
-@pytest.fixture
-def remote_daemon(hypd_home: Path, daemon_env: dict[str, str]) -> Iterator[DaemonProc]:
-    """A daemon whose only hosts are the SSH ones the test writes to hosts.toml."""
-    (hypd_home / "config.toml").write_text(FAST_CONFIG + "enabled = false\n")
-    d = DaemonProc(hypd_home, daemon_env)
-    yield d
-    d.stop(kill_runs=True)
-
-
-def use_hosts(d: DaemonProc, *configs: HostConfig) -> None:
-    save_inventory(inventory_path(d.home), list(configs))
 
 
 def study(d: DaemonProc, name: str, n: int = 4, gpus: int = 0, parallel: int = 4, steps: int = 10,

@@ -38,9 +38,8 @@ from typing import Any
 
 import pytest
 
-from conftest import FAST_CONFIG, DaemonProc, kill_leftover_runs, wait_for
-from hypd.inventory import HostConfig, inventory_path, save_inventory
-from tests.sshd import SshdCluster, SshdHost, sshd_cluster
+from conftest import FAST_CONFIG, DaemonProc, kill_leftover_runs, use_hosts, wait_for
+from tests.sshd import SshdCluster, SshdHost
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -186,10 +185,6 @@ def host_state(d: DaemonProc, name: str) -> str:
     return next((h["state"] for h in d.call("hosts") if h["name"] == name), "absent")
 
 
-def use_hosts(d: DaemonProc, *configs: HostConfig) -> None:
-    save_inventory(inventory_path(d.home), list(configs))
-
-
 def processes_with(marker: bytes) -> dict[int, str]:
     """Live (not zombie) processes whose environment holds `marker`: pid -> command line."""
     found = {}
@@ -218,22 +213,6 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
 
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[SshdCluster]:
-    with sshd_cluster(tmp_path / "sshd") as c:
-        yield c
-
-
-@pytest.fixture
-def remote_daemon(hypd_home: Path, daemon_env: dict[str, str]) -> Iterator[DaemonProc]:
-    """A daemon (not started) whose only hosts are the SSH ones the test puts in hosts.toml."""
-    (hypd_home / "config.toml").write_text(FAST_CONFIG + "enabled = false\n")
-    d = DaemonProc(hypd_home, daemon_env)
-    yield d
-    d.stop(kill_runs=True)
-    if d.proc is not None and d.proc.poll() is None:
-        d.proc.kill()
 
 
 class Dropper:

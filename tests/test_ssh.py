@@ -21,7 +21,7 @@ from hypd.ssh import SshHost
 from hypd.study import parse_study
 from hypd.wrapper import RunScript, script_text
 from tests.fakes.nvidia_smi import gpu, write_gpu_failure
-from tests.sshd import SshdCluster, SshdHost, sshd_cluster, sshd_unavailable
+from tests.sshd import SshdCluster, SshdHost, sshd_unavailable
 
 pytestmark = [pytest.mark.ssh,
               pytest.mark.skipif(sshd_unavailable() is not None, reason=sshd_unavailable() or "")]
@@ -57,12 +57,6 @@ class Served:
     async def stop(self) -> None:
         self.task.cancel()
         await asyncio.gather(self.task, return_exceptions=True)
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Any:
-    with sshd_cluster(tmp_path / "sshd") as c:
-        yield c
 
 
 @pytest.fixture
