@@ -288,7 +288,7 @@ class LocalHost(Host):
         while True:
             started = time.monotonic()
             try:
-                proc, link = await start_local_watcher(self.root, send_logs=False, tick=self.tick,
+                proc, link = await start_local_watcher(self.root, send_logs=self.send_logs, tick=self.tick,
                                                        on_event=self._on_watch_event, log_path_for=self._log_path)
             except OSError as exc:
                 why = f"cannot start the host watcher: {exc.strerror or exc}"

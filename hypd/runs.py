@@ -142,7 +142,7 @@ class Runs:
             await self._ingest(action)
         elif isinstance(action, lc.Record):
             await self._durably(self.store.transition, action.run, action.state, action.reason,
-                                **({"exit_code": action.exit_code} if action.state is not RunState.LOST else {}))
+                                exit_code=action.exit_code)
             await self.publish_run(action.run)
             self.wake()
         elif isinstance(action, lc.Persist):

@@ -124,7 +124,7 @@ class SshHost(Host):
         """Run the watcher and the GPU stream over one connection until either ends; why."""
         self._conn = conn
         try:
-            watcher = await conn.create_process(watcher_command(self.config.workdir, True, self.tick),
+            watcher = await conn.create_process(watcher_command(self.config.workdir, self.send_logs, self.tick),
                                                 encoding=None, stderr=asyncssh.DEVNULL)
         except (asyncssh.Error, OSError) as exc:
             return f"cannot start the host watcher: {exc_text(exc)}"
