@@ -22,7 +22,7 @@ from typing import Any
 from hypd import lifecycle as lc
 from hypd.capacity import Released
 from hypd.hosts import Host, HostError
-from hypd.metrics import MetricsReader, fold_objective, read_lines
+from hypd.metrics import METRICS_PREFIX, MetricsReader, fold_objective, read_lines
 from hypd.runstate import LIVE, RunState, StopIntent
 from hypd.store import Store, StoreUnavailable
 from hypd.studies import Studies
@@ -143,8 +143,7 @@ class Runs:
         elif isinstance(action, lc.Record):
             await self._durably(self.store.transition, action.run, action.state, action.reason,
                                 exit_code=action.exit_code)
-            await self.publish_run(action.run)
-            self.wake()
+            await self.publish_run(action.run)  # capacity changes with its Release, not here
         elif isinstance(action, lc.Persist):
             await self._durably(self.store.update_run, action.run, **dict(action.fields))
         elif isinstance(action, lc.Signal):
@@ -219,7 +218,7 @@ class Runs:
         reports = []
         now = time.time()
         for line in batch.lines:
-            if line.strip() and not line.lstrip().startswith("METRICS:"):
+            if line.strip() and not line.lstrip().startswith(METRICS_PREFIX):
                 last_line = line.strip()[:500]
             report = data.reader.line(line)
             if report is None:
