@@ -217,7 +217,7 @@ class Daemon:
                 self.bus.publish("host", self._host_summary(event.host))
             return
         self.runs.feed(event)
-        if isinstance(event, lc.HostUp | lc.HostDown):
+        if isinstance(event, lc.HostUp | lc.HostDown) and self.bus.queues:
             self.bus.publish("host", self._host_summary(event.host))
 
     async def _publish_run(self, run_id: int) -> None:
