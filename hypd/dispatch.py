@@ -24,7 +24,7 @@ from hypd.runstate import RunState, StopIntent
 from hypd.scheduler import HostCapacity, StudyDemand, place
 from hypd.store import Store
 from hypd.studies import Studies
-from hypd.study import format_duration, render_commands, run_dir_name
+from hypd.study import render_commands, run_dir_name
 from hypd.wrapper import RunScript, gpu_env, script_text
 
 log = logging.getLogger("hypd.dispatch")
@@ -175,7 +175,7 @@ class Dispatcher:
         await self.store.transition(run_id, RunState.RUNNING, f"started on {where}", host=host.name,
                                     gpus=list(gpus), run_dir=str(run_dir), ctl_dir=str(ctl_dir),
                                     log_path=str(log_path), deadline=deadline, log_offset=0)
-        self.runs.core.rules[spec.name] = lc.StudyRules(spec.retries, format_duration(spec.timeout or 0))
+        self.runs.core.rules[spec.name] = lc.study_rules(spec)
         self.runs.core.lost_after[host.name] = host.lost_after
         self.runs.launching(
             lc.Attempt(run_id, row["name"], spec.name, row["trial"], host.name, gpus, deadline=deadline),

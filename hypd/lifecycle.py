@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from hypd.runstate import RunState, StopIntent, counts_as_failure, ending
+from hypd.study import StudySpec, format_duration
 
 STORE_RETRY = 1.0  # seconds between tries of a store write that failed
 # How the trial reads an attempt lost after it was asked to end: not as a failure.
@@ -122,12 +123,20 @@ class StopRequested:
 
 
 @dataclass(frozen=True)
+class KeepaliveAsked:
+    """The run printed `HYPD: keepalive 20m`: its own window from now on."""
+
+    run: int
+    seconds: float
+
+
+@dataclass(frozen=True)
 class Tick:
     now: float
 
 
 Event = (Launched | LaunchFailed | Alive | LogGrew | Stored | StoreFailed | Exited | Cleaned | HostDown
-         | HostUp | StopRequested | Tick)
+         | HostUp | StopRequested | KeepaliveAsked | Tick)
 
 
 # ----------------------------------------------------------------------------- actions
@@ -247,6 +256,11 @@ Action = (Ingest | Persist | Signal | Watch | Unwatch | Record | Retry | Requeue
 class StudyRules:
     retries: int = 0
     timeout_text: str = ""  # how a timeout reads in a reason ("10m")
+    keepalive: float | None = None  # seconds a running attempt may print nothing before it is ended as hung
+
+
+def study_rules(spec: StudySpec) -> StudyRules:
+    return StudyRules(spec.retries, format_duration(spec.timeout or 0), spec.keepalive)
 
 
 @dataclass
@@ -277,6 +291,9 @@ class Attempt:
     exit_size: int = 0
     clean: bool = False
     unreachable_since: float | None = None
+    keepalive: float | None = None  # the window the run asked for itself (beats its study's)
+    quiet_since: float | None = None  # when its log last grew (as the ticks saw it)
+    heard: int = -1  # its log size then
 
 
 @dataclass
@@ -463,9 +480,12 @@ class Lifecycle:
         code, stage = a.exit if a.exit is not None else (None, None)
         rules = self.rules.get(a.study, StudyRules())
         end = ending(code, stage, a.stop_intent, rules.timeout_text)
-        reason = a.stop_reason if a.stop_reason and end.state is RunState.KILLED else end.reason
+        # hypd's own reason for ending it (a superseded attempt, a hung one) reads better
+        # than the bare intent's, unless the run got to complete (or be stopped) anyway.
+        own = bool(a.stop_reason) and end.state in (RunState.KILLED, RunState.FAILED)
+        reason = a.stop_reason if own else end.reason
         was_lost = a.phase is Phase.LOST
-        if was_lost and not (a.stop_reason and end.state is RunState.KILLED):
+        if was_lost and not (own and end.state is RunState.KILLED):
             reason += " (while its host was away)"
         return self._end(a, end.state, reason, code, was_lost)
 
@@ -561,6 +581,13 @@ class Lifecycle:
             out.append(Signal(a.id, a.host))
         return out
 
+    def _on_KeepaliveAsked(self, e: KeepaliveAsked) -> list[Action]:
+        a = self._attempt(e.run)
+        if a is None or a.phase is Phase.ENDED:
+            return []
+        a.keepalive = e.seconds
+        return [Note("info", f"{a.name}: keepalive window set to {format_duration(e.seconds)} by the run")]
+
     def _on_Tick(self, e: Tick) -> list[Action]:
         out: list[Action] = []
         for a in list(self.attempts.values()):
@@ -570,12 +597,28 @@ class Lifecycle:
             if a.phase is Phase.RUNNING and a.stop_intent is None and a.deadline is not None \
                     and e.now >= a.deadline:
                 out += self._stop(a, StopIntent.TIMEOUT, at=e.now)
+            out += self._keepalive(a, e.now)
             since = a.unreachable_since
             # A run whose exit was seen is not lost: only its log is left to store, here.
             if (a.phase in (Phase.RUNNING, Phase.LAUNCHING) and a.exit is None and since is not None
                     and e.now - since >= self.lost_after.get(a.host, 120.0)):
                 out += self._lose(a, e.now - since)
         return out
+
+    def _keepalive(self, a: Attempt, now: float) -> list[Action]:
+        """End as hung a running attempt whose log has not grown for its keepalive window.
+        Silence is measured by the ticks: from the first tick that saw it running, and
+        again from each tick that saw its log grow. A host that is away says nothing of
+        its runs' output: the watch waits until it is back (the lost rule covers it)."""
+        window = a.keepalive or self.rules.get(a.study, StudyRules()).keepalive
+        if window is None or a.phase is not Phase.RUNNING or a.stop_intent is not None or a.exit is not None:
+            return []
+        if a.unreachable_since is not None or a.quiet_since is None or a.log_size != a.heard:
+            a.quiet_since, a.heard = now, a.log_size
+            return []
+        if now - a.quiet_since < window:
+            return []
+        return self._stop(a, StopIntent.KEEPALIVE, f"no output for {format_duration(window)} (keepalive)", now)
 
     def _lose(self, a: Attempt, away: float) -> list[Action]:
         """Its host has been away past its grace: its slot no longer counts and its trial

@@ -30,7 +30,10 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from hypd.study import parse_duration
+
 METRICS_PREFIX = "METRICS:"
+KEEPALIVE_RE = re.compile(r"^\s*HYPD:\s*keepalive\s+(\S+)\s*$")  # `HYPD: keepalive 20m`
 _PAIR_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_./-]*)=(\S+)")
 
 MAX_STEP = (1 << 63) - 1   # SQLite's largest INTEGER
@@ -45,6 +48,18 @@ MAX_CHUNKS = 8             # reads per read_lines call once it has made progress
 class Report:
     step: int
     values: Mapping[str, float]
+
+
+def keepalive_request(line: str) -> float | None:
+    """The window (seconds) a `HYPD: keepalive 20m` line asks for; None for any other line
+    (one whose duration cannot be read included: it is an ordinary output line)."""
+    m = KEEPALIVE_RE.match(line)
+    if m is None:
+        return None
+    try:
+        return parse_duration(m.group(1))
+    except ValueError:
+        return None
 
 
 def _number(text: str) -> float | None:

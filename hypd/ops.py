@@ -16,7 +16,7 @@ from typing import Any
 
 from hypd import __version__
 from hypd.ipc import RUN_FIELDS
-from hypd.lifecycle import StudyRules
+from hypd.lifecycle import study_rules
 from hypd.metrics import pareto_front
 from hypd.runs import Runs
 from hypd.runstate import STATES, RunState
@@ -29,7 +29,6 @@ from hypd.study import (
     StudySpec,
     coerce_value,
     complete_params,
-    format_duration,
     parse_study,
     render_commands,
 )
@@ -103,7 +102,7 @@ class Ops:
                 raise Refusal("conflict", f"study {spec.name} exists with a different search space ({change}); "
                                           f"submit it under another name with --as NAME")
             existing.spec = spec
-            self.runs.core.rules[spec.name] = StudyRules(spec.retries, format_duration(spec.timeout or 0))
+            self.runs.core.rules[spec.name] = study_rules(spec)
             await self.studies.call(existing, existing.suggester.update_spec, spec, changes=False)
             existing.paused = False
             existing.exhausted = False
@@ -116,7 +115,7 @@ class Ops:
             rt = await self.studies.create(spec, path, stored_text, base_dir)
         except SearchError as exc:
             raise Refusal("invalid", f"{path}: study.algorithm: {exc}") from None
-        self.runs.core.rules[spec.name] = StudyRules(spec.retries, format_duration(spec.timeout or 0))
+        self.runs.core.rules[spec.name] = study_rules(spec)
         queued = 0
         if not rt.suggester.adaptive:
             budget = spec.max_trials if spec.max_trials is not None else 1 << 30

@@ -22,11 +22,10 @@ from typing import Any
 from hypd import lifecycle as lc
 from hypd.capacity import Released
 from hypd.hosts import Host, HostError
-from hypd.metrics import METRICS_PREFIX, MetricsReader, fold_objective, read_lines
+from hypd.metrics import METRICS_PREFIX, MetricsReader, fold_objective, keepalive_request, read_lines
 from hypd.runstate import LIVE, RunState, StopIntent
 from hypd.store import Store, StoreUnavailable
 from hypd.studies import Studies
-from hypd.study import format_duration
 
 log = logging.getLogger("hypd.runs")
 
@@ -218,6 +217,9 @@ class Runs:
         reports = []
         now = time.time()
         for line in batch.lines:
+            if (window := keepalive_request(line)) is not None:
+                self.feed(lc.KeepaliveAsked(action.run, window))
+                continue
             if line.strip() and not line.lstrip().startswith(METRICS_PREFIX):
                 last_line = line.strip()[:500]
             report = data.reader.line(line)
@@ -303,7 +305,7 @@ class Runs:
         pending ones, and tell the search what it missed."""
         hosts = self.hosts()
         for study, rt in self.studies.all.items():
-            self.core.rules[study] = lc.StudyRules(rt.spec.retries, format_duration(rt.spec.timeout or 0))
+            self.core.rules[study] = lc.study_rules(rt.spec)
         for name, host in hosts.items():
             self.core.lost_after[name] = host.lost_after
         rows = await self.store.runs(states=[s.value for s in LIVE] + [RunState.PENDING.value],

@@ -60,6 +60,7 @@ class StopIntent(str, Enum):
 
     KILL = "kill"
     TIMEOUT = "timeout"
+    KEEPALIVE = "keepalive"  # it printed nothing for its keepalive window: hung
     EARLY_STOP = "early_stop"
 
 
@@ -85,6 +86,8 @@ def ending(exit_code: int | None, failed_stage: str | None, intent: StopIntent |
         return Ending(RunState.KILLED, "killed on request")
     if intent is StopIntent.TIMEOUT:
         return Ending(RunState.FAILED, f"timeout{' after ' + timeout_text if timeout_text else ''}")
+    if intent is StopIntent.KEEPALIVE:
+        return Ending(RunState.FAILED, "no output (keepalive)")
     if intent is StopIntent.EARLY_STOP:
         return Ending(RunState.STOPPED, "early-stopped: judged unpromising by the search")
     if exit_code is None:

@@ -26,7 +26,7 @@ DEFAULT_ALGORITHM = "ax"
 DEFAULT_MAX_TRIALS = 20
 GOALS = ("minimize", "maximize")
 # Placeholders every command may use besides the study's parameters.
-BUILTIN_PLACEHOLDERS = ("run_dir", "run", "run_no", "trial", "study", "stage")
+BUILTIN_PLACEHOLDERS = ("run_dir", "run", "run_no", "trial", "replicate", "study", "stage")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -126,6 +126,8 @@ class StudySpec:
     param_constraints: tuple[str, ...] = ()
     early_stop: EarlyStop | None = None
     gpu_mem_mib: int = 0  # GPU memory a run needs on each of its GPUs; 0: it takes whole GPUs
+    keepalive: float | None = None  # seconds a run may go without output before it is ended as hung
+    replicates: int = 1  # runs of each trial (seeds); the trial's result is their mean
     source: str = "<study>"
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
@@ -219,6 +221,7 @@ def format_duration(seconds: float) -> str:
 _STUDY_KEYS = {
     "name", "objective", "algorithm", "max_trials", "parallel", "gpus", "timeout",
     "retries", "priority", "seed", "constraints", "param_constraints", "early_stop", "gpu_mem",
+    "keepalive", "replicates",
 }
 _RUN_KEYS = {"workdir", "env", "command", "stages", "output_dir", "files"}
 _METRICS_KEYS = {"regex"}
@@ -288,6 +291,8 @@ class _StudySettings:
     priority: int
     seed: int | None
     timeout: float | None
+    keepalive: float | None
+    replicates: int
 
 
 class _StudySectionParser(_Reader):
@@ -316,16 +321,20 @@ class _StudySectionParser(_Reader):
         seed = study.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise self.fail("study.seed", f"must be a whole number, got {seed!r}")
-        timeout = None
-        if "timeout" in study:
-            try:
-                timeout = parse_duration(study["timeout"])
-            except ValueError as exc:
-                raise self.fail("study.timeout", str(exc)) from None
+        replicates = self.integer(study, "replicates", "study", 1, 1)
         return _StudySettings(
             name=name, objectives=objectives, algorithm=algorithm, parallel=parallel or 1,
             gpus=gpus or 0, gpu_mem_mib=gpu_mem, retries=retries or 0, priority=priority or 1,
-            seed=seed, timeout=timeout)
+            seed=seed, timeout=self.duration(study, "timeout"), keepalive=self.duration(study, "keepalive"),
+            replicates=replicates or 1)
+
+    def duration(self, study: Mapping[str, Any], key: str) -> float | None:
+        if key not in study:
+            return None
+        try:
+            return parse_duration(study[key])
+        except ValueError as exc:
+            raise self.fail(f"study.{key}", str(exc)) from None
 
     def objectives(self, raw: Any) -> tuple[Objective, ...]:
         key = "study.objective"
@@ -652,6 +661,7 @@ class _Parser(_Reader):
             stages=run.stages, metrics_regex=metrics_regex, output_dir=run.output_dir,
             files=run.files, constraints=constraints, param_constraints=param_constraints,
             early_stop=early_stop, gpu_mem_mib=settings.gpu_mem_mib,
+            keepalive=settings.keepalive, replicates=settings.replicates,
             source=self.source, warnings=tuple(self.warnings),
         )
 
@@ -841,18 +851,19 @@ def render_stage(command: str, values: Mapping[str, Any]) -> str:
 
 
 def render_commands(spec: StudySpec, params: Mapping[str, Any], *, run_dir: str,
-                    run: str = "", run_no: int = 0, trial: int = 0) -> list[tuple[str, str]]:
+                    run: str = "", run_no: int = 0, trial: int = 0, replicate: int = 1
+                    ) -> list[tuple[str, str]]:
     """The shell command line of each stage, in order, for one run of a trial."""
     values = dict(params)
     values.update(run_dir=run_dir, run=run or f"{spec.name}:{run_no}", run_no=run_no,
-                  trial=trial, study=spec.name)
+                  trial=trial, replicate=replicate, study=spec.name)
     return [(s.name, render_stage(s.command, {**values, "stage": s.name})) for s in spec.stages]
 
 
 def _always_shell_safe(name: str, params: tuple[Param, ...]) -> bool:
     """Whether every value a placeholder can take reaches the shell unquoted as itself
     (numbers, and choices of plain words), so it may stand inside the template's quotes."""
-    if name in ("run", "run_no", "trial", "study", "stage"):
+    if name in ("run", "run_no", "trial", "replicate", "study", "stage"):
         return True
     for p in params:
         if p.name == name:

@@ -25,6 +25,7 @@ from hypd.lifecycle import (
     HostDown,
     HostUp,
     Ingest,
+    KeepaliveAsked,
     Launched,
     LaunchFailed,
     Lifecycle,
@@ -206,6 +207,74 @@ def test_timeout_via_tick() -> None:
     assert of(out, Record) == [Record(1, RunState.FAILED, "timeout after 10m", 143)]
     assert of(out, Retry) == [Retry("s", 1, "retry 1 of 1 after a failed attempt")]
     assert of(out, Tell) == []
+
+
+def test_a_silent_run_is_ended_as_hung_after_its_keepalive() -> None:
+    lc = Lifecycle({"s": StudyRules(retries=1, timeout_text="1h", keepalive=300.0)})
+    start(lc, deadline=3600.0)
+    assert lc.handle(Tick(10.0)) == []  # the window opens at the first tick that sees it running
+    lc.handle(LogGrew(1, 5))
+    lc.handle(Stored(1, 5))
+    assert lc.handle(Tick(200.0)) == []  # output since the last tick: the window opens again
+    assert lc.handle(Tick(499.0)) == []
+    out = lc.handle(Tick(500.0))
+    assert out == [Persist(1, (("stop_intent", "keepalive"), ("stop_sent", 500.0))), Signal(1, "h")]
+    assert lc.handle(Tick(900.0)) == []  # signalled once
+    out = lc.handle(Exited(1, 143, None, 5))
+    assert of(out, Record) == [Record(1, RunState.FAILED, "no output for 5m (keepalive)", 143)]
+    assert of(out, Retry) == [Retry("s", 1, "retry 1 of 1 after a failed attempt")]  # as any failure
+
+
+def test_a_run_that_prints_is_not_hung() -> None:
+    lc = Lifecycle({"s": StudyRules(keepalive=60.0)})
+    start(lc)
+    for t in range(0, 600, 30):
+        lc.handle(LogGrew(1, t + 1))
+        lc.handle(Stored(1, t + 1))
+        assert of(lc.handle(Tick(float(t))), Signal) == []
+
+
+def test_a_run_may_widen_its_own_keepalive() -> None:
+    lc = Lifecycle({"s": StudyRules(keepalive=60.0)})
+    start(lc)
+    lc.handle(Tick(0.0))
+    assert of(lc.handle(KeepaliveAsked(1, 1200.0)), Note)[0].text == "s-1: keepalive window set to 20m by the run"
+    assert lc.handle(Tick(1199.0)) == []
+    out = lc.handle(Tick(1200.0))
+    assert of(out, Signal) == [Signal(1, "h")]
+    out = lc.handle(Exited(1, None, None, 0))
+    assert of(out, Record) == [Record(1, RunState.FAILED, "no output for 20m (keepalive)", None)]
+
+
+def test_keepalive_completed_before_the_signal_is_completed() -> None:
+    lc = Lifecycle({"s": StudyRules(keepalive=10.0)})
+    start(lc)
+    lc.handle(Tick(0.0))
+    assert of(lc.handle(Tick(10.0)), Signal)
+    out = lc.handle(Exited(1, 0, None, 0))
+    assert of(out, Record) == [Record(1, RunState.COMPLETED, "all stages exited 0", 0)]
+
+
+def test_no_keepalive_while_its_host_is_away_or_before_it_started() -> None:
+    lc = Lifecycle({"s": StudyRules(keepalive=10.0)}, {"h": 1000.0})
+    start(lc, launched=False)
+    assert lc.handle(Tick(0.0)) == [] and lc.handle(Tick(50.0)) == []  # launching: not yet
+    lc.handle(Launched(1, 100, "t100"))
+    lc.handle(Tick(51.0))
+    lc.handle(HostDown("h", "connection lost", 52.0))
+    assert lc.handle(Tick(100.0)) == [] and lc.handle(Tick(500.0)) == []  # its output cannot reach us
+    lc.handle(HostUp("h"))
+    assert lc.handle(Tick(505.0)) == []  # the window opens again once it is back
+    assert of(lc.handle(Tick(515.0)), Signal) == [Signal(1, "h")]
+
+
+def test_keepalive_stop_after_a_restart_reads_as_hung() -> None:
+    """A restarted daemon knows the intent (stored) but not the window's text."""
+    lc = Lifecycle({"s": StudyRules(retries=0, keepalive=10.0)})
+    lc.adopt(Attempt(1, "s-1", "s", 1, "h", (0,), Phase.RUNNING, pid=5, start="t5",
+                     stop_intent=StopIntent.KEEPALIVE))
+    out = lc.handle(Exited(1, 143, None, 0))
+    assert of(out, Record) == [Record(1, RunState.FAILED, "no output (keepalive)", 143)]
 
 
 def test_no_timeout_before_the_run_started() -> None:
@@ -555,7 +624,8 @@ def test_restart_keeps_the_retry_budget_and_a_settled_trial() -> None:
 HOSTS = ("h0", "h1")
 GPU_INDEXES = (0, 1)
 MAX_PER_GPU = {"h0": 1, "h1": 2}
-RULES = {"a": StudyRules(retries=1, timeout_text="1m"), "b": StudyRules(retries=2), "c": StudyRules(retries=0)}
+RULES = {"a": StudyRules(retries=1, timeout_text="1m"), "b": StudyRules(retries=2, keepalive=45.0),
+         "c": StudyRules(retries=0)}
 TIMEOUT = {"a": 150.0, "b": None, "c": 60.0}
 LOST_AFTER = {h: 30.0 for h in HOSTS}
 MAX_TRIALS = 7
@@ -580,6 +650,7 @@ class Run:
     deadline: float | None = None
     released: bool = False
     failures: int = 0  # FAILED or LOST records it had
+    grew_at: float = 0.0  # when its log here last grew (or it was placed)
     # -- the world
     launch: str = ""  # "" (not launched) | "pending" | "started" | "failed"
     alive: bool = False
@@ -660,6 +731,10 @@ class LifecycleMachine(RuleBasedStateMachine):
                     run.start = value  # type: ignore[assignment]
                 elif key == "stop_intent":
                     run.stop_intent = StopIntent(value)
+                    if run.stop_intent is StopIntent.KEEPALIVE:  # never before its window of silence
+                        window = RULES[run.study].keepalive
+                        assert window is not None and self.now - run.grew_at >= window, \
+                            f"{run.name} ended as hung {self.now - run.grew_at}s after its log grew"
         elif isinstance(a, Signal):
             run = self.runs[a.run]
             assert run.pid is not None, f"{run.name} signalled before its pid is known"
@@ -776,6 +851,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         else:
             run = pending[i % len(pending)]
         run.state, run.host, run.gpus, run.launch = RunState.RUNNING, host, (slots[i % len(slots)],), "pending"
+        run.grew_at = self.now
         timeout = TIMEOUT[run.study]
         run.deadline = self.now + timeout if timeout else None
         self.carry(self.core.adopt(Attempt(run.id, run.name, run.study, run.trial, run.host, run.gpus,
@@ -813,7 +889,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         if run is not None:
             run.remote += chunk
             if sync and self.reachable(run):  # reaches this machine at once
-                run.local = run.remote
+                run.local, run.grew_at = run.remote, self.now
                 self.carry(self.core.handle(LogGrew(run.id, len(run.local))))
 
     @precondition(lambda self: bool(self.can("sync_log")))
@@ -821,7 +897,7 @@ class LifecycleMachine(RuleBasedStateMachine):
     def sync_log(self, i: int) -> None:
         run = self.pick(self.can("sync_log"), i)
         if run is not None:
-            run.local = run.remote
+            run.local, run.grew_at = run.remote, self.now
             self.carry(self.core.handle(LogGrew(run.id, len(run.local))))
 
     def reachable(self, run: Run) -> bool:
