@@ -418,7 +418,7 @@ REFUSALS = [
      doc(study='name = "g"\nobjective = "loss"\nalgorithm = "grid"'), "params.lr", "max_trials"),
     ("placeholder-unknown", doc(run='command = "python train.py --lr {lrr}"'), "run.command", "{lrr}"),
     ("placeholder-unknown-lists-known", doc(run='command = "python train.py --lr {lrr}"'),
-     "run.command", "known: layers, lr, opt, run, run_dir, run_no, stage, study, trial"),
+     "run.command", "known: layers, lr, opt, replicate, run, run_dir, run_no, stage, study, trial"),
     ("placeholder-unknown-in-stage",
      doc(run='[[run.stages]]\nname = "a"\ncommand = "x {lr}"\n[[run.stages]]\nname = "b"\ncommand = "y {nope}"'),
      "run.stages[1].command", "{nope} has no parameter"),
