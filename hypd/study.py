@@ -593,7 +593,7 @@ class _RunParser(_Reader):
                 if not _always_shell_safe(base, params):
                     raise self.fail(where, f"placeholder {{{base}}} is inside quotes but its values may need "
                                            "quoting; drop the quotes, hypd quotes every value itself")
-            samples = {"run_dir": "/run", "run": "study:0", "run_no": 0, "trial": 0, "study": "study",
+            samples = {"run_dir": "/run", "run": "study:0", "run_no": 0, "trial": 0, "replicate": 1, "study": "study",
                        "stage": stage.name}
             for p in params:
                 for value in ([example_value(p)] if not isinstance(p, ChoiceParam) else p.values):

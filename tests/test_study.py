@@ -638,15 +638,15 @@ def test_placeholder_inside_template_quotes_is_safe_or_refused(tmp_path, quote):
 
 
 def test_builtin_placeholders(tmp_path):
-    spec = load(tmp_path, doc(run='command = "x {run} {study} {trial} {run_no} {stage} {run_dir}"'))
+    spec = load(tmp_path, doc(run='command = "x {run} {study} {trial} {run_no} {stage} {run_dir} {replicate}"'))
     [(stage, line)] = render_commands(spec, {"lr": 0.01, "layers": 2, "opt": "adam"},
-                                      run_dir="/r/q/0003", run_no=3, trial=9)
+                                      run_dir="/r/q/0003", run_no=3, trial=9, replicate=2)
     assert stage == "main"
-    assert shlex.split(line) == ["x", "q:3", "q", "9", "3", "main", "/r/q/0003"]
+    assert shlex.split(line) == ["x", "q:3", "q", "9", "3", "main", "/r/q/0003", "2"]
     [(_, line)] = render_commands(spec, {"lr": 0.01, "layers": 2, "opt": "adam"},
                                   run_dir="/r", run="q:3#retry", run_no=3, trial=9)
     assert shlex.split(line)[1] == "q:3#retry"
-    assert set(BUILTIN_PLACEHOLDERS) == {"run_dir", "run", "run_no", "trial", "study", "stage"}
+    assert set(BUILTIN_PLACEHOLDERS) == {"run_dir", "run", "run_no", "trial", "replicate", "study", "stage"}
 
 
 def test_stages_see_same_placeholders(tmp_path):
