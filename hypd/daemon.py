@@ -39,6 +39,7 @@ from hypd.studies import SEARCH_FLUSH_EVERY, Studies
 log = logging.getLogger("hypd.daemon")
 
 EARLY_STOP_EVERY = 2.0  # seconds between early-stopping checks of a study
+LOG_EVENT_SIZE = 256 << 10  # characters of log text in one "log" event (a longer line goes whole)
 
 
 class AlreadyRunning(RuntimeError):
@@ -213,29 +214,37 @@ class Daemon:
             # The same reading again frees nothing: a run's end frees its GPU by itself.
             if event.changed:
                 self.dispatcher.wake()
-            if self.bus.queues:
+            if self.bus.subscribers:
                 self.bus.publish("host", self._host_summary(event.host))
             return
         self.runs.feed(event)
-        if isinstance(event, lc.HostUp | lc.HostDown) and self.bus.queues:
+        if isinstance(event, lc.HostUp | lc.HostDown) and self.bus.subscribers:
             self.bus.publish("host", self._host_summary(event.host))
 
     async def _publish_run(self, run_id: int) -> None:
-        if not self.bus.queues or self.store is None:
+        if not self.bus.subscribers or self.store is None:
             return
         row = await self.store.run_by_id(run_id)
         if row is not None:
             self.bus.publish("run", {c: row[c] for c in ipc.RUN_FIELDS}, run=row["name"])
 
     async def _publish_study(self, study: str) -> None:
-        if not self.bus.queues:
+        if not self.bus.subscribers:
             return
         summaries = await self.ops.study_summaries(only=study)
         if summaries:
             self.bus.publish("study", summaries[0])
 
     def _publish_log(self, run: str, text: str) -> None:
-        self.bus.publish("log", {"run": run, "text": text}, run=run)
+        # A batch read from a log may be MiBs: sent in pieces of whole lines, so that a
+        # subscriber's buffer (hypd.server.MAX_BEHIND) is not taken by one event.
+        while text:
+            if len(text) <= LOG_EVENT_SIZE:
+                cut = len(text)
+            else:
+                cut = text.rfind("\n", 0, LOG_EVENT_SIZE) + 1 or text.find("\n") + 1 or len(text)
+            self.bus.publish("log", {"run": run, "text": text[:cut]}, run=run)
+            text = text[cut:]
 
     # ------------------------------------------------------------ hosts
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # the CLI imports this module: asyncio only where the TUI nee
 PROTOCOL_VERSION = 1
 MAX_LINE = 1 << 20  # requests; responses may be larger (a long `ls`)
 MAX_RESPONSE = 1 << 31
+MAX_INT = 1 << 63  # integer arguments are 64-bit (what SQLite stores)
 
 
 class ExitCode(IntEnum):
@@ -278,8 +279,16 @@ class Stopping(TypedDict):
     pid: int
 
 
-class Subscribed(TypedDict):
+class _Subscribed(TypedDict):
     topics: list[str]
+
+
+class Subscribed(_Subscribed, total=False):
+    dropped: str  # this client's last subscription was dropped, and why (it fell behind)
+
+
+class Dropped(TypedDict):
+    why: str
 
 
 class LogText(TypedDict):
@@ -294,7 +303,9 @@ REPLIES: dict[str, Any] = {
     "hosts": list[HostSummary], "hosts_add": HostSummary, "hosts_rm": Removed, "hosts_drain": HostSummary,
     "stop": Stopping, "subscribe": Subscribed,
 }
-EVENTS: dict[str, Any] = {"run": Run, "study": StudySummary, "host": HostSummary, "log": LogText}
+# "dropped": the last event before the daemon cuts a subscriber that fell too far behind.
+EVENTS: dict[str, Any] = {"run": Run, "study": StudySummary, "host": HostSummary, "log": LogText,
+                          "dropped": Dropped}
 
 
 def mismatch(shape: Any, value: Any, where: str = "") -> str | None:
@@ -361,8 +372,12 @@ def parse_request(line: bytes) -> Request:
     """Decode and validate one request line; ProtocolError says what is wrong."""
     try:
         msg = json.loads(line)
+    except RecursionError:
+        raise ProtocolError("bad_request", "not a JSON line hypd reads: nested too deeply") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError("bad_request", f"not a JSON line: {exc}") from None
+    except ValueError:  # Python's cap on the digits of an integer (sys.get_int_max_str_digits)
+        raise ProtocolError("bad_request", "not a JSON line hypd reads: a number with too many digits") from None
     if not isinstance(msg, dict):
         raise ProtocolError("bad_request", "a request must be a JSON object")
     unknown = set(msg) - {"v", "id", "op", "args"}
@@ -395,6 +410,8 @@ def parse_request(line: bytes) -> Request:
             raise ProtocolError("bad_request", f"{op}: argument {name!r} has the wrong type")
         if isinstance(value, list) and not all(isinstance(item, str) for item in value):
             raise ProtocolError("bad_request", f"{op}: argument {name!r} must be a list of strings")
+        if isinstance(value, int) and not isinstance(value, bool) and not -MAX_INT <= value < MAX_INT:
+            raise ProtocolError("bad_request", f"{op}: argument {name!r} is out of range (a 64-bit integer)")
         out[name] = value
     request_id = msg.get("id")
     if request_id is not None and (isinstance(request_id, bool) or not isinstance(request_id, (int, str))):
@@ -437,13 +454,13 @@ def socket_path(home: Path | None = None) -> Path:
     return Path(f"/tmp/hypd-{os.getuid()}-{digest}") / "hypd.sock"
 
 
-def peer_uid(sock: socket.socket) -> int | None:
-    """The uid of the process at the other end of a Unix socket (Linux SO_PEERCRED)."""
+def peer_credentials(sock: socket.socket) -> tuple[int, int] | None:
+    """(pid, uid) of the process at the other end of a Unix socket (Linux SO_PEERCRED)."""
     if not hasattr(socket, "SO_PEERCRED"):
         return None
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return pid, uid
 
 
 # ------------------------------------------------------------------ clients
@@ -526,7 +543,7 @@ class Client:
         self.call("subscribe", topics=topics, run=run)
         while True:
             line = self.file.readline(MAX_RESPONSE)
-            if not line:
+            if not line.endswith(b"\n"):  # the daemon went away (or cut a subscriber too far behind)
                 return
             msg = json.loads(line)
             if "event" in msg:
@@ -609,7 +626,7 @@ class AsyncClient:
             yield {"v": PROTOCOL_VERSION, "event": "subscribed", "data": {**ack, "run": run}}
             while True:
                 line = await reader.readline()
-                if not line:
+                if not line.endswith(b"\n"):  # the daemon went away (or cut a subscriber too far behind)
                     return
                 msg = json.loads(line)
                 if "event" in msg:

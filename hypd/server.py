@@ -4,11 +4,14 @@ them), the peer's uid checked, and event subscriptions fed from an `EventBus`.""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,35 +29,75 @@ class Refusal(Exception):
         self.message = message
 
 
+MAX_BEHIND = 16 << 20  # bytes of events a subscriber may have waiting before it is dropped: more
+# than one batch of a chatty log (hypd.metrics reads up to 8 MiB at a time), so a reader that keeps up
+# is never dropped
+_NOTICES_KEPT = 64  # drop notices kept for subscribers that have not come back
+
+
+@dataclass(eq=False)
+class Subscriber:
+    """One subscription: the events waiting for it, counted in bytes (an event may be a
+    MiB of log), and why it was dropped."""
+
+    topics: set[str]
+    run: str | None
+    client: int | None  # the peer's pid: a drop notice waits for its next subscribe
+    waiting: collections.deque[bytes] = field(default_factory=collections.deque)
+    waiting_bytes: int = 0
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    dropped: str | None = None
+
+
 class EventBus:
-    """Subscribers each have a bounded queue; a subscriber too slow to keep up is dropped
-    rather than slowing the daemon."""
+    """Subscribers each have a buffer of at most MAX_BEHIND bytes; one that falls further
+    behind (it does not read) is dropped rather than slowing the daemon or filling its
+    memory, and is told why on its next subscribe."""
 
-    def __init__(self) -> None:
-        self.queues: dict[asyncio.Queue[bytes | None], tuple[set[str], str | None]] = {}
+    def __init__(self, max_behind: int = MAX_BEHIND) -> None:
+        self.max_behind = max_behind
+        self.subscribers: set[Subscriber] = set()
+        self.notices: collections.OrderedDict[int, str] = collections.OrderedDict()
 
-    def subscribe(self, topics: set[str], run: str | None) -> asyncio.Queue[bytes | None]:
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=10000)
-        self.queues[queue] = (topics, run)
-        return queue
+    def subscribe(self, topics: set[str], run: str | None, client: int | None = None) -> Subscriber:
+        sub = Subscriber(topics, run, client)
+        self.subscribers.add(sub)
+        return sub
 
-    def unsubscribe(self, queue: asyncio.Queue[bytes | None]) -> None:
-        self.queues.pop(queue, None)
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self.subscribers.discard(sub)
+
+    def notice_for(self, client: int | None) -> str | None:
+        """Why this client's last subscription was dropped, once."""
+        return None if client is None else self.notices.pop(client, None)
 
     def publish(self, topic: str, data: Any, run: str | None = None) -> None:
-        if not self.queues:
+        if not self.subscribers:
             return
         line = ipc.event(topic, data)
-        for queue, (topics, only_run) in list(self.queues.items()):
-            if topic not in topics or (only_run is not None and run != only_run):
+        for sub in list(self.subscribers):
+            if topic not in sub.topics or (sub.run is not None and run != sub.run):
                 continue
-            try:
-                queue.put_nowait(line)
-            except asyncio.QueueFull:
-                self.queues.pop(queue, None)
-                with contextlib.suppress(asyncio.QueueFull):
-                    queue.get_nowait()
-                    queue.put_nowait(None)
+            if sub.waiting and sub.waiting_bytes + len(line) > self.max_behind:
+                self._drop(sub, sub.waiting_bytes + len(line))
+                continue
+            sub.waiting.append(line)
+            sub.waiting_bytes += len(line)
+            sub.ready.set()
+
+    def _drop(self, sub: Subscriber, behind: int) -> None:
+        sub.dropped = (f"dropped: you fell {behind / (1 << 20):.1f} MiB behind on events at "
+                       f"{time.strftime('%H:%M:%S')} (the limit is {self.max_behind >> 20} MiB); "
+                       "events until this subscribe were lost, so load the state again")
+        log.warning("dropped a subscriber (pid %s) %.1f MiB behind", sub.client, behind / (1 << 20))
+        self.subscribers.discard(sub)
+        sub.waiting.clear()
+        sub.waiting_bytes = 0
+        sub.ready.set()
+        if sub.client is not None:
+            self.notices[sub.client] = sub.dropped
+            while len(self.notices) > _NOTICES_KEPT:
+                self.notices.popitem(last=False)
 
 
 class Server:
@@ -101,7 +144,7 @@ class Server:
         subscription: asyncio.Task[None] | None = None
         try:
             sock = writer.get_extra_info("socket")
-            uid = ipc.peer_uid(sock) if sock is not None else None
+            pid, uid = (ipc.peer_credentials(sock) if sock is not None else None) or (None, None)
             if uid is not None and uid != os.getuid():
                 log.warning("refused a connection from uid %d", uid)
                 writer.write(ipc.error(None, "denied", f"refused: this daemon serves uid {os.getuid()} only, "
@@ -123,26 +166,15 @@ class Server:
                 if not line.strip():
                     continue
                 try:
-                    request = ipc.parse_request(line)
-                except ipc.ProtocolError as exc:
-                    writer.write(ipc.error(None, exc.code, exc.message))
-                    await writer.drain()
-                    continue
-                if request.op == "subscribe":
-                    topics = set(request.args["topics"])
-                    bad = topics - set(ipc.TOPICS)
-                    if bad or subscription is not None:
-                        why = f"unknown topic(s) {sorted(bad)}" if bad else "already subscribed"
-                        writer.write(ipc.error(request.id, "bad_request", why))
-                    else:
-                        queue = self.bus.subscribe(topics, request.args["run"])
-                        writer.write(ipc.ok(request.id, {"topics": sorted(topics)}))
-                        subscription = asyncio.create_task(self._pump(queue, writer))
-                    await writer.drain()
-                    continue
-                writer.write(await self._dispatch(request))
+                    reply, subscriber, last = await self._answer(line, pid, subscription is not None)
+                except Exception as exc:  # whatever a line holds, it gets a reply, never a dropped connection
+                    log.exception("a request failed before it reached its op")
+                    reply, subscriber, last = ipc.error(None, "error", f"request failed inside the daemon: {exc!r}"[:500]), None, False
+                writer.write(reply)
                 await writer.drain()
-                if request.op == "stop":
+                if subscriber is not None:
+                    subscription = asyncio.create_task(self._pump(subscriber, writer))
+                if last:
                     return
         except (ConnectionError, BrokenPipeError):
             return
@@ -152,21 +184,48 @@ class Server:
                 subscription.cancel()
             writer.close()
 
-    async def _pump(self, queue: asyncio.Queue[bytes | None], writer: asyncio.StreamWriter) -> None:
+    async def _answer(self, line: bytes, client: int | None,
+                      subscribed: bool) -> tuple[bytes, Subscriber | None, bool]:
+        """The reply to one request line, the subscription it opened, and whether it is the
+        connection's last (`stop`)."""
+        try:
+            request = ipc.parse_request(line)
+        except ipc.ProtocolError as exc:
+            return ipc.error(None, exc.code, exc.message), None, False
+        if request.op == "subscribe":
+            topics = set(request.args["topics"])
+            bad = topics - set(ipc.TOPICS)
+            if bad or subscribed:
+                why = f"unknown topic(s) {sorted(bad)}" if bad else "already subscribed"
+                return ipc.error(request.id, "bad_request", why), None, False
+            notice = self.bus.notice_for(client)
+            subscriber = self.bus.subscribe(topics, request.args["run"], client)
+            ack: dict[str, Any] = {"topics": sorted(topics)}
+            if notice:
+                ack["dropped"] = notice
+            return ipc.ok(request.id, ack), subscriber, False
+        return await self._dispatch(request), None, request.op == "stop"
+
+    async def _pump(self, sub: Subscriber, writer: asyncio.StreamWriter) -> None:
+        """Feed a subscriber its events; once dropped, the connection is cut at once (its
+        unsent buffer freed), and the client reads why when it subscribes again."""
         try:
             while True:
-                line = await queue.get()
-                if line is None:
-                    writer.write(ipc.event("dropped", {"why": "too slow to keep up; reconnect"}))
-                    await writer.drain()
-                    writer.close()
+                await sub.ready.wait()
+                sub.ready.clear()
+                if sub.dropped is not None:
+                    writer.write(ipc.event("dropped", {"why": sub.dropped}))
+                    writer.transport.abort()
                     return
-                writer.write(line)
-                await writer.drain()
+                while sub.waiting and sub.dropped is None:
+                    line = sub.waiting.popleft()
+                    sub.waiting_bytes -= len(line)
+                    writer.write(line)
+                    await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
-            self.bus.unsubscribe(queue)
+            self.bus.unsubscribe(sub)
 
     async def _dispatch(self, request: ipc.Request) -> bytes:
         try:

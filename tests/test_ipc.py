@@ -26,7 +26,7 @@ from hypd.ipc import (
     event,
     ok,
     parse_request,
-    peer_uid,
+    peer_credentials,
     socket_path,
 )
 
@@ -360,11 +360,11 @@ def test_socket_path_always_fits(extra: int) -> None:
 
 
 @pytest.mark.skipif(not hasattr(socket, "SO_PEERCRED"), reason="Linux only")
-def test_peer_uid_on_a_socketpair() -> None:
+def test_peer_credentials_on_a_socketpair() -> None:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        assert peer_uid(a) == os.getuid()
-        assert peer_uid(b) == os.getuid()
+        assert peer_credentials(a) == (os.getpid(), os.getuid())
+        assert peer_credentials(b) == (os.getpid(), os.getuid())
     finally:
         a.close()
         b.close()

@@ -97,6 +97,8 @@ class HypdApp(App[int]):
                     async for message in stream:
                         self.events_received += 1
                         if message.get("event") == "subscribed":
+                            if message["data"].get("dropped"):
+                                self.notify(message["data"]["dropped"], severity="warning")
                             # From here on no change is missed: what the load returns is
                             # current, and events that come meanwhile queue up behind it.
                             await self._load()
