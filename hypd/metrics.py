@@ -34,7 +34,8 @@ from hypd.study import parse_duration
 
 METRICS_PREFIX = "METRICS:"
 KEEPALIVE_RE = re.compile(r"^\s*HYPD:\s*keepalive\s+(\S+)\s*$")  # `HYPD: keepalive 20m`
-_PAIR_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_./-]*)=(\S+)")
+METRIC_NAME = r"[A-Za-z_][A-Za-z0-9_./-]*"  # what a METRICS line can name
+_PAIR_RE = re.compile(rf"({METRIC_NAME})=(\S+)")
 
 MAX_STEP = (1 << 63) - 1   # SQLite's largest INTEGER
 MAX_METRICS = 256          # metrics kept from one line
@@ -42,6 +43,11 @@ MAX_NAME = 200             # characters in a metric's name
 READ_CHUNK = 1 << 20       # bytes per read() in read_lines
 MAX_LINE = 1 << 20         # bytes in one line (without its newline); a longer one is refused
 MAX_CHUNKS = 8             # reads per read_lines call once it has made progress
+
+
+def is_metric_name(name: str) -> bool:
+    """Whether a METRICS line can report a metric of this name."""
+    return len(name) <= MAX_NAME and re.fullmatch(METRIC_NAME, name) is not None
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from hypd.study import (
     IntParam,
     Param,
     StudySpec,
+    axis_size,
     complete_params,
     grid_axes,
 )
@@ -302,7 +303,8 @@ class _AxParam:
                     name=param.name, bounds=(param.low, param.high), parameter_type="int",
                     scaling="log" if param.log else "linear")
         elif isinstance(param, FloatParam):
-            values = grid_axes((param,), None)[0] if param.step is not None else None
+            stepped = param.step is not None and (axis_size(param) or 0) <= _MAX_STEP_CHOICES
+            values = grid_axes((param,), None)[0] if stepped else None
             if values is not None and len(values) <= _MAX_STEP_CHOICES:
                 self.size = len(values)
                 self.config = ax.ChoiceParameterConfig(

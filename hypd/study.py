@@ -2,6 +2,18 @@
 
 Pure: no I/O beyond reading the file in `load_study`. Every refusal is a `StudyError`
 whose message is one line naming the file, the key and the fix.
+
+Caps (so that no study file can make the daemon hang, fill its memory or start runs that
+cannot work); past one, the refusal names the key, the cap and the way out:
+
+- MAX_STUDY_BYTES: the study file's size.
+- MAX_TRIALS: `max_trials`, the points of a grid (counted before any is made), and
+  trials x `replicates`.
+- MAX_FORMAT_WIDTH: a width or precision in a placeholder's format spec (`{x:>8.3f}`).
+- MAX_COMMAND_BYTES: a stage's command line once filled in (counted with each
+  placeholder's longest value), and `[run] env` in all (Linux refuses a longer argument).
+- MAX_INT: the bounds of an int range (beyond, a float holds it no longer exactly).
+- MAX_SEED: `seed` (the searches' random generators take 32 bits).
 """
 
 from __future__ import annotations
@@ -27,7 +39,14 @@ DEFAULT_MAX_TRIALS = 20
 GOALS = ("minimize", "maximize")
 # Placeholders every command may use besides the study's parameters.
 BUILTIN_PLACEHOLDERS = ("run_dir", "run", "run_no", "trial", "replicate", "study", "stage")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")  # \Z: no trailing newline slips past
+
+MAX_STUDY_BYTES = 256 * 1024
+MAX_TRIALS = 10_000
+MAX_FORMAT_WIDTH = 1000
+MAX_COMMAND_BYTES = 64 * 1024
+MAX_INT = 1 << 53
+MAX_SEED = (1 << 32) - 1
 
 
 class StudyError(ValueError):
@@ -298,10 +317,12 @@ class _StudySettings:
 class _StudySectionParser(_Reader):
     """[study]: the name, objectives, algorithm, resources, and the search's options."""
 
-    def settings(self, study: Mapping[str, Any]) -> _StudySettings:
-        name = study.get("name")
+    def settings(self, study: Mapping[str, Any], name_override: str | None = None) -> _StudySettings:
+        """name_override: the name given with `hypd submit --as NAME`, in place of study.name."""
+        name = study.get("name") if name_override is None else name_override
         if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > 64:
-            raise self.fail("study.name", "missing or not a short name (letters, digits, _ . -)")
+            key = "study.name" if name_override is None else "--as"
+            raise self.fail(key, f"missing or not a short name (up to 64 letters, digits, _ . -), got {name!r}"[:200])
         objectives = self.objectives(study.get("objective"))
         algorithm = study.get("algorithm", DEFAULT_ALGORITHM)
         if algorithm not in ALGORITHMS:
@@ -319,8 +340,8 @@ class _StudySectionParser(_Reader):
         retries = self.integer(study, "retries", "study", 0, 0)
         priority = self.integer(study, "priority", "study", 1, 1)
         seed = study.get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise self.fail("study.seed", f"must be a whole number, got {seed!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+            raise self.fail("study.seed", f"must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
         replicates = self.integer(study, "replicates", "study", 1, 1)
         return _StudySettings(
             name=name, objectives=objectives, algorithm=algorithm, parallel=parallel or 1,
@@ -402,13 +423,17 @@ class _ParamsParser(_Reader):
         value = spec[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.fail(f"{where}.{key}", f"must be a number, got {value!r}")
-        if kind is int and not isinstance(value, int):
-            if float(value).is_integer():
-                return int(value)
-            raise self.fail(f"{where}.{key}", f"must be a whole number for an int range, got {value!r}")
         if isinstance(value, float) and not math.isfinite(value):
             raise self.fail(f"{where}.{key}", f"must be finite, got {value!r}")
-        return kind(value)
+        if kind is int and not isinstance(value, int) and not float(value).is_integer():
+            raise self.fail(f"{where}.{key}", f"must be a whole number for an int range, got {value!r}")
+        if kind is int and abs(value) > MAX_INT:
+            raise self.fail(f"{where}.{key}", f"{value} is beyond the cap of ±{MAX_INT} (2**53) for an int range; "
+                                              'use a float range (type = "float"), or a smaller range')
+        try:
+            return kind(value)
+        except OverflowError:
+            raise self.fail(f"{where}.{key}", "too large for a float; give a smaller number") from None
 
     def param(self, name: str, spec: Any) -> Param:
         where = f"params.{name}"
@@ -460,6 +485,9 @@ class _ParamsParser(_Reader):
             if low >= high:
                 raise self.fail(where, f"low ({low}) must be below high ({high}); "
                                        "swap them, or use a fixed value")
+            if not math.isfinite(high - low):
+                raise self.fail(where, f"the range from {low} to {high} is too wide to sample (its width "
+                                       "overflows a float); narrow it, or use log = true with low > 0")
             log = spec.get("log", False)
             if not isinstance(log, bool):
                 raise self.fail(f"{where}.log", "must be true or false")
@@ -483,11 +511,16 @@ class _ParamsParser(_Reader):
             p = continuous[0]
             raise self.fail(f"params.{p.name}", "a grid cannot cover a continuous range; give step = ..., "
                                                 "values = [...], or max_trials to size the grid")
-        axes = grid_axes(params, max_trials)
-        size = math.prod(len(a) for a in axes)
+        sizes = grid_axis_sizes(params, max_trials)  # counted: no point is made before the cap is checked
+        size = math.prod(sizes)
+        if size > MAX_TRIALS:
+            widest = params[sizes.index(max(sizes))]
+            raise self.fail(f"params.{widest.name}", f"the grid has {_count(size)} points, over the cap of "
+                                                     f"{MAX_TRIALS}; give {widest.name} a coarser step or fewer "
+                                                     'values, or sample the space with algorithm = "random"')
         if continuous:
             names = ", ".join(p.name for p in continuous)
-            self.warnings.append(f"grid: {len(axes[params.index(continuous[0])])} points along the "
+            self.warnings.append(f"grid: {sizes[params.index(continuous[0])]} points along the "
                                  f"continuous range(s) {names}, sized to max_trials = {max_trials}")
         if max_trials is not None and size > max_trials:
             self.warnings.append(f"grid has {size} points; max_trials = {max_trials} runs the first {max_trials}")
@@ -541,6 +574,10 @@ class _RunParser(_Reader):
             if isinstance(v, bool) or not isinstance(v, (str, int, float)):
                 raise self.fail(f"run.env.{k}", f"must be a string or number, got {v!r}")
             env[k] = str(v)
+        size = sum(len(k) + len(v.encode()) + 2 for k, v in env.items())
+        if size > MAX_COMMAND_BYTES:
+            raise self.fail("run.env", f"{size:,} bytes in all, over the cap of {MAX_COMMAND_BYTES:,}; pass long "
+                                       "values in a file the command reads")
         return env
 
     def stages(self, run: Mapping[str, Any]) -> tuple[Stage, ...]:
@@ -593,16 +630,52 @@ class _RunParser(_Reader):
                 if not _always_shell_safe(base, params):
                     raise self.fail(where, f"placeholder {{{base}}} is inside quotes but its values may need "
                                            "quoting; drop the quotes, hypd quotes every value itself")
+            for _, f, spec, _ in string.Formatter().parse(stage.command):
+                for digits in re.findall(r"\d+", spec or ""):
+                    if len(digits.lstrip("0")) > 9 or int(digits) > MAX_FORMAT_WIDTH:
+                        raise self.fail(where, f"placeholder {{{f}:{spec}}}"[:120] + f": width {digits[:30]} is over "
+                                               f"the cap of {MAX_FORMAT_WIDTH}; give a smaller width or precision")
             samples = {"run_dir": "/run", "run": "study:0", "run_no": 0, "trial": 0, "replicate": 1, "study": "study",
                        "stage": stage.name}
+            longest = _command_bound(stage.command, params)
             for p in params:
                 for value in ([example_value(p)] if not isinstance(p, ChoiceParam) else p.values):
                     try:
-                        render_stage(stage.command, {**samples, **{q.name: example_value(q) for q in params},
-                                                     p.name: value})
-                    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+                        rendered = render_stage(stage.command, {**samples, **{q.name: example_value(q) for q in params},
+                                                                p.name: value})
+                    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
                         raise self.fail(where, f"cannot fill a placeholder with {p.name} = {value!r} ({exc}); "
                                                "fix its format spec") from None
+                    longest = max(longest, len(rendered.encode(errors="surrogatepass")))
+            if longest > MAX_COMMAND_BYTES:
+                raise self.fail(where, f"up to {longest:,} bytes once filled in, over the cap of "
+                                       f"{MAX_COMMAND_BYTES:,} for a command line; put the long part in a script "
+                                       "(or a file the command reads) and run that")
+
+    def check_objectives(self, objectives: tuple[Objective, ...], metrics_regex: Mapping[str, str],
+                         stages: tuple[Stage, ...]) -> None:
+        """Each objective is a metric the run can report: a METRICS line can name it, and
+        where [metrics] regexes read an unmodified program's log, one of them reads it
+        (with several stages, a later one may print it from a file the run wrote: a
+        warning then)."""
+        from hypd.metrics import is_metric_name  # (hypd.metrics imports this module)
+
+        for objective in objectives:
+            metric = objective.metric
+            if metric in metrics_regex:
+                continue
+            if not is_metric_name(metric):
+                raise self.fail("study.objective.metric", f"{metric!r}"[:80] + " cannot be named on a METRICS line "
+                                "(letters, digits, _ . / -, up to 200, not starting with a digit) and no [metrics] "
+                                "regex reads it; rename it, or add a regex for it under [metrics]")
+            if metrics_regex:
+                why = (f"{metric!r}: no [metrics] regex reads it (they read "
+                       f"{', '.join(sorted(metrics_regex))})"[:300])
+                if len(stages) == 1:
+                    raise self.fail("study.objective.metric", f"{why}; name one of those as the objective, or add "
+                                                              f"a regex for {metric} under [metrics] regex")
+                self.warnings.append(f"objective {why}: a stage must print METRICS: {metric}=..., or runs end "
+                                     "with no objective")
 
     def metrics_regex(self, metrics: Mapping[str, Any]) -> dict[str, str]:
         self.no_unknown(metrics, _METRICS_KEYS, "metrics")
@@ -628,8 +701,9 @@ class _Parser(_Reader):
     """A whole study file: its sections, read in a fixed order (so of several mistakes the
     same one is always reported), into a StudySpec."""
 
-    def __init__(self, source: str, base_dir: Path) -> None:
+    def __init__(self, source: str, base_dir: Path, name: str | None = None) -> None:
         super().__init__(source, [])
+        self.name = name
         self.study_parser = _StudySectionParser(source, self.warnings)
         self.params_parser = _ParamsParser(source, self.warnings)
         self.run_parser = _RunParser(source, self.warnings, base_dir)
@@ -638,20 +712,31 @@ class _Parser(_Reader):
         self.no_unknown(doc, _TOP_KEYS, "")
         study = self.table(doc, "study", required=True)
         self.no_unknown(study, _STUDY_KEYS, "study")
-        settings = self.study_parser.settings(study)
+        settings = self.study_parser.settings(study, self.name)
         params = self.params_parser.params(self.table(doc, "params", required=True), settings.algorithm)
 
         max_trials = self.integer(study, "max_trials", "study", None, 1)
+        if max_trials is not None and max_trials > MAX_TRIALS:
+            raise self.fail("study.max_trials", f"{_count(max_trials)} is over the cap of {MAX_TRIALS} trials per "
+                                                "study; split the search into studies of at most that many "
+                                                "(hypd submit FILE --as NAME)")
         if settings.algorithm == "grid":
             self.params_parser.grid_check(params, max_trials)
         elif max_trials is None:
             max_trials = DEFAULT_MAX_TRIALS
+        trials = min(max_trials or MAX_TRIALS, math.prod(grid_axis_sizes(params, max_trials))) \
+            if settings.algorithm == "grid" else max_trials
+        if trials * settings.replicates > MAX_TRIALS:
+            raise self.fail("study.replicates", f"{trials} trials x {_count(settings.replicates)} replicates is over "
+                                                f"the cap of {MAX_TRIALS} runs per study; give fewer replicates or "
+                                                "trials, or split the search into studies (--as NAME)")
 
         run = self.run_parser.run(self.table(doc, "run", required=True), params)
         metrics_regex = self.run_parser.metrics_regex(self.table(doc, "metrics", required=False))
         constraints = self.study_parser.string_list(study, "constraints")
         param_constraints = self.study_parser.string_list(study, "param_constraints")
         early_stop = self.study_parser.early_stop(study, settings.objectives[0].metric)
+        self.run_parser.check_objectives(settings.objectives, metrics_regex, run.stages)
 
         return StudySpec(
             name=settings.name, objectives=settings.objectives, algorithm=settings.algorithm,
@@ -666,21 +751,37 @@ class _Parser(_Reader):
         )
 
 
-def parse_study(text: str, source: str = "<study>", base_dir: str | Path | None = None) -> StudySpec:
-    """Parse a study file's text. base_dir resolves a relative workdir (default: the file's folder)."""
+def parse_study(text: str, source: str = "<study>", base_dir: str | Path | None = None,
+                name: str | None = None) -> StudySpec:
+    """Parse a study file's text. base_dir resolves a relative workdir (default: the file's
+    folder); name, when given, stands for the file's study.name (`hypd submit --as NAME`)."""
     if base_dir is None:
         base_dir = Path(source).parent if source != "<study>" else Path.cwd()
+    check_size(len(text.encode("utf-8", errors="surrogatepass")), source)
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise StudyError(source, "", f"not valid TOML: {exc}") from None
-    return _Parser(source, Path(base_dir)).parse(doc)
+    except RecursionError:
+        raise StudyError(source, "", "not a study file: arrays or tables nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise StudyError(source, "", f"not valid TOML: {exc}") from None
+    return _Parser(source, Path(base_dir), name).parse(doc)
+
+
+def check_size(size: int, source: str) -> None:
+    """A study file of `size` bytes is refused past MAX_STUDY_BYTES (before it is read whole,
+    where the reader can tell the size first)."""
+    if size > MAX_STUDY_BYTES:
+        raise StudyError(source, "", f"{size:,} bytes, over the cap of {MAX_STUDY_BYTES:,} for a study file; "
+                                     "move long values (commands, lists) into a script the study runs")
 
 
 def load_study(path: str | Path) -> tuple[StudySpec, str]:
     """Read and parse a study file; returns the spec and the file's text."""
     p = Path(path)
     try:
+        check_size(p.stat().st_size, str(path))
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise StudyError(str(path), "", f"cannot read: {exc.strerror or exc}") from None
@@ -694,17 +795,45 @@ def load_study(path: str | Path) -> tuple[StudySpec, str]:
 def grid_axes(params: tuple[Param, ...], max_trials: int | None) -> list[list[Any]]:
     """The points a grid takes along each parameter. A continuous range (a float with no
     step) gets as many evenly spaced points (log-spaced on a log scale) as let the whole
-    grid fit in max_trials, and at least its two ends."""
-    discrete = [_discrete_values(p) for p in params]
-    continuous = [i for i, v in enumerate(discrete) if v is None]
+    grid fit in max_trials, and at least its two ends. (A parsed study's grid is within
+    MAX_TRIALS points; `grid_axis_sizes` counts them without making them.)"""
+    sizes = grid_axis_sizes(params, max_trials)
+    return [_spaced(p, n) if isinstance(p, FloatParam) and p.step is None else _discrete_values(p)  # type: ignore[misc]
+            for p, n in zip(params, sizes)]
+
+
+def grid_axis_sizes(params: tuple[Param, ...], max_trials: int | None) -> list[int]:
+    """How many points a grid takes along each parameter (as `grid_axes` makes them)."""
+    sizes = [axis_size(p) for p in params]
+    continuous = [i for i, n in enumerate(sizes) if n is None]
     if continuous:
         if max_trials is None:
             raise ValueError("a grid over a continuous range needs max_trials or a step")
-        fixed_size = math.prod(len(v) for v in discrete if v is not None)
+        fixed_size = math.prod(n for n in sizes if n is not None)
         per_range = max(2, int((max_trials / fixed_size) ** (1 / len(continuous)) + 1e-9))
         for i in continuous:
-            discrete[i] = _spaced(params[i], per_range)  # type: ignore[arg-type]
-    return discrete  # type: ignore[return-value]
+            sizes[i] = per_range
+    return sizes  # type: ignore[return-value]
+
+
+def axis_size(param: Param) -> int | None:
+    """How many values a parameter takes on a grid; None for a continuous range."""
+    if isinstance(param, FixedParam):
+        return 1
+    if isinstance(param, ChoiceParam):
+        return len(param.values)
+    if isinstance(param, IntParam):
+        return (param.high - param.low) // (1 if param.log else param.step) + 1
+    if param.step is None:
+        return None
+    steps = (param.high - param.low) / param.step + 1e-9
+    return int(math.floor(steps)) + 1 if steps < 1e18 else 10**18  # (past 1e18: "more than any cap")
+
+
+def _count(n: int) -> str:
+    if n >= 10**18:
+        return "over 10**18"
+    return f"{n:,}" if n < 10**15 else f"{float(n):.3g}"
 
 
 def _discrete_values(param: Param) -> list[Any] | None:
@@ -716,8 +845,7 @@ def _discrete_values(param: Param) -> list[Any] | None:
         return list(range(param.low, param.high + 1, 1 if param.log else param.step))
     if param.step is None:
         return None
-    count = int(math.floor((param.high - param.low) / param.step + 1e-9)) + 1
-    return [round(param.low + i * param.step, 12) for i in range(count)]
+    return [round(param.low + i * param.step, 12) for i in range(axis_size(param) or 0)]
 
 
 def _spaced(param: FloatParam, n: int) -> list[float]:
@@ -858,6 +986,31 @@ def render_commands(spec: StudySpec, params: Mapping[str, Any], *, run_dir: str,
     values.update(run_dir=run_dir, run=run or f"{spec.name}:{run_no}", run_no=run_no,
                   trial=trial, replicate=replicate, study=spec.name)
     return [(s.name, render_stage(s.command, {**values, "stage": s.name})) for s in spec.stages]
+
+
+_BUILTIN_VALUE_BYTES = {"run_dir": 4096, "run": 100, "run_no": 20, "trial": 20, "study": 64, "stage": 64}
+
+
+def _command_bound(command: str, params: tuple[Param, ...]) -> int:
+    """An upper bound on the bytes of a command once its placeholders are filled with any
+    of their values (a formatted one counted at its widest, quoting at its worst)."""
+    by_name = {p.name: p for p in params}
+    total = 0
+    for literal, field_name, spec, _ in string.Formatter().parse(command):
+        total += len(literal.encode(errors="surrogatepass"))
+        if field_name is None:
+            continue
+        base = re.split(r"[.\[!:]", field_name, maxsplit=1)[0]
+        p = by_name.get(base)
+        if isinstance(p, (ChoiceParam, FixedParam)):
+            values = p.values if isinstance(p, ChoiceParam) else (p.value,)
+            quoted = max(len(shlex.quote(format_value(v)).encode(errors="surrogatepass")) for v in values)
+        else:
+            quoted = _BUILTIN_VALUE_BYTES.get(base, 32)
+        if spec:  # format() first: at most its width and precision more, then quoted at 5 bytes a byte
+            quoted = 5 * (quoted + sum(int(n) for n in re.findall(r"\d+", spec))) + 2
+        total += quoted
+    return total
 
 
 def _always_shell_safe(name: str, params: tuple[Param, ...]) -> bool:
