@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hypd import __version__
-from hypd.display import fmt_time, runtime, where
+from hypd.display import fmt_exit, fmt_time, runtime, trial_no, where
 from hypd.ipc import Client, DaemonError, ExitCode, hypd_home, socket_path
 
 STATES = ("pending", "running", "completed", "failed", "killed", "stopped", "lost")
@@ -68,10 +68,17 @@ def table(rows: list[list[str]], header: list[str], last_free: bool = True) -> s
     return "\n".join(out)
 
 
+def last_note(run: dict[str, Any]) -> str:
+    """A run's last output line; for one that failed or was lost, why first."""
+    if run["state"] in ("failed", "lost") and run["reason"]:
+        return f"[{run['reason']}] {run['last_line']}".rstrip()
+    return run["last_line"]
+
+
 def run_json(run: dict[str, Any]) -> dict[str, Any]:
     """One run as `ls --json` shows it."""
     return {
-        "id": run["name"], "study": run["study"], "run_no": run["run_no"], "trial": run["trial"],
+        "id": run["name"], "study": run["study"], "run_no": run["run_no"], "trial": trial_no(run["trial"]),
         "attempt": run["attempt"], "state": run["state"], "reason": run["reason"], "params": run["params"],
         "metrics": run["metrics"], "objective": run["objective"], "host": run["host"], "gpus": run["gpus"],
         "created": run["created"], "started": run["started"], "ended": run["ended"],
@@ -107,7 +114,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         out.write("\n".join(lines) + "\n")
         return 0
     rows = [[r["name"], r["state"], where(r), fmt_seconds(runtime(r)), fmt_number(r["objective"]),
-             fmt_params(r["params"]), r["last_line"]] for r in runs]
+             fmt_params(r["params"]), last_note(r)] for r in runs]
     if rows:
         out.write(table(rows, ["RUN", "STATE", "WHERE", "TIME", "OBJECTIVE", "PARAMS", "LAST LINE"]) + "\n")
     return 0
@@ -118,7 +125,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         info = c.call("info", run=args.run)
     r = info["run"]
     lines = [
-        f"run        {r['name']}  (trial {r['trial']}, attempt {r['attempt']}; retries allowed {info['retries']})",
+        f"run        {r['name']}  (trial {trial_no(r['trial'])}, attempt {r['attempt']}; retries allowed {info['retries']})",
         f"state      {r['state']}  {r['reason']}",
         f"params     {fmt_params(r['params'])}",
         f"where      {where(r)}",
@@ -132,9 +139,13 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"run_dir    {r['run_dir'] or '-'}",
         f"log        {r['log_path'] or '-'}",
     ]
-    if r.get("exit_code") is not None:
-        lines.append(f"exit       {r['exit_code']}")
-    if r["last_line"]:
+    failed = r["state"] in ("failed", "lost")
+    if failed or r.get("exit_code") is not None:
+        lines.append(f"exit       {fmt_exit(r['exit_code'], r.get('exit_stage'))}")
+    if failed and info["log_tail"]:
+        lines.append(f"log end    (last {len(info['log_tail'])} lines; `hypd logs {r['name']}` for all)")
+        lines.extend("  " + line for line in info["log_tail"])
+    elif r["last_line"]:
         lines.append(f"last line  {r['last_line']}")
     if args.verbose:
         lines.append("commands")
@@ -341,7 +352,7 @@ def cmd_best(args: argparse.Namespace) -> int:
 def cmd_suggest(args: argparse.Namespace) -> int:
     with connect() as c:
         result = c.call("suggest", study=args.study, params=assignments(args.values))
-    print(f"queued {result['run']} (trial {result['trial']}): {fmt_params(result['params'])}")
+    print(f"queued {result['run']} (trial {trial_no(result['trial'])}): {fmt_params(result['params'])}")
     return 0
 
 
@@ -352,41 +363,114 @@ def cmd_studies(args: argparse.Namespace) -> int:
         print(json.dumps(studies))
         return 0
     rows = []
+    notes = []
     for s in studies:
         if "error" in s:
-            rows.append([s["name"], "-", "broken", "-", "-", "-", "-", "-", s["error"]])
+            rows.append([s["name"], "-", "broken", "-", "-", "-", "-", "-", "-", s["error"]])
             continue
-        n = s["counts"]
-        state = "paused" if s["paused"] else ("finished" if s["finished"] else "active")
-        total = s["max_trials"] if s["max_trials"] is not None else s["trials"]
+        n, o = s["counts"], s["outcomes"]
         best = f"{fmt_number(s['best'])} ({s['best_run']})" if s["best_run"] else "-"
-        rows.append([s["name"], s["algorithm"], state, f"{n['completed'] + n['stopped']}/{total}",
-                     str(n["running"]), str(n["pending"]), str(n["failed"] + n["lost"]), str(n["killed"]),
+        rows.append([s["name"], s["algorithm"], study_state(s), f"{s['done']}/{s['total']}", str(n["running"]),
+                     str(n["pending"]), str(o["failed"] + o["lost"]), str(o["killed"]), str(s["retried"]),
                      f"{s['metric']} {best}"])
+        if s["pause_reason"]:
+            notes.append(f"{s['name']} paused: {s['pause_reason']}  (`hypd resume {s['name']}` carries on)")
     if rows:
-        print(table(rows, ["STUDY", "ALGORITHM", "STATE", "DONE", "RUNNING", "PENDING", "FAILED", "KILLED", "BEST"]))
+        print(table(rows, ["STUDY", "ALGORITHM", "STATE", "DONE", "RUNNING", "PENDING", "FAILED", "KILLED",
+                           "RETRIED", "BEST"]))
+        for note in notes:
+            print(note)
     else:
         print("no studies yet: hypd submit STUDY.toml")
     return 0
 
 
+def study_state(s: dict[str, Any]) -> str:
+    return "paused" if s["paused"] else ("finished" if s["finished"] else "active")
+
+
+def progress_line(s: dict[str, Any], eta: float | None) -> str:
+    """One line of a study's progress: trials done of all, running, failed, retried
+    attempts apart, the best so far, and an estimate of the time left."""
+    n, o = s["counts"], s["outcomes"]
+    parts = [f"{s['name']}: {s['done']}/{s['total']} done", f"{n['running']} running",
+             f"{o['failed'] + o['lost']} failed"]
+    if s["retried"]:
+        parts.append(f"{s['retried']} retried")
+    if s["best_run"]:
+        parts.append(f"best {s['metric']} {fmt_number(s['best'])} ({s['best_run']})")
+    if eta is not None:
+        parts.append(f"ETA {fmt_seconds(eta)}")
+    return " · ".join(parts)
+
+
+# `hypd wait`'s exit statuses beyond ExitCode's (documented in its --help and the README).
+WAIT_NO_RESULT = 8  # the study finished with no completed run
+WAIT_PAUSED = 9  # the study is paused (by hand, or by hypd after runs failed in a row)
+WAIT_EPILOG = (f"exit status: 0 the study finished with at least one completed run; {WAIT_NO_RESULT} it finished "
+               f"with none; {WAIT_PAUSED} it is paused (by hand, or after max_failures runs failed in a row); "
+               f"{int(ExitCode.NO_DAEMON)} no daemon (or it went away); {int(ExitCode.NOT_FOUND)} no such study; "
+               f"1 --timeout passed")
+
+
 def cmd_wait(args: argparse.Namespace) -> int:
-    """Block until the study has nothing pending or running and its search is done."""
+    """Block until the study has finished or is paused: a live line on a terminal, a plain
+    line every --every seconds otherwise."""
     deadline = time.time() + args.timeout if args.timeout else None
-    with connect() as c:
-        while True:
-            studies = {s["name"]: s for s in c.call("studies")}
-            study = studies.get(args.study)
-            if study is None:
-                raise CliError(f"no study {args.study!r}", ExitCode.NOT_FOUND)
-            if study.get("finished"):
-                n = study["counts"]
-                print(f"study {args.study} finished: {n['completed']} completed, {n['failed']} failed, "
-                      f"{n['killed']} killed, {n['stopped']} stopped")
-                return 0
-            if deadline is not None and time.time() > deadline:
-                raise CliError(f"study {args.study} not finished after {args.timeout:g} s")
-            time.sleep(0.5)
+    live = sys.stdout.isatty()
+    started, first_done = time.monotonic(), None
+    last_print = -1e9
+    seen = False  # the daemon answered once: an error after that means it went away
+    try:
+        with connect() as c:
+            while True:
+                study = next((s for s in c.call("studies") if s["name"] == args.study), None)
+                seen = True
+                if study is None:
+                    raise CliError(f"no study {args.study!r}", ExitCode.NOT_FOUND)
+                if "error" in study:
+                    raise CliError(f"study {args.study} cannot be loaded: {study['error']}", ExitCode.INVALID)
+                first_done = study["done"] if first_done is None else first_done
+                eta = _eta(study, study["done"] - first_done, time.monotonic() - started)
+                line = progress_line(study, eta)
+                end = study["finished"] or study["paused"]
+                if live:
+                    sys.stdout.write("\r\x1b[2K" + line + ("\n" if end else ""))
+                    sys.stdout.flush()
+                elif end or time.monotonic() - last_print >= args.every:
+                    print(line, flush=True)
+                    last_print = time.monotonic()
+                if study["paused"]:
+                    why = study["pause_reason"] or "paused by hand"
+                    print(f"study {args.study} is paused: {why}; `hypd resume {args.study}` carries on",
+                          file=sys.stderr)
+                    return WAIT_PAUSED
+                if study["finished"]:
+                    o = study["outcomes"]
+                    print(f"study {args.study} finished: {o['completed']} completed, {o['failed'] + o['lost']} "
+                          f"failed, {o['killed']} killed, {o['stopped']} stopped"
+                          + (f" ({study['retried']} retried)" if study["retried"] else ""))
+                    return 0 if o["completed"] else WAIT_NO_RESULT
+                if deadline is not None and time.time() > deadline:
+                    raise CliError(f"study {args.study} not finished after {args.timeout:g} s")
+                time.sleep(0.5)
+    except (DaemonError, ConnectionError) as exc:
+        if isinstance(exc, DaemonError) and exc.code not in ("no_daemon", "error"):
+            raise
+        if live:
+            print()
+        # The daemon went away while we waited: the same status as no daemon at all.
+        why = exc.message if isinstance(exc, DaemonError) else str(exc)
+        raise CliError(why if not seen else f"the daemon went away while waiting: {why}",
+                       ExitCode.NO_DAEMON) from None
+
+
+def _eta(s: dict[str, Any], done_since: int, elapsed: float) -> float | None:
+    """Seconds left at the pace trials finished since `wait` started (None before one did)."""
+    left = s["total"] - s["done"] - s["outcomes"]["failed"] - s["outcomes"]["lost"] - s["outcomes"]["killed"]
+    if done_since <= 0 or left <= 0:
+        return None
+    return left * elapsed / done_since
 
 
 def cmd_hosts_add(args: argparse.Namespace) -> int:
@@ -596,9 +680,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("values", nargs="+", metavar="NAME=VALUE")
     sp = add("studies", cmd_studies, "progress of each study")
     sp.add_argument("--json", action="store_true")
-    sp = add("wait", cmd_wait, "wait until a study has finished (for scripts)")
+    sp = add("wait", cmd_wait, "wait until a study has finished, showing its progress (for scripts)")
+    sp.epilog = WAIT_EPILOG
     sp.add_argument("study")
     sp.add_argument("--timeout", type=float, help="give up after this many seconds (exit 1)")
+    sp.add_argument("--every", type=float, default=30.0, metavar="SECONDS",
+                    help="when not on a terminal: a progress line this often (default 30)")
     sp = add("hosts", cmd_hosts, "hosts, their GPUs or CPU slots, and what runs where")
     sp.add_argument("--json", action="store_true")
     hosts = sp.add_subparsers(dest="hosts_command", metavar="ACTION")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from hypd import lifecycle as lc
 from hypd.capacity import Holding, host_capacity
+from hypd.display import trial_no
 from hypd.hosts import Host, HostDownError, HostError
 from hypd.metrics import MetricsReader
 from hypd.runs import RunData, Runs
@@ -160,7 +161,7 @@ class Dispatcher:
                                  run_no=row["run_no"], trial=row["trial"])
         env = dict(spec.env)
         env.update(gpu_env(gpus) if gpus else {"CUDA_VISIBLE_DEVICES": ""})
-        env.update(HYPD_RUN=row["name"], HYPD_STUDY=spec.name, HYPD_TRIAL=str(row["trial"]),
+        env.update(HYPD_RUN=row["name"], HYPD_STUDY=spec.name, HYPD_TRIAL=str(trial_no(row["trial"])),
                    HYPD_RUN_DIR=str(run_dir))
         try:
             workdir = await host.prepare_study(spec)

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Mapping
 from typing import Any
+
+
+def trial_no(trial: int) -> int:
+    """The number a user sees for a trial: trials are stored as the search numbers them
+    (Ax's indexes, from 0) and shown, like runs, from 1 — in the CLI, the dashboard, the
+    `{trial}` placeholder and HYPD_TRIAL alike."""
+    return trial + 1
 
 
 def fmt_time(ts: float | None) -> str:
@@ -24,3 +32,21 @@ def where(run: Mapping[str, Any]) -> str:
         return "-"
     gpus = run.get("gpus") or []
     return f"{run['host']}:{','.join(map(str, gpus))}" if gpus else f"{run['host']}:cpu"
+
+
+def fmt_exit(code: int | None, stage: str | None) -> str:
+    """How a run's wrapper exited: its status, or the signal that ended it (a status over
+    128 is the shell's way of saying so), and the stage that failed."""
+    if code is None:
+        how = "no exit status (its processes were killed outright)"
+    elif code > 128:
+        try:
+            name = f" ({signal.Signals(code - 128).name})"
+        except ValueError:
+            name = ""
+        how = f"killed by signal {code - 128}{name}"
+    else:
+        how = f"status {code}"
+    if stage == "main":
+        return f"{how} in its command"
+    return f"{how} in stage {stage}" if stage else how

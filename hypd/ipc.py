@@ -132,6 +132,7 @@ class Run(TypedDict):
     objective: float | None
     last_line: str
     exit_code: int | None
+    exit_stage: str | None  # the stage that failed: setup, main (a one-stage run), or a stage's name
     run_dir: str | None
     log_path: str | None
     reports: int  # how many reports it has made
@@ -164,6 +165,7 @@ class RunInfo(TypedDict):
     goal: str
     commands: list[list[str]]
     timeout: float | None
+    log_tail: list[str]  # the log's last lines
 
 
 class StudySummary(TypedDict, total=False):
@@ -171,12 +173,17 @@ class StudySummary(TypedDict, total=False):
     error: str  # only this and the name when the study cannot be loaded
     algorithm: str
     paused: bool
+    pause_reason: str  # why hypd paused it itself ("" when a user did)
     max_trials: int | None
     trials: int
     parallel: int
     gpus: int
     priority: int
-    counts: dict[str, int]
+    counts: dict[str, int]  # runs (attempts) by state
+    outcomes: dict[str, int]  # trials by outcome: completed if an attempt was, else as its last attempt is
+    done: int  # trials completed (or early-stopped)
+    total: int  # trials it will have: max_trials, or more when trials were added by hand
+    retried: int  # attempts beyond each trial's first
     metric: str
     goal: str
     best: float | None

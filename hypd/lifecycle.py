@@ -193,6 +193,7 @@ class Record:
     state: RunState
     reason: str
     exit_code: int | None = None
+    stage: str | None = None  # the stage that failed
 
 
 @dataclass(frozen=True)
@@ -239,6 +240,16 @@ class Release:
 
 
 @dataclass(frozen=True)
+class PauseStudy:
+    """The study's runs keep failing: start nothing new until a user resumes it. `run` is
+    the last failure (the shell quotes its log's last line in the reason)."""
+
+    study: str
+    run: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class Note:
     """A line for the daemon's log."""
 
@@ -247,7 +258,7 @@ class Note:
 
 
 Action = (Ingest | Persist | Signal | Watch | Unwatch | Record | Retry | Requeue | Supersede | Tell | Release
-          | Note)
+          | PauseStudy | Note)
 
 
 # ----------------------------------------------------------------------------- state
@@ -257,10 +268,11 @@ class StudyRules:
     retries: int = 0
     timeout_text: str = ""  # how a timeout reads in a reason ("10m")
     keepalive: float | None = None  # seconds a running attempt may print nothing before it is ended as hung
+    max_failures: int = 5  # runs failed in a row that pause the study (0: never)
 
 
 def study_rules(spec: StudySpec) -> StudyRules:
-    return StudyRules(spec.retries, format_duration(spec.timeout or 0), spec.keepalive)
+    return StudyRules(spec.retries, format_duration(spec.timeout or 0), spec.keepalive, spec.max_failures)
 
 
 @dataclass
@@ -313,6 +325,7 @@ class Lifecycle:
         self.attempts: dict[int, Attempt] = {}
         self.trials: dict[tuple[str, int], TrialBook] = {}
         self.hosts_down: dict[str, float] = {}  # host -> since
+        self.failed_in_row: dict[str, int] = {}  # study -> runs failed since its last success (or resume)
 
     # ------------------------------------------------------------ what the shell tells first
 
@@ -342,6 +355,10 @@ class Lifecycle:
         if attempt.phase is Phase.LAUNCHING:
             return []
         return [Watch(attempt.id, attempt.host, attempt.log_size, attempt.pid, attempt.start)]
+
+    def resumed(self, study: str) -> None:
+        """A user resumed (or resubmitted) the study: its failures in a row count from 0."""
+        self.failed_in_row.pop(study, None)
 
     def held(self, host: str) -> list[Attempt]:
         """Attempts whose GPUs or CPU slot on `host` are taken: every one whose processes
@@ -487,14 +504,16 @@ class Lifecycle:
         was_lost = a.phase is Phase.LOST
         if was_lost and not (own and end.state is RunState.KILLED):
             reason += " (while its host was away)"
-        return self._end(a, end.state, reason, code, was_lost)
+        failed_stage = stage if end.state is RunState.FAILED and stage not in (None, "-") else None
+        return self._end(a, end.state, reason, code, was_lost, failed_stage)
 
-    def _end(self, a: Attempt, state: RunState, reason: str, code: int | None, was_lost: bool = False
-             ) -> list[Action]:
+    def _end(self, a: Attempt, state: RunState, reason: str, code: int | None, was_lost: bool = False,
+             stage: str | None = None) -> list[Action]:
         a.phase = Phase.ENDED
-        out: list[Action] = [Record(a.id, state, reason, code)]
+        out: list[Action] = [Record(a.id, state, reason, code, stage)]
         level = "info" if state in (RunState.COMPLETED, RunState.KILLED, RunState.STOPPED) else "warning"
         out.append(Note(level, f"{a.name} {state.value}: {reason}"))
+        out += self._count_failure(a, state)
         book = self.trials.setdefault((a.study, a.trial), TrialBook())
         book.live.discard(a.id)
         if not was_lost:
@@ -508,6 +527,22 @@ class Lifecycle:
         if a.clean:
             out += self._release(a)
         return out
+
+    def _count_failure(self, a: Attempt, state: RunState) -> list[Action]:
+        """The circuit breaker: a study whose last `max_failures` runs all failed (a typo in
+        its command, a missing module) pauses once, instead of burning every trial and
+        retry. A completed or early-stopped run starts the count again; a killed one
+        says nothing of the study's health."""
+        if state in (RunState.COMPLETED, RunState.STOPPED):
+            self.failed_in_row.pop(a.study, None)
+            return []
+        if state is not RunState.FAILED:
+            return []
+        n = self.failed_in_row[a.study] = self.failed_in_row.get(a.study, 0) + 1
+        limit = self.rules.get(a.study, StudyRules()).max_failures
+        if limit and n == limit:  # once: the runs still going when it pauses may fail too
+            return [PauseStudy(a.study, a.id, f"{n} runs in a row failed")]
+        return []
 
     def _after_end(self, study: str, trial: int, state: RunState) -> list[Action]:
         """Retry a failure within the budget; otherwise, once no attempt of the trial is

@@ -35,6 +35,8 @@ from hypd.study import (
 
 log = logging.getLogger("hypd.ops")
 
+INFO_LOG_LINES = 10  # the end of a run's log `hypd info` shows
+
 
 def parse_run_name(target: str) -> tuple[str, int] | None:
     study, sep, number = target.rpartition(":")
@@ -104,10 +106,10 @@ class Ops:
             existing.spec = spec
             self.runs.core.rules[spec.name] = study_rules(spec)
             await self.studies.call(existing, existing.suggester.update_spec, spec, changes=False)
-            existing.paused = False
             existing.exhausted = False
             await self.store.update_study_source(spec.name, path, stored_text, base_dir)
-            await self.store.set_paused(spec.name, False)
+            await self.studies.set_paused(existing, False)
+            self.runs.core.resumed(spec.name)
             self.wake()
             await self.publish_study(spec.name)
             return {"study": spec.name, "continued": True, "queued": 0, "warnings": warnings}
@@ -151,6 +153,7 @@ class Ops:
             "commands": [list(c) for c in render_commands(rt.spec, row["params"], run_dir=row["run_dir"] or "<run_dir>",
                                                           run=row["name"], run_no=row["run_no"], trial=row["trial"])],
             "timeout": rt.spec.timeout,
+            "log_tail": _log_tail(row["log_path"], INFO_LOG_LINES),
         }
 
     async def op_logs(self, run: str, offset: int, limit: int, tail: int | None) -> dict[str, Any]:
@@ -180,8 +183,7 @@ class Ops:
     async def op_kill(self, target: str) -> dict[str, Any]:
         if parse_run_name(target) is None:
             rt = self._study(target)
-            rt.paused = True
-            await self.store.set_paused(target, True)
+            await self.studies.set_paused(rt, True)
             rows = await self.store.runs(study=target, states=[RunState.PENDING.value, RunState.RUNNING.value,
                                                             RunState.LOST.value],
                                       columns=("id", "study", "run_no", "trial", "state"))
@@ -233,16 +235,15 @@ class Ops:
 
     async def op_pause(self, study: str) -> dict[str, Any]:
         rt = self._study(study)
-        rt.paused = True
-        await self.store.set_paused(study, True)
+        await self.studies.set_paused(rt, True)
         await self.publish_study(study)
         return {"study": study, "paused": True}
 
     async def op_resume(self, study: str) -> dict[str, Any]:
         rt = self._study(study)
-        rt.paused = False
         rt.exhausted = not rt.suggester.adaptive  # an adaptive search that failed gets another go
-        await self.store.set_paused(study, False)
+        await self.studies.set_paused(rt, False)
+        self.runs.core.resumed(study)
         self.wake()
         await self.publish_study(study)
         return {"study": study, "paused": False}
@@ -310,6 +311,7 @@ class Ops:
     async def study_summaries(self, only: str | None = None) -> list[dict[str, Any]]:
         counts = await self.store.state_counts()
         trials = await self.store.trial_counts()
+        outcomes = await self.store.trial_outcomes()
         out = []
         for name, rt in self.studies.all.items():
             if only is not None and name != only:
@@ -319,10 +321,16 @@ class Ops:
             best = await self.store.best_runs(name, spec.objective.minimize, 1)
             live = c.get("pending", 0) + c.get("running", 0) + c.get("lost", 0)
             done = not live and (rt.exhausted or (spec.max_trials is not None and trials.get(name, 0) >= spec.max_trials))
+            o = outcomes.get(name, {})
             out.append({
-                "name": name, "algorithm": spec.algorithm, "paused": rt.paused, "max_trials": spec.max_trials,
-                "trials": trials.get(name, 0), "parallel": spec.parallel, "gpus": spec.gpus, "priority": spec.priority,
-                "counts": {s: c.get(s, 0) for s in STATES}, "metric": spec.objective.metric,
+                "name": name, "algorithm": spec.algorithm, "paused": rt.paused, "pause_reason": rt.pause_reason,
+                "max_trials": spec.max_trials, "trials": trials.get(name, 0), "parallel": spec.parallel,
+                "gpus": spec.gpus, "priority": spec.priority, "counts": {s: c.get(s, 0) for s in STATES},
+                "outcomes": {s: o.get(s, 0) for s in STATES},
+                "done": o.get("completed", 0) + o.get("stopped", 0),
+                # Hand-given trials may go past max_trials: never "13/12".
+                "total": max(spec.max_trials or 0, trials.get(name, 0)),
+                "retried": sum(c.values()) - sum(o.values()), "metric": spec.objective.metric,
                 "goal": spec.objective.goal, "best": best[0]["objective"] if best else None,
                 "best_run": best[0]["name"] if best else None, "finished": done, "source": spec.source,
             })
@@ -333,6 +341,19 @@ class Ops:
 
     async def op_studies(self) -> list[dict[str, Any]]:
         return await self.study_summaries()
+
+def _log_tail(path: str | None, lines: int) -> list[str]:
+    """The last lines of a run's log (stdout and stderr both go there)."""
+    if not path:
+        return []
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - (lines + 1) * 400))
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    return [line[:400] for line in text.splitlines()[-lines:]]
+
 
 def _space_change(old: StudySpec, new: StudySpec) -> str:
     """What differs between two studies' search spaces, or '' if nothing does."""

@@ -26,10 +26,14 @@ from hypd.metrics import METRICS_PREFIX, MetricsReader, fold_objective, keepaliv
 from hypd.runstate import LIVE, RunState, StopIntent
 from hypd.store import Store, StoreUnavailable
 from hypd.studies import Studies
+from hypd.wrapper import STAGE_MARK
 
 log = logging.getLogger("hypd.runs")
 
 TICK = 0.25  # seconds between the core's clock ticks (timeouts, lost hosts, store retries)
+# The wrapper's own "[hypd] stage X started/failed" lines: a run's last line is the
+# program's (the error a failed run printed), not these.
+STAGE_LINE = f"{STAGE_MARK} stage "
 RELEASED_KEEP = 120.0  # seconds a release is remembered for capacity (until a newer reading)
 
 
@@ -141,7 +145,7 @@ class Runs:
             await self._ingest(action)
         elif isinstance(action, lc.Record):
             await self._durably(self.store.transition, action.run, action.state, action.reason,
-                                exit_code=action.exit_code)
+                                exit_code=action.exit_code, exit_stage=action.stage)
             await self.publish_run(action.run)  # capacity changes with its Release, not here
         elif isinstance(action, lc.Persist):
             await self._durably(self.store.update_run, action.run, **dict(action.fields))
@@ -172,8 +176,24 @@ class Runs:
             # safe: the search ignores a trial it was told about already.
             await self._durably(self.studies.tell, action.study)
             await self.publish_study(action.study)
+        elif isinstance(action, lc.PauseStudy):
+            await self._pause_study(action)
         elif isinstance(action, lc.Note):
             getattr(log, action.level)("%s", action.text)
+
+    async def _pause_study(self, action: lc.PauseStudy) -> None:
+        rt = self.studies.get(action.study)
+        if rt is None or rt.paused:
+            return
+        data = self.data.get(action.run)
+        last = data.last_line if data is not None and data.last_line else ""
+        if not last:  # nothing in its log (a launch that failed): how it ended
+            row = await self.store.run_by_id(action.run)
+            last = row["reason"] if row else ""
+        reason = f"{action.reason} — last error: {last}" if last else action.reason
+        await self._durably(self.studies.set_paused, rt, True, reason)
+        log.warning("study %s paused: %s (`hypd resume %s` carries on)", action.study, reason, action.study)
+        await self.publish_study(action.study)
 
     async def _durably(self, write: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
         """A write that must happen: retried while the store is unavailable (locked by
@@ -220,7 +240,7 @@ class Runs:
             if (window := keepalive_request(line)) is not None:
                 self.feed(lc.KeepaliveAsked(action.run, window))
                 continue
-            if line.strip() and not line.lstrip().startswith(METRICS_PREFIX):
+            if line.strip() and not line.lstrip().startswith((METRICS_PREFIX, STAGE_LINE)):
                 last_line = line.strip()[:500]
             report = data.reader.line(line)
             if report is None:

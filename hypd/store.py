@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS studies (
     base_dir TEXT NOT NULL,        -- what a relative workdir is relative to
     created REAL NOT NULL,
     paused INTEGER NOT NULL DEFAULT 0,
+    pause_reason TEXT NOT NULL DEFAULT '',  -- why hypd paused it itself ('' when a user did)
     search_state TEXT,             -- the suggester's dump()
     next_run_no INTEGER NOT NULL DEFAULT 1,
     last_served REAL NOT NULL DEFAULT 0
@@ -73,6 +74,7 @@ CREATE TABLE IF NOT EXISTS runs (
     log_offset INTEGER NOT NULL DEFAULT 0,
     reports INTEGER NOT NULL DEFAULT 0,
     exit_code INTEGER,
+    exit_stage TEXT,               -- the stage that failed (setup, main, or a stage's name)
     stop_intent TEXT,
     stop_sent REAL,
     created REAL NOT NULL,
@@ -160,6 +162,21 @@ def unavailable_reason(exc: BaseException, path: Path, busy_timeout_ms: int = DE
     return None
 
 
+# Columns added after a store was first written (CREATE TABLE IF NOT EXISTS keeps an old
+# table as it is): table -> column -> its declaration. Additive only, so an older hypd
+# still reads the store.
+_ADDED_COLUMNS = {"studies": {"pause_reason": "TEXT NOT NULL DEFAULT ''"}, "runs": {"exit_stage": "TEXT"}}
+
+
+async def _add_columns(db: aiosqlite.Connection) -> None:
+    for table, columns in _ADDED_COLUMNS.items():
+        async with db.execute(f"PRAGMA table_info({table})") as cur:
+            have = {row[1] async for row in cur}
+        for name, decl in columns.items():
+            if name not in have:
+                await db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+
+
 @dataclass(frozen=True)
 class StudyRow:
     name: str
@@ -171,6 +188,7 @@ class StudyRow:
     search_state: str | None
     next_run_no: int
     last_served: float
+    pause_reason: str = ""
 
 
 def _run_dict(row: Sequence[Any], columns: Sequence[str]) -> dict[str, Any]:
@@ -257,6 +275,25 @@ class Queries:
         async with self.reader.execute("SELECT study, state, COUNT(*) FROM runs GROUP BY study, state") as cur:
             async for study, state, n in cur:
                 out.setdefault(study, {})[state] = n
+        return out
+
+    async def trial_outcomes(self) -> dict[str, dict[str, int]]:
+        """study -> outcome -> number of trials. A trial's outcome is completed (or stopped)
+        if an attempt was; else running or pending while an attempt is; else how its last
+        attempt ended. A trial counts once however many attempts it took."""
+        sql = """SELECT study, outcome, COUNT(*) FROM (
+                   SELECT study, CASE WHEN SUM(state='completed') THEN 'completed'
+                                      WHEN SUM(state='stopped') THEN 'stopped'
+                                      WHEN SUM(state='running') THEN 'running'
+                                      WHEN SUM(state='pending') THEN 'pending'
+                                      ELSE (SELECT l.state FROM runs l WHERE l.study=r.study AND l.trial=r.trial
+                                            ORDER BY l.attempt DESC LIMIT 1) END AS outcome
+                   FROM runs r GROUP BY study, trial)
+                 GROUP BY study, outcome"""
+        out: dict[str, dict[str, int]] = {}
+        async with self.reader.execute(sql) as cur:
+            async for study, outcome, n in cur:
+                out.setdefault(study, {})[outcome] = n
         return out
 
     async def trial_count(self, study: str) -> int:
@@ -358,6 +395,7 @@ class Store(Queries):
             await db.execute("PRAGMA synchronous=NORMAL")
             await db.execute("PRAGMA foreign_keys=ON")
             await db.executescript(SCHEMA)
+            await _add_columns(db)
             async with db.execute("SELECT value FROM meta WHERE key='schema_version'") as cur:
                 row = await cur.fetchone()
             if row is None:
@@ -401,20 +439,22 @@ class Store(Queries):
 
     async def study(self, name: str) -> StudyRow | None:
         async with self.db.execute(
-            "SELECT name, source, text, base_dir, created, paused, search_state, next_run_no, last_served "
+            "SELECT name, source, text, base_dir, created, paused, search_state, next_run_no, last_served, "
+            "pause_reason "
             "FROM studies WHERE name=?", (name,)) as cur:
             row = await cur.fetchone()
         return StudyRow(*row[:5], bool(row[5]), *row[6:]) if row else None
 
     async def studies(self) -> list[StudyRow]:
         async with self.db.execute(
-            "SELECT name, source, text, base_dir, created, paused, search_state, next_run_no, last_served "
+            "SELECT name, source, text, base_dir, created, paused, search_state, next_run_no, last_served, "
+            "pause_reason "
             "FROM studies ORDER BY created") as cur:
             rows = await cur.fetchall()
         return [StudyRow(*r[:5], bool(r[5]), *r[6:]) for r in rows]
 
-    async def set_paused(self, name: str, paused: bool) -> None:
-        await self.write("UPDATE studies SET paused=? WHERE name=?", (int(paused), name))
+    async def set_paused(self, name: str, paused: bool, reason: str = "") -> None:
+        await self.write("UPDATE studies SET paused=?, pause_reason=? WHERE name=?", (int(paused), reason, name))
 
     async def set_search_state(self, name: str, state: str) -> None:
         await self.write("UPDATE studies SET search_state=? WHERE name=?", (state, name))

@@ -41,6 +41,7 @@ class StudyRuntime:
     dirty_since: float | None = None  # reports told to the search and not yet stored
     served_stored: float = 0.0  # last_served as the store has it (stored by `flush`)
     tell_queued: bool = False  # a tell waits for the lock: it will tell every trial ended by then
+    pause_reason: str = ""  # why hypd paused it itself ("" when a user did, or it is not paused)
 
 
 class Studies:
@@ -62,7 +63,8 @@ class Studies:
                 self.broken[row.name] = str(exc)
                 log.error("study %s cannot be loaded: %s", row.name, exc)
                 continue
-            rt = StudyRuntime(spec, suggester, row.paused, row.last_served, served_stored=row.last_served)
+            rt = StudyRuntime(spec, suggester, row.paused, row.last_served, served_stored=row.last_served,
+                              pause_reason=row.pause_reason)
             rt.trials = await self.store.trial_count(row.name)
             rt.exhausted = not suggester.adaptive  # a search that is not adaptive queued every trial at submit
             self.all[row.name] = rt
@@ -74,6 +76,11 @@ class Studies:
         rt = StudyRuntime(spec, suggester, False, 0.0)
         self.all[spec.name] = rt
         return rt
+
+    async def set_paused(self, rt: StudyRuntime, paused: bool, reason: str = "") -> None:
+        """Pause (start nothing new) or resume a study; `reason` when hypd pauses it itself."""
+        rt.paused, rt.pause_reason = paused, reason if paused else ""
+        await self.store.set_paused(rt.spec.name, paused, rt.pause_reason)
 
     async def call(self, rt: StudyRuntime, method: Callable[..., Any], *args: Any,
                    changes: bool | Callable[[Any], bool] = True) -> Any:

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from hypd.display import trial_no
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
@@ -36,6 +38,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 ALGORITHMS = ("ax", "sobol", "random", "grid")
 DEFAULT_ALGORITHM = "ax"
 DEFAULT_MAX_TRIALS = 20
+DEFAULT_MAX_FAILURES = 5  # runs failed in a row that pause a study
 GOALS = ("minimize", "maximize")
 # Placeholders every command may use besides the study's parameters.
 BUILTIN_PLACEHOLDERS = ("run_dir", "run", "run_no", "trial", "replicate", "study", "stage")
@@ -147,6 +150,7 @@ class StudySpec:
     gpu_mem_mib: int = 0  # GPU memory a run needs on each of its GPUs; 0: it takes whole GPUs
     keepalive: float | None = None  # seconds a run may go without output before it is ended as hung
     replicates: int = 1  # runs of each trial (seeds); the trial's result is their mean
+    max_failures: int = DEFAULT_MAX_FAILURES  # runs failed in a row that pause the study; 0: never
     source: str = "<study>"
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
@@ -240,7 +244,7 @@ def format_duration(seconds: float) -> str:
 _STUDY_KEYS = {
     "name", "objective", "algorithm", "max_trials", "parallel", "gpus", "timeout",
     "retries", "priority", "seed", "constraints", "param_constraints", "early_stop", "gpu_mem",
-    "keepalive", "replicates",
+    "keepalive", "replicates", "max_failures",
 }
 _RUN_KEYS = {"workdir", "env", "command", "stages", "output_dir", "files"}
 _METRICS_KEYS = {"regex"}
@@ -312,6 +316,7 @@ class _StudySettings:
     timeout: float | None
     keepalive: float | None
     replicates: int
+    max_failures: int
 
 
 class _StudySectionParser(_Reader):
@@ -339,6 +344,7 @@ class _StudySectionParser(_Reader):
                 raise self.fail("study.gpu_mem", "needs gpus = 1 or more; drop it for CPU runs")
         retries = self.integer(study, "retries", "study", 0, 0)
         priority = self.integer(study, "priority", "study", 1, 1)
+        max_failures = self.integer(study, "max_failures", "study", DEFAULT_MAX_FAILURES, 0)
         seed = study.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
             raise self.fail("study.seed", f"must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
@@ -347,7 +353,7 @@ class _StudySectionParser(_Reader):
             name=name, objectives=objectives, algorithm=algorithm, parallel=parallel or 1,
             gpus=gpus or 0, gpu_mem_mib=gpu_mem, retries=retries or 0, priority=priority or 1,
             seed=seed, timeout=self.duration(study, "timeout"), keepalive=self.duration(study, "keepalive"),
-            replicates=replicates or 1)
+            replicates=replicates or 1, max_failures=max_failures or 0)
 
     def duration(self, study: Mapping[str, Any], key: str) -> float | None:
         if key not in study:
@@ -746,7 +752,7 @@ class _Parser(_Reader):
             stages=run.stages, metrics_regex=metrics_regex, output_dir=run.output_dir,
             files=run.files, constraints=constraints, param_constraints=param_constraints,
             early_stop=early_stop, gpu_mem_mib=settings.gpu_mem_mib,
-            keepalive=settings.keepalive, replicates=settings.replicates,
+            keepalive=settings.keepalive, replicates=settings.replicates, max_failures=settings.max_failures,
             source=self.source, warnings=tuple(self.warnings),
         )
 
@@ -981,10 +987,11 @@ def render_stage(command: str, values: Mapping[str, Any]) -> str:
 def render_commands(spec: StudySpec, params: Mapping[str, Any], *, run_dir: str,
                     run: str = "", run_no: int = 0, trial: int = 0, replicate: int = 1
                     ) -> list[tuple[str, str]]:
-    """The shell command line of each stage, in order, for one run of a trial."""
+    """The shell command line of each stage, in order, for one run of a trial (`trial`: as
+    stored; `{trial}` is its number as shown, from 1)."""
     values = dict(params)
     values.update(run_dir=run_dir, run=run or f"{spec.name}:{run_no}", run_no=run_no,
-                  trial=trial, replicate=replicate, study=spec.name)
+                  trial=trial_no(trial), replicate=replicate, study=spec.name)
     return [(s.name, render_stage(s.command, {**values, "stage": s.name})) for s in spec.stages]
 
 

@@ -85,7 +85,7 @@ def test_hand_given_trial_and_continuing_a_study(daemon: DaemonProc) -> None:
     daemon.cli("submit", path)
     daemon.wait_finished("branin", timeout=120)
     out = daemon.cli("suggest", "branin", "x1=3.14159", "x2=2.275").stdout
-    assert out.startswith("queued branin:4 (trial 3)")
+    assert out.startswith("queued branin:4 (trial 4)")  # numbered from 1, as runs are
     run = daemon.wait_state("branin:4", "completed", timeout=60)
     assert run["objective"] == pytest.approx(0.397887, abs=1e-4)  # a known minimum of Branin
     assert daemon.cli_json("leaderboard", "branin")["runs"][0]["name"] == "branin:4"

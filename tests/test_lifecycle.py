@@ -31,6 +31,7 @@ from hypd.lifecycle import (
     Lifecycle,
     LogGrew,
     Note,
+    PauseStudy,
     Persist,
     Phase,
     Record,
@@ -95,6 +96,57 @@ def test_completed_only_once_its_whole_log_is_stored() -> None:
     assert lc.handle(Cleaned(1)) == []
 
 
+# ------------------------------------------------------------------ the circuit breaker
+
+def fail_runs(lc: Lifecycle, runs: range, study: str = "s", status: int = 1) -> list[Action]:
+    out: list[Action] = []
+    for run in runs:
+        start(lc, run=run, trial=run, study=study, pid=100 + run)
+        out += lc.handle(Exited(run, status, "main", 0))
+    return out
+
+
+def test_a_study_pauses_once_after_max_failures_runs_failed_in_a_row() -> None:
+    lc = Lifecycle({"s": StudyRules(retries=1, max_failures=3)})
+    out = fail_runs(lc, range(1, 3))
+    assert of(out, PauseStudy) == [] and len(of(out, Retry)) == 2  # its retries are still queued
+    out = fail_runs(lc, range(3, 6))
+    assert of(out, PauseStudy) == [PauseStudy("s", 3, "3 runs in a row failed")]  # once, not at 4 and 5
+
+
+def test_a_completed_run_starts_the_count_again_and_a_killed_one_does_not_count() -> None:
+    lc = Lifecycle({"s": StudyRules(max_failures=2)})
+    fail_runs(lc, range(1, 2))
+    start(lc, run=2, trial=2, pid=102)
+    lc.handle(Exited(2, 0, "-", 0))
+    start(lc, run=3, trial=3, pid=103)
+    lc.handle(StopRequested(3, StopIntent.KILL))
+    out = lc.handle(Exited(3, 143, "main", 0))
+    assert records(out) == [(3, RunState.KILLED)] and of(out, PauseStudy) == []
+    assert of(fail_runs(lc, range(4, 5)), PauseStudy) == []  # 1 in a row since the completed one
+    assert of(fail_runs(lc, range(5, 6)), PauseStudy) == [PauseStudy("s", 5, "2 runs in a row failed")]
+
+
+def test_resume_counts_from_zero_and_max_failures_0_never_pauses() -> None:
+    lc = Lifecycle({"s": StudyRules(max_failures=2), "t": StudyRules(max_failures=0)})
+    assert of(fail_runs(lc, range(1, 3)), PauseStudy) == [PauseStudy("s", 2, "2 runs in a row failed")]
+    lc.resumed("s")
+    assert of(fail_runs(lc, range(3, 4)), PauseStudy) == []
+    assert of(fail_runs(lc, range(4, 5)), PauseStudy) == [PauseStudy("s", 4, "2 runs in a row failed")]
+    assert of(fail_runs(lc, range(10, 30), study="t"), PauseStudy) == []
+
+
+def test_failed_launches_count_and_studies_count_apart() -> None:
+    lc = Lifecycle({"s": StudyRules(max_failures=2), "t": StudyRules(max_failures=2)})
+    fail_runs(lc, range(1, 2), study="s")
+    fail_runs(lc, range(2, 3), study="t")
+    start(lc, run=3, trial=3, launched=False)
+    out = lc.handle(LaunchFailed(3, "no such file or directory"))
+    assert of(out, PauseStudy) == [PauseStudy("s", 3, "2 runs in a row failed")]
+    # Its pause goes before the release of the run's slot, in that run's actions.
+    assert out.index(of(out, PauseStudy)[0]) < out.index(of(out, Release)[0])
+
+
 def test_exit_with_nothing_left_to_store_ends_at_once() -> None:
     lc = Lifecycle()
     start(lc)
@@ -108,7 +160,7 @@ def test_failing_exit_is_failed_with_its_stage() -> None:
     lc = Lifecycle({"s": StudyRules(retries=0)})
     start(lc)
     out = lc.handle(Exited(1, 2, "train", 0))
-    assert of(out, Record) == [Record(1, RunState.FAILED, "stage train exited with status 2", 2)]
+    assert of(out, Record) == [Record(1, RunState.FAILED, "stage train exited with status 2", 2, "train")]
     assert of(out, Note)[0].level == "warning"
     assert of(out, Tell) == [Tell("s", 1)] and of(out, Retry) == []
     out = Lifecycle().handle(Exited(9, 1, None, 0))

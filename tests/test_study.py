@@ -240,11 +240,12 @@ def test_stages_form(tmp_path):
     spec = load(tmp_path, STAGES)
     assert [s.name for s in spec.stages] == ["train", "avg", "test"]
     assert spec.objective.goal == "maximize"
+    # trial=5 as stored (the search's index, from 0) is trial 6 as shown, like runs, from 1.
     cmds = render_commands(spec, {"lr": 0.01, "opt": "adam"}, run_dir="/r/0001", run_no=1, trial=5)
     assert cmds == [
         ("train", "python train.py --lr 0.01 --opt adam --out /r/0001/model"),
         ("avg", "python avg.py /r/0001/model --tag avg"),
-        ("test", "python test.py /r/0001/model --run staged:1 --trial 5"),
+        ("test", "python test.py /r/0001/model --run staged:1 --trial 6"),
     ]
 
 
@@ -642,7 +643,7 @@ def test_builtin_placeholders(tmp_path):
     [(stage, line)] = render_commands(spec, {"lr": 0.01, "layers": 2, "opt": "adam"},
                                       run_dir="/r/q/0003", run_no=3, trial=9, replicate=2)
     assert stage == "main"
-    assert shlex.split(line) == ["x", "q:3", "q", "9", "3", "main", "/r/q/0003", "2"]
+    assert shlex.split(line) == ["x", "q:3", "q", "10", "3", "main", "/r/q/0003", "2"]  # trial 9 stored is 10 shown
     [(_, line)] = render_commands(spec, {"lr": 0.01, "layers": 2, "opt": "adam"},
                                   run_dir="/r", run="q:3#retry", run_no=3, trial=9)
     assert shlex.split(line)[1] == "q:3#retry"
@@ -658,7 +659,7 @@ def test_stages_see_same_placeholders(tmp_path):
     cmds = render_commands(spec, {"lr": 0.5, "layers": 1, "opt": "sgd"}, run_dir="/d", run_no=2, trial=4)
     assert [c[0] for c in cmds] == ["train", "avg", "test"]
     for name, line in cmds:
-        assert shlex.split(line) == [name, "0.5", "sgd", "q:2", "q", "4", "2", name, "/d"]
+        assert shlex.split(line) == [name, "0.5", "sgd", "q:2", "q", "5", "2", name, "/d"]
 
 
 @pytest.mark.parametrize(("template", "values", "expected"), [

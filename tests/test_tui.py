@@ -326,7 +326,8 @@ def test_study_series_and_heatmap() -> None:
     runs = [{"trial": t, "state": s, "objective": o, "params": {"a": a, "b": b, "fixed": 1}}
             for t, s, o, a, b in [(0, "completed", 3.0, 1, "x"), (1, "completed", 1.0, 1, "y"),
                                   (2, "failed", None, 2, "x"), (3, "completed", 2.0, 2, "y")]]
-    assert objective_series(runs, minimize=True) == ([0, 1, 3], [3.0, 1.0, 2.0], [3.0, 1.0, 1.0])
+    # Trials as shown, from 1 (stored from 0).
+    assert objective_series(runs, minimize=True) == ([1, 2, 4], [3.0, 1.0, 2.0], [3.0, 1.0, 1.0])
     heat = grid_heatmap({"algorithm": "grid"}, runs, minimize=True)
     assert heat is not None and (heat.y_name, heat.x_name) == ("a", "b")
     assert heat.cells == {(0, 0): 3.0, (0, 1): 1.0, (1, 1): 2.0}

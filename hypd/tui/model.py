@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from hypd.display import runtime, where
+from hypd.display import runtime, trial_no, where
 
 STATES = ("pending", "running", "completed", "failed", "killed", "stopped", "lost")
 LIVE_STATES = frozenset({"pending", "running", "lost"})
@@ -184,13 +184,13 @@ def study_state(study: Mapping[str, Any]) -> str:
 
 
 def study_total(study: Mapping[str, Any]) -> int:
-    max_trials = study.get("max_trials")
-    return max_trials if max_trials is not None else study.get("trials", 0)
+    """Trials the study will have (the daemon's count: never fewer than it has)."""
+    return int(study.get("total", 0))
 
 
 def study_done(study: Mapping[str, Any]) -> int:
-    counts = study.get("counts") or {}
-    return counts.get("completed", 0) + counts.get("stopped", 0)
+    """Trials completed or early-stopped, each once however many attempts it took."""
+    return int(study.get("done", 0))
 
 
 def objective_series(runs: Iterable[Mapping[str, Any]], minimize: bool) -> tuple[list[int], list[float], list[float]]:
@@ -202,7 +202,7 @@ def objective_series(runs: Iterable[Mapping[str, Any]], minimize: bool) -> tuple
         value = run.get("objective")
         if run.get("state") not in DONE_STATES or not isinstance(value, (int, float)) or not math.isfinite(value):
             continue
-        trial = run.get("trial", 0)
+        trial = trial_no(run.get("trial", 0))
         old = by_trial.get(trial)
         if old is None or (value < old if minimize else value > old):
             by_trial[trial] = value

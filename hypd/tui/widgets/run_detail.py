@@ -14,6 +14,7 @@ from textual.message import Message
 from textual.widgets import RichLog, Static
 from textual_plotext import PlotextPlot
 
+from hypd.display import fmt_exit, trial_no
 from hypd.tui.model import STATE_STYLE, fmt_number, fmt_seconds, runtime, where
 from hypd.tui.widgets.common import tight
 
@@ -47,7 +48,7 @@ class RunInfo(Static):
         attempts = f"{run.get('attempt', '?')}"
         if info.get("retries") is not None:
             attempts += f"/{info['retries'] + 1}"
-        row("trial", f"{run.get('trial', '?')} · attempt {attempts}")
+        row("trial", f"{trial_no(run['trial']) if 'trial' in run else '?'} · attempt {attempts}")
         row("where", where(run))
         took = fmt_seconds(runtime(run, now))
         if info.get("timeout"):
@@ -60,7 +61,7 @@ class RunInfo(Static):
         if run.get("ended"):
             row("ended", ago(now - run["ended"]))
         if run.get("exit_code") is not None:
-            row("exit", str(run["exit_code"]), "$text-error" if run["exit_code"] else "")
+            row("exit", fmt_exit(run["exit_code"], run.get("exit_stage")), "$text-error" if run["exit_code"] else "")
         metric = info.get("objective_metric") or "objective"
         goal = info.get("goal")
         row(metric, tight((fmt_number(run.get("objective"), 6), "bold"), (f" ({goal[:3]})" if goal else "", key)))

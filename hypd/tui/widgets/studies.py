@@ -97,7 +97,7 @@ class StudiesTable(DataTable):
     def _cells(self, s: Mapping[str, Any]) -> dict[str, Text]:
         app = self.app
         state = study_state(s)
-        counts = s.get("counts") or {}
+        counts = s.get("outcomes") or {}  # trials, not attempts: a retried trial counts once
         done, total = study_done(s), study_total(s)
         failed = counts.get("failed", 0) + counts.get("lost", 0)
         parts = [(done, "█", "$success"), (counts.get("running", 0), "█", "$primary"), (failed, "█", "$error"),

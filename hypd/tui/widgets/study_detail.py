@@ -51,6 +51,8 @@ class StudySummary(Static):
                             (fmt_number(s.get("best"), 6), "bold")]
         if s.get("best_run"):
             parts.append((f" #{s['best_run'].rpartition(':')[2]}", muted))
+        if s.get("pause_reason"):
+            parts += ["\n", ("paused: ", "$text-warning bold"), (s["pause_reason"], "$text-warning")]
         parts.append("\n")
         parts.append((f"{done}/{total} done", "bold"))
         for key in ("running", "pending", "failed", "killed", "stopped", "lost"):
