@@ -85,6 +85,23 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     assert raw(path, "SELECT value FROM meta WHERE key='schema_version'") == [(str(SCHEMA_VERSION + 1),)]
 
 
+async def test_a_store_from_before_added_columns_gets_them_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "hypd.db"
+    s = await Store.open(path)
+    await new_study(s, "a", trials=1)
+    await s.close()
+    with sqlite3.connect(path) as conn:  # as an older hypd wrote it
+        conn.execute("ALTER TABLE studies DROP COLUMN pause_reason")
+        conn.execute("ALTER TABLE runs DROP COLUMN exit_stage")
+    s = await Store.open(path)
+    try:
+        await s.set_paused("a", True, "5 runs in a row failed")
+        assert (await s.study("a")).pause_reason == "5 runs in a row failed"  # type: ignore[union-attr]
+        assert (await s.run("a", 1))["exit_stage"] is None  # type: ignore[index]
+    finally:
+        await s.close()
+
+
 # ------------------------------------------------------------------ studies
 
 async def test_add_study_and_read_it_back(store: Store) -> None:
@@ -122,6 +139,19 @@ async def test_study_setters(store: Store) -> None:
         True, "state-2", 123.5, "/t/a.toml", "new text", "/t")
     await store.set_paused("a", False)
     assert (await store.study("a")).paused is False  # type: ignore[union-attr]
+
+
+async def test_trial_outcomes_count_each_trial_once(store: Store) -> None:
+    runs = await new_study(store, "a", trials=4)
+    await to(store, runs[0]["id"], R, F)
+    retry = await store.add_retry("a", 1, "retry")
+    await to(store, retry["id"], R, C)  # trial 1: failed, then completed
+    await to(store, runs[1]["id"], R, F)
+    await to(store, (await store.add_retry("a", 2, "retry"))["id"], R, F)  # trial 2: failed twice
+    await to(store, runs[2]["id"], R, L)
+    await store.add_retry("a", 3, "retry")  # trial 3: lost, a retry pending
+    await to(store, runs[3]["id"], R)
+    assert await store.trial_outcomes() == {"a": {"completed": 1, "failed": 1, "pending": 1, "running": 1}}
 
 
 # ------------------------------------------------------------------ trials and runs
