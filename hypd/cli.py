@@ -368,6 +368,9 @@ def cmd_studies(args: argparse.Namespace) -> int:
         if "error" in s:
             rows.append([s["name"], "-", "broken", "-", "-", "-", "-", "-", "-", s["error"]])
             continue
+        if s.get("state") == "loading":
+            rows.append([s["name"], "-", "loading", "-", "-", "-", "-", "-", "-", "-"])
+            continue
         n, o = s["counts"], s["outcomes"]
         best = f"{fmt_number(s['best'])} ({s['best_run']})" if s["best_run"] else "-"
         rows.append([s["name"], s["algorithm"], study_state(s), f"{s['done']}/{s['total']}", str(n["running"]),
@@ -430,6 +433,9 @@ def cmd_wait(args: argparse.Namespace) -> int:
                     raise CliError(f"no study {args.study!r}", ExitCode.NOT_FOUND)
                 if "error" in study:
                     raise CliError(f"study {args.study} cannot be loaded: {study['error']}", ExitCode.INVALID)
+                if study.get("state") == "loading":  # the daemon has just started
+                    time.sleep(0.5)
+                    continue
                 first_done = study["done"] if first_done is None else first_done
                 eta = _eta(study, study["done"] - first_done, time.monotonic() - started)
                 line = progress_line(study, eta)

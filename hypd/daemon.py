@@ -32,13 +32,17 @@ from hypd.ops import Ops
 from hypd.registry import Registry
 from hypd.runs import Runs
 from hypd.runstate import StopIntent
-from hypd.server import EventBus, Server
+from hypd.server import EventBus, Refusal, Server
 from hypd.store import Store, StoreUnavailable
 from hypd.studies import SEARCH_FLUSH_EVERY, Studies
 
 log = logging.getLogger("hypd.daemon")
 
 EARLY_STOP_EVERY = 2.0  # seconds between early-stopping checks of a study
+# While studies load at start, these ops answer at once (a study still loading is shown
+# as such); the others wait until the daemon has started, up to START_WAIT seconds.
+SERVED_WHILE_STARTING = frozenset({"ping", "ls", "studies", "hosts", "stop"})
+START_WAIT = 20.0
 LOG_EVENT_SIZE = 256 << 10  # characters of log text in one "log" event (a longer line goes whole)
 
 
@@ -52,6 +56,7 @@ class Daemon:
         self.config = config or load_config(home)
         self.bus = EventBus()
         self.shutdown = asyncio.Event()
+        self.started = asyncio.Event()  # studies loaded, runs adopted: every op is served
         self.socket_path = ipc.socket_path(home)
         self.lock_file: Any = None
         self.store: Store | None = None
@@ -99,7 +104,6 @@ class Daemon:
         try:
             self.store = store = await Store.open(self.home / "hypd.db")
             studies = Studies(store)
-            await studies.load()
             self.runs = Runs(store, studies, lambda: self.registry.all(), self._publish_run, self._publish_study,
                              self._publish_log, lambda: self.dispatcher.wake())
             self.registry = Registry(self.home, self.config, self._on_host_event, self._host_summary,
@@ -112,15 +116,12 @@ class Daemon:
             async with asyncio.TaskGroup() as tg:
                 await self.registry.start(tg)
                 tg.create_task(self.registry.follow_inventory(), name="hosts.toml")
-                await self.runs.recover()
-                tg.create_task(self.runs.serve(), name="runs")
-                tg.create_task(self.dispatcher.serve(), name="dispatch")
-                tg.create_task(self._chores(), name="chores")
+                # The socket answers at once; studies load behind it (see _handler).
                 await server.start()
-                self.dispatcher.wake()
                 log.info("hypd %s serving on %s (home %s)", __version__, self.socket_path, self.home)
                 if ready:
                     ready()
+                tg.create_task(self._start(tg), name="start")
                 await self.shutdown.wait()
                 await self._stop_runs_if_asked()
                 raise _Shutdown
@@ -141,6 +142,19 @@ class Daemon:
             if self.lock_file is not None:
                 self.lock_file.close()
             log.info("hypd stopped")
+
+    async def _start(self, tg: asyncio.TaskGroup) -> None:
+        """What the socket does not wait for: each study's search (the first Ax study
+        imports Ax: seconds), then adopting the runs that went on meanwhile, then placing."""
+        began = time.monotonic()
+        await self.studies.load()
+        await self.runs.recover()
+        tg.create_task(self.runs.serve(), name="runs")
+        tg.create_task(self.dispatcher.serve(), name="dispatch")
+        tg.create_task(self._chores(), name="chores")
+        self.started.set()
+        self.dispatcher.wake()
+        log.info("started: %d studies loaded in %.1f s", len(self.studies.all), time.monotonic() - began)
 
     async def _chores(self) -> None:
         troubled = False  # the store refused a write: said once, tried again each second
@@ -204,8 +218,20 @@ class Daemon:
         for part in (self, self.ops, self.registry):
             method = getattr(part, f"op_{op}", None)
             if method is not None:
-                return method  # type: ignore[no-any-return]
-        raise AttributeError(op)
+                break
+        else:
+            raise AttributeError(op)
+        if self.started.is_set() or op in SERVED_WHILE_STARTING:
+            return method  # type: ignore[no-any-return]
+
+        async def once_started(**args: Any) -> Any:
+            try:
+                await asyncio.wait_for(self.started.wait(), START_WAIT)
+            except TimeoutError:
+                raise Refusal("busy", f"the daemon is still loading studies ({len(self.studies.loading)} to go: "
+                                      f"{', '.join(sorted(self.studies.loading)[:5])}); try again shortly") from None
+            return await method(**args)
+        return once_started
 
     # ------------------------------------------------------------ events out
 

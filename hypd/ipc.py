@@ -57,6 +57,7 @@ ERROR_EXIT = {
     "invalid": ExitCode.INVALID,
     "conflict": ExitCode.CONFLICT,
     "denied": ExitCode.ERROR,
+    "busy": ExitCode.ERROR,  # the daemon is still loading its studies at start: try again shortly
 }
 
 _OPTIONAL = object()
@@ -171,6 +172,7 @@ class RunInfo(TypedDict):
 class StudySummary(TypedDict, total=False):
     name: str
     error: str  # only this and the name when the study cannot be loaded
+    state: str  # "loading": only this and the name while the daemon loads it at start
     algorithm: str
     paused: bool
     pause_reason: str  # why hypd paused it itself ("" when a user did)

@@ -67,6 +67,9 @@ class Ops:
         if rt is None:
             if name in self.studies.broken:
                 raise Refusal("invalid", f"study {name} cannot be loaded: {self.studies.broken[name]}")
+            if name in self.studies.loading:
+                raise Refusal("busy", f"study {name} is still loading (the daemon has just started); "
+                                      "try again shortly")
             known = ", ".join(sorted(self.studies.all)) or "none yet"
             raise Refusal("not_found", f"no study {name!r} (studies: {known})")
         return rt
@@ -134,7 +137,7 @@ class Ops:
     async def op_ls(self, state: str | None, study: str | None, limit: int | None) -> list[dict[str, Any]]:
         if state is not None and state not in STATES:
             raise Refusal("invalid", f"unknown state {state!r}; use one of {', '.join(STATES)}")
-        if study is not None:
+        if study is not None and study not in self.studies.loading:  # (the store has a loading study's runs)
             self._study(study)
         return await self.store.runs(state=state, study=study, limit=limit)
 
@@ -337,6 +340,9 @@ class Ops:
         for name, why in self.studies.broken.items():
             if only is None or name == only:
                 out.append({"name": name, "error": why})
+        for name in sorted(self.studies.loading):
+            if only is None or name == only:
+                out.append({"name": name, "state": "loading"})
         return out
 
     async def op_studies(self) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from typing import Any
 from hypd.runstate import RunState
 from hypd.search import SearchError, Suggester
 from hypd.searchworker import SearchWorker, open_suggester
-from hypd.store import Store
+from hypd.store import Store, StudyRow
 from hypd.study import StudyError, StudySpec, parse_study
 
 log = logging.getLogger("hypd.studies")
@@ -50,24 +50,35 @@ class Studies:
         self.worker = SearchWorker()
         self.all: dict[str, StudyRuntime] = {}
         self.broken: dict[str, str] = {}  # name -> why it cannot be loaded
+        self.loading: set[str] = set()  # stored studies not loaded yet (at start)
 
     def get(self, name: str) -> StudyRuntime | None:
         return self.all.get(name)
 
     async def load(self) -> None:
-        for row in await self.store.studies():
+        """Load the stored studies one by one (the first Ax study imports Ax, seconds);
+        `loading` names those still to come."""
+        rows = await self.store.studies()
+        self.loading = {row.name for row in rows}
+        for row in rows:
             try:
-                spec = parse_study(row.text, row.source, row.base_dir)
-                suggester = await asyncio.to_thread(open_suggester, spec, row.search_state, self.worker)
-            except (StudyError, SearchError, ValueError) as exc:
-                self.broken[row.name] = str(exc)
-                log.error("study %s cannot be loaded: %s", row.name, exc)
-                continue
-            rt = StudyRuntime(spec, suggester, row.paused, row.last_served, served_stored=row.last_served,
-                              pause_reason=row.pause_reason)
-            rt.trials = await self.store.trial_count(row.name)
-            rt.exhausted = not suggester.adaptive  # a search that is not adaptive queued every trial at submit
-            self.all[row.name] = rt
+                await self._load_one(row)
+            finally:
+                self.loading.discard(row.name)
+
+    async def _load_one(self, row: StudyRow) -> None:
+        try:
+            spec = parse_study(row.text, row.source, row.base_dir)
+            suggester = await asyncio.to_thread(open_suggester, spec, row.search_state, self.worker)
+        except (StudyError, SearchError, ValueError) as exc:
+            self.broken[row.name] = str(exc)
+            log.error("study %s cannot be loaded: %s", row.name, exc)
+            return
+        rt = StudyRuntime(spec, suggester, row.paused, row.last_served, served_stored=row.last_served,
+                          pause_reason=row.pause_reason)
+        rt.trials = await self.store.trial_count(row.name)
+        rt.exhausted = not suggester.adaptive  # a search that is not adaptive queued every trial at submit
+        self.all[row.name] = rt
 
     async def create(self, spec: StudySpec, path: str, text: str, base_dir: str) -> StudyRuntime:
         suggester = await asyncio.to_thread(open_suggester, spec, None, self.worker)

@@ -174,6 +174,8 @@ def sorted_names(runs: Mapping[str, Mapping[str, Any]], names: Iterable[str], co
 # ------------------------------------------------------------------ studies
 
 def study_state(study: Mapping[str, Any]) -> str:
+    if study.get("state") == "loading":  # the daemon has just started and loads it
+        return "loading"
     if "error" in study and "counts" not in study:
         return "broken"
     if study.get("paused"):

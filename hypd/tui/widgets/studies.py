@@ -14,7 +14,7 @@ from hypd.tui.model import fmt_number, study_done, study_state, study_total
 from hypd.tui.widgets.common import rich_style
 
 STUDY_STATE_STYLE = {"active": "$text-primary", "paused": "$text-warning bold", "finished": "$text-success",
-                     "broken": "$text-error bold"}
+                     "broken": "$text-error bold", "loading": "$text-muted"}
 
 # (key, label); the narrow set fits 80 columns.
 WIDE = (("study", "STUDY"), ("state", "STATE"), ("progress", "PROGRESS"), ("running", "RUN"),

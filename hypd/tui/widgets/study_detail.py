@@ -36,6 +36,9 @@ class StudySummary(Static):
         if s is None:
             self.update(Content.assemble(("no such study (any more)", "$text-error")))
             return
+        if s.get("state") == "loading":
+            self.update(Content.assemble(("loading", "$text-muted"), " (the daemon has just started)"))
+            return
         if "counts" not in s:
             self.update(Content.assemble(("broken: ", "$text-error bold"), str(s.get("error", ""))))
             return
