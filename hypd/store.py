@@ -20,10 +20,11 @@ import json
 import shutil
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -123,6 +124,8 @@ class StoreUnavailable(StoreError):
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
 
+T = TypeVar("T")
+
 # SQLite's primary result codes that say the database cannot be used now, rather than
 # that the statement was wrong.
 _SQLITE_NOMEM, _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_CORRUPT = 7, 8, 10, 11
@@ -168,13 +171,12 @@ def unavailable_reason(exc: BaseException, path: Path, busy_timeout_ms: int = DE
 _ADDED_COLUMNS = {"studies": {"pause_reason": "TEXT NOT NULL DEFAULT ''"}, "runs": {"exit_stage": "TEXT"}}
 
 
-async def _add_columns(db: aiosqlite.Connection) -> None:
+def _add_columns(db: sqlite3.Connection) -> None:
     for table, columns in _ADDED_COLUMNS.items():
-        async with db.execute(f"PRAGMA table_info({table})") as cur:
-            have = {row[1] async for row in cur}
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
         for name, decl in columns.items():
             if name not in have:
-                await db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
 
 
 @dataclass(frozen=True)
@@ -237,8 +239,7 @@ class Queries:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
-        async with self.reader.execute(sql, args) as cur:
-            rows = await cur.fetchall()
+        rows = await self.reader.execute_fetchall(sql, args)
         return [_run_dict(r, columns) for r in rows]
 
     async def run(self, study: str, run_no: int) -> dict[str, Any] | None:
@@ -251,30 +252,27 @@ class Queries:
 
     async def _runs_where(self, where: str, args: Sequence[Any]) -> list[dict[str, Any]]:
         columns = _ALL_COLUMNS
-        async with self.reader.execute(f"SELECT {', '.join(columns)} FROM runs WHERE {where}", args) as cur:
-            rows = await cur.fetchall()
+        rows = await self.reader.execute_fetchall(f"SELECT {', '.join(columns)} FROM runs WHERE {where}", args)
         return [_run_dict(r, columns) for r in rows]
 
     async def transitions(self, run_id: int) -> list[dict[str, Any]]:
-        async with self.reader.execute(
+        rows = await self.reader.execute_fetchall(
             "SELECT at, from_state, to_state, reason FROM transitions WHERE run_id=? ORDER BY rowid",
-            (run_id,)) as cur:
-            rows = await cur.fetchall()
+            (run_id,))
         return [{"at": r[0], "from": r[1], "to": r[2], "reason": r[3]} for r in rows]
 
     async def reports(self, run_id: int, since: int = 0) -> list[dict[str, Any]]:
         """The run's reports from sequence number `since` on, in order."""
-        async with self.reader.execute(
-            "SELECT step, at, data FROM reports WHERE run_id=? AND seq>=? ORDER BY seq", (run_id, since)) as cur:
-            rows = await cur.fetchall()
+        rows = await self.reader.execute_fetchall(
+            "SELECT step, at, data FROM reports WHERE run_id=? AND seq>=? ORDER BY seq", (run_id, since))
         return [{"step": r[0], "at": r[1], "values": json.loads(r[2])} for r in rows]
 
     async def state_counts(self) -> dict[str, dict[str, int]]:
         """study -> state -> number of runs."""
         out: dict[str, dict[str, int]] = {}
-        async with self.reader.execute("SELECT study, state, COUNT(*) FROM runs GROUP BY study, state") as cur:
-            async for study, state, n in cur:
-                out.setdefault(study, {})[state] = n
+        for study, state, n in await self.reader.execute_fetchall(
+                "SELECT study, state, COUNT(*) FROM runs GROUP BY study, state"):
+            out.setdefault(study, {})[state] = n
         return out
 
     async def trial_outcomes(self) -> dict[str, dict[str, int]]:
@@ -291,19 +289,16 @@ class Queries:
                    FROM runs r GROUP BY study, trial)
                  GROUP BY study, outcome"""
         out: dict[str, dict[str, int]] = {}
-        async with self.reader.execute(sql) as cur:
-            async for study, outcome, n in cur:
-                out.setdefault(study, {})[outcome] = n
+        for study, outcome, n in await self.reader.execute_fetchall(sql):
+            out.setdefault(study, {})[outcome] = n
         return out
 
     async def trial_count(self, study: str) -> int:
-        async with self.reader.execute("SELECT COUNT(*) FROM trials WHERE study=?", (study,)) as cur:
-            (n,) = await cur.fetchone()  # type: ignore[misc]
+        ((n,),) = await self.reader.execute_fetchall("SELECT COUNT(*) FROM trials WHERE study=?", (study,))
         return int(n)
 
     async def trial_counts(self) -> dict[str, int]:
-        async with self.reader.execute("SELECT study, COUNT(*) FROM trials GROUP BY study") as cur:
-            return {s: n async for s, n in cur}
+        return dict(await self.reader.execute_fetchall("SELECT study, COUNT(*) FROM trials GROUP BY study"))
 
     async def best_runs(self, study: str, minimize: bool, limit: int | None = None) -> list[dict[str, Any]]:
         """The best run of each trial with a result, best first."""
@@ -318,64 +313,110 @@ class Queries:
         return await self._fetch_runs(sql, [study, study], RUN_COLUMNS, limit)
 
 
-class Store(Queries):
-    """One connection; all writes go through it (the daemon is the only writer)."""
+_STUDY_COLUMNS = "name, source, text, base_dir, created, paused, search_state, next_run_no, last_served, pause_reason"
 
-    def __init__(self, db: aiosqlite.Connection, path: Path,
-                 busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS, reader: aiosqlite.Connection | None = None) -> None:
-        self.db = db
-        self.reader = reader or db
+
+def _study_row(row: Sequence[Any]) -> StudyRow:
+    return StudyRow(*row[:5], bool(row[5]), *row[6:])
+
+
+class Writer:
+    """The store's write connection, on a thread of its own. A transaction is a plain
+    function of the connection, run there whole in one trip from the event loop: sent
+    statement by statement (each execute, fetch and cursor close a trip of its own),
+    the ~25 statements of a run's life cost ~95 trips, most of the daemon's CPU per run.
+    One thread runs them one after another, so transactions never interleave."""
+
+    def __init__(self, conn: sqlite3.Connection, thread: ThreadPoolExecutor, path: Path,
+                 busy_timeout_ms: int) -> None:
+        self.conn = conn
+        self._thread = thread  # one worker: the connection is only ever used there
         self.path = path
         self.busy_timeout_ms = busy_timeout_ms
-        # One connection is shared by every task: a transaction must not interleave with
-        # another task's statements, so writes take this lock.
-        self.write_lock = asyncio.Lock()
 
-    def _unavailable(self, exc: BaseException) -> StoreUnavailable | None:
-        why = unavailable_reason(exc, self.path, self.busy_timeout_ms)
-        return None if why is None else StoreUnavailable(why)
+    @classmethod
+    async def open(cls, path: Path, busy_timeout_ms: int, setup: Callable[[sqlite3.Connection], None]) -> Writer:
+        """Connect on the writer's own thread and run setup there; a failure closes it."""
+        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hypd-store")
 
-    async def _rollback(self) -> None:
+        def connect() -> sqlite3.Connection:
+            conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000,
+                                   check_same_thread=False)
+            try:
+                setup(conn)
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+
+        try:
+            conn = await asyncio.get_running_loop().run_in_executor(thread, connect)
+        except BaseException as exc:
+            thread.shutdown(wait=False)
+            if (why := unavailable_reason(exc, path, busy_timeout_ms)) is not None:
+                raise StoreUnavailable(why) from exc
+            raise
+        return cls(conn, thread, path, busy_timeout_ms)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(conn, *args) on the writer's thread, outside any transaction (autocommit)."""
+        return await self._run(self._autocommit, fn, args)
+
+    async def transaction(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(conn, *args) between BEGIN IMMEDIATE and COMMIT, on the writer's thread.
+        Any failure in fn or at COMMIT rolls back; a database that cannot be written now
+        raises StoreUnavailable."""
+        return await self._run(self._transaction, fn, args)
+
+    async def close(self) -> None:
+        await self._run(lambda: self.conn.close())
+        self._thread.shutdown(wait=True)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        except sqlite3.Error as exc:
+            if (why := unavailable_reason(exc, self.path, self.busy_timeout_ms)) is not None:
+                raise StoreUnavailable(why) from exc
+            raise
+
+    def _rollback(self) -> None:
         """Undo an open transaction; a rollback that fails too (nothing open any more, the
         disk gone) is ignored: the next write checks again."""
         with contextlib.suppress(Exception):
-            await self.db.execute("ROLLBACK")
+            self.conn.execute("ROLLBACK")
 
-    async def _not_in_transaction(self) -> None:
-        if self.db.in_transaction:  # left open by a failure whose rollback failed as well
-            await self._rollback()
+    def _autocommit(self, fn: Callable[..., T], args: Sequence[Any]) -> T:
+        if self.conn.in_transaction:  # left open by a failure whose rollback failed as well
+            self._rollback()
+        return fn(self.conn, *args)
 
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[None]:
-        """BEGIN IMMEDIATE ... COMMIT under the write lock. Any failure in the body or at
-        COMMIT rolls back; a database that cannot be written now raises StoreUnavailable."""
-        async with self.write_lock:
-            await self._not_in_transaction()
-            try:
-                await self.db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                if (unavailable := self._unavailable(exc)) is not None:
-                    raise unavailable from exc
-                raise
-            try:
-                yield
-                await self.db.execute("COMMIT")
-            except BaseException as exc:
-                await self._rollback()
-                if (unavailable := self._unavailable(exc)) is not None:
-                    raise unavailable from exc
-                raise
+    def _transaction(self, fn: Callable[..., T], args: Sequence[Any]) -> T:
+        if self.conn.in_transaction:
+            self._rollback()
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(self.conn, *args)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        return result
 
-    async def write(self, sql: str, args: Sequence[Any] = ()) -> None:
-        """One statement on its own (autocommit), never inside another task's transaction."""
-        async with self.write_lock:
-            await self._not_in_transaction()
-            try:
-                await self.db.execute(sql, args)
-            except sqlite3.Error as exc:
-                if (unavailable := self._unavailable(exc)) is not None:
-                    raise unavailable from exc
-                raise
+
+class Store(Queries):
+    """The daemon's store: reads through Queries' connection, every write through the
+    Writer's (the daemon is the only writer)."""
+
+    def __init__(self, writer: Writer, reader: aiosqlite.Connection) -> None:
+        self.writer = writer
+        self.reader = reader
+        self.path = writer.path
+        self.busy_timeout_ms = writer.busy_timeout_ms
 
     @classmethod
     async def open(cls, path: Path, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> Store:
@@ -383,47 +424,45 @@ class Store(Queries):
         waits for another process's write lock before StoreUnavailable."""
         path.parent.mkdir(parents=True, exist_ok=True)
         busy_timeout_ms = int(busy_timeout_ms)
-        try:
-            db = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
-        except sqlite3.Error as exc:
-            if (why := unavailable_reason(exc, path, busy_timeout_ms)) is not None:
-                raise StoreUnavailable(why) from exc
-            raise
-        try:
-            await db.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=NORMAL")
-            await db.execute("PRAGMA foreign_keys=ON")
-            await db.executescript(SCHEMA)
-            await _add_columns(db)
-            async with db.execute("SELECT value FROM meta WHERE key='schema_version'") as cur:
-                row = await cur.fetchone()
+
+        def setup(db: sqlite3.Connection) -> None:
+            db.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.executescript(SCHEMA)
+            _add_columns(db)
+            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if row is None:
-                await db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             elif int(row[0]) > SCHEMA_VERSION:
                 raise StoreError(f"{path} was written by a newer hypd (schema {row[0]}); upgrade hypd")
+
+        writer = await Writer.open(path, busy_timeout_ms, setup)
+        # Its own connection: in WAL mode reads never wait for a write, so `hypd ls`
+        # answers while a write waits out another process's lock.
+        try:
+            reader = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
+            try:
+                await reader.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+                await reader.execute("PRAGMA query_only=ON")
+            except BaseException:
+                await reader.close()
+                raise
         except BaseException as exc:
-            with contextlib.suppress(Exception):
-                await db.close()
+            await writer.close()
             if (why := unavailable_reason(exc, path, busy_timeout_ms)) is not None:
                 raise StoreUnavailable(why) from exc
             raise
-        reader = None
-        try:
-            reader = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout_ms / 1000)
-            await reader.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
-            await reader.execute("PRAGMA query_only=ON")
-        except sqlite3.Error:  # reads then share the writer's connection
-            if reader is not None:
-                with contextlib.suppress(Exception):
-                    await reader.close()
-            reader = None
-        return cls(db, path, busy_timeout_ms, reader)
+        return cls(writer, reader)
 
     async def close(self) -> None:
-        if self.reader is not self.db:
-            await self.reader.close()
-        await self.db.close()
+        await self.reader.close()
+        await self.writer.close()
+
+    async def write(self, sql: str, args: Sequence[Any] = ()) -> None:
+        """One statement on its own (autocommit)."""
+        await self.writer.call(lambda db: db.execute(sql, args))
 
     # ------------------------------------------------------------ studies
 
@@ -435,23 +474,17 @@ class Store(Queries):
 
     async def update_study_source(self, name: str, source: str, text: str, base_dir: str) -> None:
         await self.write("UPDATE studies SET source=?, text=?, base_dir=? WHERE name=?",
-                              (source, text, base_dir, name))
+                         (source, text, base_dir, name))
 
     async def study(self, name: str) -> StudyRow | None:
-        async with self.db.execute(
-            "SELECT name, source, text, base_dir, created, paused, search_state, next_run_no, last_served, "
-            "pause_reason "
-            "FROM studies WHERE name=?", (name,)) as cur:
-            row = await cur.fetchone()
-        return StudyRow(*row[:5], bool(row[5]), *row[6:]) if row else None
+        row = await self.writer.call(
+            lambda db: db.execute(f"SELECT {_STUDY_COLUMNS} FROM studies WHERE name=?", (name,)).fetchone())
+        return _study_row(row) if row else None
 
     async def studies(self) -> list[StudyRow]:
-        async with self.db.execute(
-            "SELECT name, source, text, base_dir, created, paused, search_state, next_run_no, last_served, "
-            "pause_reason "
-            "FROM studies ORDER BY created") as cur:
-            rows = await cur.fetchall()
-        return [StudyRow(*r[:5], bool(r[5]), *r[6:]) for r in rows]
+        rows = await self.writer.call(
+            lambda db: db.execute(f"SELECT {_STUDY_COLUMNS} FROM studies ORDER BY created").fetchall())
+        return [_study_row(r) for r in rows]
 
     async def set_paused(self, name: str, paused: bool, reason: str = "") -> None:
         await self.write("UPDATE studies SET paused=?, pause_reason=? WHERE name=?", (int(paused), reason, name))
@@ -468,113 +501,81 @@ class Store(Queries):
                          search_state: str | None, source: str = "search") -> list[dict[str, Any]]:
         """New trials, each with its first run (pending), and the search's new state, in
         one transaction. Returns the new runs."""
-        now = time.time()
-        runs = []
-        async with self.transaction():
+        trials = list(trials)
+
+        def add(db: sqlite3.Connection) -> list[dict[str, Any]]:
+            now = time.time()
+            runs = []
             for trial, params in trials:
-                await self.db.execute(
-                    "INSERT INTO trials (study, trial, params, created, source) VALUES (?,?,?,?,?)",
-                    (study, trial, json.dumps(params), now, source))
-                runs.append(await self._insert_run(study, trial, 1, params, now, "new trial"))
+                db.execute("INSERT INTO trials (study, trial, params, created, source) VALUES (?,?,?,?,?)",
+                           (study, trial, json.dumps(params), now, source))
+                runs.append(_insert_run(db, study, trial, 1, params, now, "new trial"))
             if search_state is not None:
-                await self.db.execute("UPDATE studies SET search_state=? WHERE name=?", (search_state, study))
-        return runs
+                db.execute("UPDATE studies SET search_state=? WHERE name=?", (search_state, study))
+            return runs
+
+        return await self.writer.transaction(add)
 
     async def add_retry(self, study: str, trial: int, reason: str) -> dict[str, Any]:
         """A new attempt (pending run) of an existing trial."""
-        async with self.transaction():
-            async with self.db.execute(
-                "SELECT params FROM trials WHERE study=? AND trial=?", (study, trial)) as cur:
-                row = await cur.fetchone()
+
+        def add(db: sqlite3.Connection) -> dict[str, Any]:
+            row = db.execute("SELECT params FROM trials WHERE study=? AND trial=?", (study, trial)).fetchone()
             if row is None:
                 raise StoreError(f"no trial {trial} in study {study}")
-            async with self.db.execute(
-                "SELECT COALESCE(MAX(attempt), 0) FROM runs WHERE study=? AND trial=?", (study, trial)) as cur:
-                (attempts,) = await cur.fetchone()  # type: ignore[misc]
-            run = await self._insert_run(study, trial, attempts + 1, json.loads(row[0]), time.time(), reason)
-        return run
+            (attempts,) = db.execute("SELECT COALESCE(MAX(attempt), 0) FROM runs WHERE study=? AND trial=?",
+                                     (study, trial)).fetchone()
+            return _insert_run(db, study, trial, attempts + 1, json.loads(row[0]), time.time(), reason)
 
-    async def _insert_run(self, study: str, trial: int, attempt: int, params: Mapping[str, Any],
-                          now: float, reason: str) -> dict[str, Any]:
-        async with self.db.execute(
-            "UPDATE studies SET next_run_no = next_run_no + 1 WHERE name=? RETURNING next_run_no - 1",
-            (study,)) as cur:
-            row = await cur.fetchone()
-        if row is None:
-            raise StoreError(f"no study {study}")
-        run_no = row[0]
-        async with self.db.execute(
-            "INSERT INTO runs (study, run_no, trial, attempt, state, reason, params, created) "
-            "VALUES (?,?,?,?,?,?,?,?) RETURNING id",
-            (study, run_no, trial, attempt, RunState.PENDING.value, reason, json.dumps(params), now)) as cur:
-            (run_id,) = await cur.fetchone()  # type: ignore[misc]
-        await self.db.execute(
-            "INSERT INTO transitions (run_id, at, from_state, to_state, reason) VALUES (?,?,?,?,?)",
-            (run_id, now, None, RunState.PENDING.value, reason))
-        return {"id": run_id, "study": study, "run_no": run_no, "trial": trial, "attempt": attempt,
-                "params": dict(params), "name": f"{study}:{run_no}"}
+        return await self.writer.transaction(add)
 
     async def transition(self, run_id: int, new: RunState, reason: str, **fields: Any) -> None:
         """Move a run to a new state (checked against the state machine), with a
         transitions row and any other columns to set, in one transaction."""
-        async with self.transaction():
-            async with self.db.execute("SELECT state FROM runs WHERE id=?", (run_id,)) as cur:
-                row = await cur.fetchone()
+
+        def move(db: sqlite3.Connection) -> None:
+            row = db.execute("SELECT state FROM runs WHERE id=?", (run_id,)).fetchone()
             if row is None:
                 raise StoreError(f"no run with id {run_id}")
             check_transition(row[0], new)
             now = time.time()
-            fields = {"state": new.value, "reason": reason, **fields}
-            if new is RunState.RUNNING and "started" not in fields and row[0] == RunState.PENDING.value:
-                fields["started"] = now
+            changed = {"state": new.value, "reason": reason, **fields}
+            if new is RunState.RUNNING and "started" not in changed and row[0] == RunState.PENDING.value:
+                changed["started"] = now
             if new in (RunState.COMPLETED, RunState.FAILED, RunState.KILLED, RunState.STOPPED) \
-                    and "ended" not in fields:
-                fields["ended"] = now
-            await self._update(run_id, fields)
-            await self.db.execute(
-                "INSERT INTO transitions (run_id, at, from_state, to_state, reason) VALUES (?,?,?,?,?)",
-                (run_id, now, row[0], new.value, reason))
+                    and "ended" not in changed:
+                changed["ended"] = now
+            _update(db, run_id, changed)
+            db.execute("INSERT INTO transitions (run_id, at, from_state, to_state, reason) VALUES (?,?,?,?,?)",
+                       (run_id, now, row[0], new.value, reason))
+
+        await self.writer.transaction(move)
 
     async def update_run(self, run_id: int, **fields: Any) -> None:
-        async with self.write_lock:
-            await self._not_in_transaction()
-            try:
-                await self._update(run_id, fields)
-            except sqlite3.Error as exc:
-                if (unavailable := self._unavailable(exc)) is not None:
-                    raise unavailable from exc
-                raise
-
-    async def _update(self, run_id: int, fields: Mapping[str, Any]) -> None:
-        cols = []
-        values = []
-        for key, value in fields.items():
-            if key not in _WRITABLE:
-                raise StoreError(f"not a writable run column: {key}")
-            cols.append(f"{key}=?")
-            values.append(json.dumps(value) if key in _JSON_COLUMNS else value)
-        await self.db.execute(f"UPDATE runs SET {', '.join(cols)} WHERE id=?", (*values, run_id))
+        await self.writer.call(_update, run_id, fields)
 
     async def add_reports(self, run_id: int, reports: Sequence[tuple[int, float, Mapping[str, float]]],
                           *, log_offset: int, metrics: Mapping[str, float], objective: float | None,
                           last_line: str) -> None:
         """Reports read from the log up to log_offset, with the run's new summary."""
-        async with self.transaction():
-            async with self.db.execute("SELECT reports FROM runs WHERE id=?", (run_id,)) as cur:
-                (seq,) = await cur.fetchone()  # type: ignore[misc]
-            await self.db.executemany(
-                "INSERT INTO reports (run_id, seq, step, at, data) VALUES (?,?,?,?,?)",
-                [(run_id, seq + i, step, at, json.dumps(values)) for i, (step, at, values) in enumerate(reports)])
-            await self.db.execute(
-                "UPDATE runs SET log_offset=?, reports=?, metrics=?, objective=?, last_line=? WHERE id=?",
-                (log_offset, seq + len(reports), json.dumps(metrics), objective, last_line, run_id))
+        rows = [(step, at, json.dumps(values)) for step, at, values in reports]
+        summary = json.dumps(metrics)
+
+        def add(db: sqlite3.Connection) -> None:
+            (seq,) = db.execute("SELECT reports FROM runs WHERE id=?", (run_id,)).fetchone()
+            db.executemany("INSERT INTO reports (run_id, seq, step, at, data) VALUES (?,?,?,?,?)",
+                           [(run_id, seq + i, *row) for i, row in enumerate(rows)])
+            db.execute("UPDATE runs SET log_offset=?, reports=?, metrics=?, objective=?, last_line=? WHERE id=?",
+                       (log_offset, seq + len(rows), summary, objective, last_line, run_id))
+
+        await self.writer.transaction(add)
 
     async def set_told(self, study: str, trial: int, told: str) -> None:
         await self.write("UPDATE trials SET told=? WHERE study=? AND trial=?", (told, study, trial))
 
     async def trial_told(self, study: str, trial: int) -> str | None:
-        async with self.db.execute("SELECT told FROM trials WHERE study=? AND trial=?", (study, trial)) as cur:
-            row = await cur.fetchone()
+        row = await self.writer.call(
+            lambda db: db.execute("SELECT told FROM trials WHERE study=? AND trial=?", (study, trial)).fetchone())
         return row[0] if row else None
 
     async def untold_trials(self, study: str) -> list[dict[str, Any]]:
@@ -585,20 +586,7 @@ class Store(Queries):
 
         With record_told, telling the search is done exactly once across crashes: tell it
         about each of these, then record its new state and the told marks together."""
-        sql = """
-            SELECT t.trial, t.params, r.id, r.run_no, r.attempt, r.state, r.reason, r.metrics,
-                   r.objective,
-                   (SELECT COUNT(*) FROM runs a WHERE a.study=t.study AND a.trial=t.trial),
-                   (SELECT COUNT(*) FROM runs a WHERE a.study=t.study AND a.trial=t.trial
-                                                  AND a.state IN ('failed', 'lost'))
-            FROM trials t JOIN runs r ON r.study=t.study AND r.trial=t.trial
-            WHERE t.study=? AND t.told IS NULL
-              AND r.attempt=(SELECT MAX(attempt) FROM runs a WHERE a.study=t.study AND a.trial=t.trial)
-              AND NOT EXISTS (SELECT 1 FROM runs a WHERE a.study=t.study AND a.trial=t.trial
-                                                    AND a.state IN ('pending', 'running', 'lost'))
-            ORDER BY t.trial"""
-        async with self.db.execute(sql, (study,)) as cur:
-            rows = await cur.fetchall()
+        rows = await self.writer.call(lambda db: db.execute(_UNTOLD_TRIALS, (study,)).fetchall())
         return [{"trial": trial, "params": json.loads(params), "run_id": run_id, "name": f"{study}:{run_no}",
                  "attempt": attempt, "state": state, "reason": reason, "metrics": json.loads(metrics),
                  "objective": objective, "attempts": attempts, "failures": failures}
@@ -611,17 +599,61 @@ class Store(Queries):
         trials was told (completed/failed/abandoned/stopped), in one transaction: the
         stored state and the told marks never disagree. search_state None leaves the
         stored state as it is. An unknown study or trial raises StoreError (nothing kept)."""
-        async with self.transaction():
-            async with self.db.execute("SELECT 1 FROM studies WHERE name=?", (study,)) as cur:
-                if await cur.fetchone() is None:
-                    raise StoreError(f"no study {study}")
+
+        def record(db: sqlite3.Connection) -> None:
+            if db.execute("SELECT 1 FROM studies WHERE name=?", (study,)).fetchone() is None:
+                raise StoreError(f"no study {study}")
             if search_state is not None:
-                await self.db.execute("UPDATE studies SET search_state=? WHERE name=?", (search_state, study))
+                db.execute("UPDATE studies SET search_state=? WHERE name=?", (search_state, study))
             for trial, what in told:
-                async with self.db.execute("UPDATE trials SET told=? WHERE study=? AND trial=?",
-                                           (what, study, trial)) as cur:
-                    if cur.rowcount != 1:
-                        raise StoreError(f"no trial {trial} in study {study}")
+                if db.execute("UPDATE trials SET told=? WHERE study=? AND trial=?",
+                              (what, study, trial)).rowcount != 1:
+                    raise StoreError(f"no trial {trial} in study {study}")
+
+        await self.writer.transaction(record)
+
+
+_UNTOLD_TRIALS = """
+    SELECT t.trial, t.params, r.id, r.run_no, r.attempt, r.state, r.reason, r.metrics,
+           r.objective,
+           (SELECT COUNT(*) FROM runs a WHERE a.study=t.study AND a.trial=t.trial),
+           (SELECT COUNT(*) FROM runs a WHERE a.study=t.study AND a.trial=t.trial
+                                          AND a.state IN ('failed', 'lost'))
+    FROM trials t JOIN runs r ON r.study=t.study AND r.trial=t.trial
+    WHERE t.study=? AND t.told IS NULL
+      AND r.attempt=(SELECT MAX(attempt) FROM runs a WHERE a.study=t.study AND a.trial=t.trial)
+      AND NOT EXISTS (SELECT 1 FROM runs a WHERE a.study=t.study AND a.trial=t.trial
+                                            AND a.state IN ('pending', 'running', 'lost'))
+    ORDER BY t.trial"""
+
+
+def _insert_run(db: sqlite3.Connection, study: str, trial: int, attempt: int, params: Mapping[str, Any],
+                now: float, reason: str) -> dict[str, Any]:
+    row = db.execute("UPDATE studies SET next_run_no = next_run_no + 1 WHERE name=? RETURNING next_run_no - 1",
+                     (study,)).fetchall()  # all: a RETURNING statement left unfinished blocks COMMIT
+    if not row:
+        raise StoreError(f"no study {study}")
+    run_no = row[0][0]
+    ((run_id,),) = db.execute(
+        "INSERT INTO runs (study, run_no, trial, attempt, state, reason, params, created) "
+        "VALUES (?,?,?,?,?,?,?,?) RETURNING id",
+        (study, run_no, trial, attempt, RunState.PENDING.value, reason, json.dumps(params), now)).fetchall()
+    db.execute("INSERT INTO transitions (run_id, at, from_state, to_state, reason) VALUES (?,?,?,?,?)",
+               (run_id, now, None, RunState.PENDING.value, reason))
+    return {"id": run_id, "study": study, "run_no": run_no, "trial": trial, "attempt": attempt,
+            "params": dict(params), "name": f"{study}:{run_no}"}
+
+
+def _update(db: sqlite3.Connection, run_id: int, fields: Mapping[str, Any]) -> None:
+    cols = []
+    values = []
+    for key, value in fields.items():
+        if key not in _WRITABLE:
+            raise StoreError(f"not a writable run column: {key}")
+        cols.append(f"{key}=?")
+        values.append(json.dumps(value) if key in _JSON_COLUMNS else value)
+    db.execute(f"UPDATE runs SET {', '.join(cols)} WHERE id=?", (*values, run_id))
+
 
 _ALL_COLUMNS = RUN_COLUMNS + ("pid", "proc_start", "ctl_dir", "log_offset", "stop_intent", "stop_sent")
 _WRITABLE = set(_ALL_COLUMNS) - {"id", "study", "run_no", "trial", "attempt", "params", "created"}

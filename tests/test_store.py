@@ -55,10 +55,8 @@ async def test_open_creates_the_schema_in_wal_mode(tmp_path: Path) -> None:
     s = await Store.open(path)
     try:
         assert path.exists()
-        async with s.db.execute("PRAGMA journal_mode") as cur:
-            assert (await cur.fetchone())[0] == "wal"  # type: ignore[index]
-        async with s.db.execute("PRAGMA foreign_keys") as cur:
-            assert (await cur.fetchone())[0] == 1  # type: ignore[index]
+        assert await s.writer.call(lambda db: db.execute("PRAGMA journal_mode").fetchone()[0]) == "wal"
+        assert await s.writer.call(lambda db: db.execute("PRAGMA foreign_keys").fetchone()[0]) == 1
     finally:
         await s.close()
     tables = {r[0] for r in raw(path, "SELECT name FROM sqlite_master WHERE type='table'")}
@@ -537,7 +535,7 @@ async def test_record_told_is_all_or_nothing(store: Store, study: str, told: lis
         await store.record_told(study, "state-2", told)
     assert (await store.study("a")).search_state == "state-1"  # type: ignore[union-attr]
     assert await store.trial_told("a", 2) is None
-    assert not store.db.in_transaction
+    assert not store.writer.in_transaction
 
 
 async def test_told_marks_and_search_state_survive_a_reopen(tmp_path: Path) -> None:

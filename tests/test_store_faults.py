@@ -128,7 +128,7 @@ async def test_a_write_lock_held_by_another_process(tmp_path: Path) -> None:
         assert str(db) in str(caught.value)
         assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
         assert 0.15 <= waited < 3  # the busy timeout it was opened with, not the default 5 s
-        assert not store.db.in_transaction
+        assert not store.writer.in_transaction
 
         # Every kind of write gives up the same way and keeps nothing.
         for write in (lambda: store.transition(run_id, RunState.COMPLETED, "done"),
@@ -139,7 +139,7 @@ async def test_a_write_lock_held_by_another_process(tmp_path: Path) -> None:
                       lambda: store.add_trials("a", [(2, {"x": 2})], None)):
             with pytest.raises(StoreUnavailable, match="locked by another process"):
                 await write()
-            assert not store.db.in_transaction
+            assert not store.writer.in_transaction
         # Reading goes on meanwhile (WAL) and shows nothing of the failed writes.
         assert await stored(store, run_id) == (first, 100, 2)
         row = await store.run_by_id(run_id)
@@ -210,8 +210,7 @@ async def test_reads_do_not_wait_behind_a_write_that_waits_for_a_lock(tmp_path: 
 async def test_busy_timeout_is_a_parameter(tmp_path: Path) -> None:
     store = await Store.open(tmp_path / "hypd.db", busy_timeout_ms=1234)
     try:
-        async with store.db.execute("PRAGMA busy_timeout") as cur:
-            assert (await cur.fetchone())[0] == 1234  # type: ignore[index]
+        assert await store.writer.call(lambda db: db.execute("PRAGMA busy_timeout").fetchone()[0]) == 1234
     finally:
         await store.close()
 
@@ -246,7 +245,7 @@ async def test_mistakes_are_not_store_unavailable(tmp_path: Path) -> None:
         with pytest.raises(StoreError) as err:
             await store.update_run(run_id, id=5)
         assert not isinstance(err.value, StoreUnavailable)
-        assert not store.db.in_transaction
+        assert not store.writer.in_transaction
         await store.transition(run_id, RunState.COMPLETED, "done")
     finally:
         await store.close()
@@ -259,18 +258,19 @@ async def test_a_commit_that_fails_is_rolled_back(tmp_path: Path) -> None:
     store = await Store.open(tmp_path / "hypd.db", busy_timeout_ms=100)
     try:
         run_id = await running_run(store)
+        def half_written(db: sqlite3.Connection) -> None:
+            db.execute("PRAGMA defer_foreign_keys=ON")
+            db.execute("UPDATE runs SET last_line='half' WHERE id=?", (run_id,))
+            db.execute("INSERT INTO reports (run_id, seq, step, at, data) VALUES (999, 0, 0, 0, '{}')")
+
         with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
-            async with store.transaction():
-                await store.db.execute("PRAGMA defer_foreign_keys=ON")
-                await store.db.execute("UPDATE runs SET last_line='half' WHERE id=?", (run_id,))
-                await store.db.execute("INSERT INTO reports (run_id, seq, step, at, data) VALUES (999, 0, 0, 0, '{}')")
-        assert not store.db.in_transaction
+            await store.writer.transaction(half_written)
+        assert not store.writer.in_transaction
         await add(store, run_id, batch(2), 40)
         assert await stored(store, run_id) == (batch(2), 40, 2)
         row = await store.run_by_id(run_id)
         assert row is not None and row["last_line"] == "line at 40"
-        async with store.db.execute("SELECT COUNT(*) FROM reports WHERE run_id=999") as cur:
-            assert (await cur.fetchone())[0] == 0  # type: ignore[index]
+        assert await store.reader.execute_fetchall("SELECT COUNT(*) FROM reports WHERE run_id=999") == [(0,)]
     finally:
         await store.close()
 
@@ -365,7 +365,7 @@ async def test_a_full_disk(store_on_small_disk: Store, small_disk: Path) -> None
         with pytest.raises(StoreUnavailable) as caught:
             await add(store, run_id, big, 90_000)
         assert one_line(caught.value) == f"disk full: {store.path}"
-        assert not store.db.in_transaction
+        assert not store.writer.in_transaction
         # Nothing half-written: the reports, the offset and the summary are as before.
         assert await stored(store, run_id) == (first, 100, 5)
     with pytest.raises(StoreUnavailable, match="disk full"):
