@@ -1,4 +1,6 @@
-"""The SQLite store (aiosqlite, WAL): studies, trials, runs, their transitions and metrics.
+"""The SQLite store (WAL): studies, trials, runs, their transitions and metrics. Reads go
+through aiosqlite (Queries), writes through the Writer: each transaction one trip to its
+thread.
 
 Every state change of a run is written with a row in `transitions` in the same
 transaction, and a run's log offset moves in the same transaction as the metrics read
