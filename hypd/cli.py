@@ -55,15 +55,31 @@ def fmt_seconds(seconds: float | None) -> str:
     return f"{s}s"
 
 
+def display_width(text: str) -> int:
+    """Terminal cells `text` takes: a CJK character or an emoji takes two, a combining mark
+    none. (rich, which the dashboard uses, is imported only for text that is not ASCII.)"""
+    if text.isascii():
+        return len(text)
+    from rich.cells import cell_len
+
+    return cell_len(text)
+
+
+_SHOWN_CONTROLS = str.maketrans({"\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
 def table(rows: list[list[str]], header: list[str], last_free: bool = True) -> str:
-    """Columns padded to their widest cell; the last column is left as it is (a log line)."""
+    """Columns padded to their widest cell, by display width; the last column is left as
+    it is (a log line). A tab or line break in a cell is shown as \\t, \\n."""
     if not rows:
         return ""
+    rows = [[c.translate(_SHOWN_CONTROLS) for c in r] for r in rows]
     cols = len(header)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(cols)]
+    widths = [max(display_width(r[i]) for r in [header, *rows]) for i in range(cols)]
     out = []
     for r in [header, *rows]:
-        cells = [c.ljust(widths[i]) if (i < cols - 1 or not last_free) else c for i, c in enumerate(r)]
+        cells = [c + " " * (widths[i] - display_width(c)) if (i < cols - 1 or not last_free) else c
+                 for i, c in enumerate(r)]
         out.append("  ".join(cells).rstrip())
     return "\n".join(out)
 
@@ -73,6 +89,15 @@ def last_note(run: dict[str, Any]) -> str:
     if run["state"] in ("failed", "lost") and run["reason"]:
         return f"[{run['reason']}] {run['last_line']}".rstrip()
     return run["last_line"]
+
+
+_TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def tsv_field(text: str) -> str:
+    """A TSV field: UTF-8 text as it is, with only what would break a row escaped (a
+    backslash, a tab, a line break: \\\\, \\t, \\n, \\r)."""
+    return text.translate(_TSV_ESCAPES)
 
 
 def run_json(run: dict[str, Any]) -> dict[str, Any]:
@@ -105,18 +130,24 @@ def cmd_ls(args: argparse.Namespace) -> int:
         lines = ["\t".join(cols)]
         for r in runs:
             j = run_json(r)
-            lines.append("\t".join([
+            lines.append("\t".join(tsv_field(v) for v in [
                 j["id"], j["study"], str(j["trial"]), j["state"], j["host"] or "",
                 ",".join(map(str, j["gpus"] or [])), str(j["started"] or ""), str(j["ended"] or ""),
-                "" if j["objective"] is None else repr(j["objective"]), json.dumps(j["params"]),
-                json.dumps(j["metrics"]), j["last_line"].replace("\t", " "),
+                "" if j["objective"] is None else repr(j["objective"]),
+                json.dumps(j["params"], ensure_ascii=False), json.dumps(j["metrics"], ensure_ascii=False),
+                j["last_line"],
             ]))
-        out.write("\n".join(lines) + "\n")
+        out.flush()
+        out.buffer.write(("\n".join(lines) + "\n").encode("utf-8", errors="surrogateescape"))
+        out.buffer.flush()
         return 0
     rows = [[r["name"], r["state"], where(r), fmt_seconds(runtime(r)), fmt_number(r["objective"]),
              fmt_params(r["params"]), last_note(r)] for r in runs]
     if rows:
         out.write(table(rows, ["RUN", "STATE", "WHERE", "TIME", "OBJECTIVE", "PARAMS", "LAST LINE"]) + "\n")
+    elif out.isatty():  # a person asked; a script gets an empty answer
+        given = [f"{k}={v}" for k, v in (("state", args.state), ("study", args.study)) if v]
+        out.write(f"no runs match{' ' + ', '.join(given) if given else ''}\n")
     return 0
 
 
@@ -489,7 +520,9 @@ def cmd_hosts_add(args: argparse.Namespace) -> int:
     for key in ("max_per_gpu", "key", "workdir", "setup", "cpu_slots", "lost_after"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
-    if args.no_host_key_check:
+    if args.known_hosts is not None:
+        options["known_hosts"] = os.path.abspath(os.path.expanduser(args.known_hosts))
+    elif args.no_known_hosts:
         options["known_hosts"] = False
     with connect() as c:
         host = c.call("hosts_add", name=args.name, target=args.target, options=options)
@@ -705,10 +738,14 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--max-per-gpu", type=int, help="runs that may share one GPU (default 1)")
     hp.add_argument("--key", help="private key file (default: as ssh would: agent, ~/.ssh keys and config)")
     hp.add_argument("--workdir", help="where runs keep their files on the host (default ~/.hypd-runs)")
-    hp.add_argument("--setup", help="a line run before each trial, e.g. 'source ~/venv/bin/activate'")
+    hp.add_argument("--setup", help="a line bash runs before each trial's command, e.g. 'source ~/venv/bin/activate' "
+                    "(what it exports reaches the command)")
     hp.add_argument("--cpu-slots", type=int, help="CPU slots for gpus = 0 runs (default: its cores)")
     hp.add_argument("--lost-after", help="how long unreachable before its runs are lost (default 2m)")
-    hp.add_argument("--no-host-key-check", action="store_true", help="do not check the host key (unsafe)")
+    keys = hp.add_mutually_exclusive_group()
+    keys.add_argument("--known-hosts", metavar="PATH",
+                      help="check the host key against this file (default: ~/.ssh/known_hosts)")
+    keys.add_argument("--no-known-hosts", action="store_true", help="do not check the host key (unsafe)")
     hp.set_defaults(fn=cmd_hosts_add)
     hp = hosts.add_parser("rm", help="remove a host (none of its runs may be going)")
     hp.add_argument("name")
@@ -728,7 +765,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.fn(args)
     except DaemonError as exc:
         print(f"hypd: {exc.message}", file=sys.stderr)
-        return int(ExitCode.NO_DAEMON if exc.code == "no_daemon" else exc.exit_code)
+        return int(exc.exit_code)
     except CliError as exc:
         print(f"hypd: {exc}", file=sys.stderr)
         return int(exc.code)

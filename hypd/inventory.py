@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+import shlex
 import sys
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -82,6 +83,22 @@ class HostConfig:
         user = f"{self.user}@" if self.user else ""
         port = f":{self.port}" if self.port != 22 else ""
         return f"{user}{address}{port}"
+
+    @property
+    def ssh_command(self) -> str:
+        """The ssh command line that reaches the host as hypd tries to, for a user to run
+        by hand when it cannot connect."""
+        parts = ["ssh", "-p", str(self.port)]
+        if self.key:
+            parts += ["-i", self.key]
+        if self.known_hosts is False:
+            parts += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+        elif isinstance(self.known_hosts, str):
+            parts += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
+        if not self.use_ssh_config:
+            parts += ["-F", "none"]
+        parts.append(f"{self.user}@{self.address}" if self.user else self.address)
+        return " ".join(shlex.quote(p) for p in parts)
 
 
 _FIELDS = {f.name: f for f in fields(HostConfig)}
@@ -351,7 +368,7 @@ def _duration_text(seconds: float) -> str:
 
 def format_inventory(hosts: Iterable[HostConfig]) -> str:
     """hosts.toml text for `hosts`: address always, other keys only where not the default."""
-    lines = ["# SSH hosts for hypd (see `hypd host --help`); written by hypd, comments are not kept.", ""]
+    lines = ["# SSH hosts for hypd (see `hypd hosts add --help`); written by hypd, comments are not kept.", ""]
     for host in hosts:
         key = host.name if _BARE_KEY_RE.match(host.name) else _toml_string(host.name)
         lines.append(f"[hosts.{key}]")

@@ -50,6 +50,7 @@ class ExitCode(IntEnum):
 
 ERROR_EXIT = {
     "error": ExitCode.ERROR,
+    "no_daemon": ExitCode.NO_DAEMON,
     "bad_request": ExitCode.PROTOCOL,
     "too_large": ExitCode.PROTOCOL,
     "version": ExitCode.PROTOCOL,

@@ -869,11 +869,15 @@ def _spaced_raw(param: FloatParam, n: int) -> list[float]:
 # ---------------------------------------------------------------- values
 
 def coerce_value(param: Param, raw: str) -> Any:
-    """A parameter value typed on a command line (`lr=0.01`) as the parameter's type."""
-    if isinstance(param, FloatParam):
-        return float(raw)
-    if isinstance(param, IntParam):
-        return int(raw)
+    """A parameter value typed on a command line (`lr=0.01`) as the parameter's type;
+    ValueError naming the parameter otherwise."""
+    if isinstance(param, (FloatParam, IntParam)):
+        kind = "a number" if isinstance(param, FloatParam) else "a whole number"
+        try:
+            return float(raw) if isinstance(param, FloatParam) else int(raw)
+        except ValueError:
+            raise ValueError(f"{param.name}: {raw!r} is not {kind} (the study's range is {param.low} to "
+                             f"{param.high})") from None
     candidates = param.values if isinstance(param, ChoiceParam) else (param.value,)
     for v in candidates:
         if raw in (str(v), format_value(v)) or (isinstance(v, (int, float)) and not isinstance(v, bool) and _num_eq(raw, v)):
@@ -936,11 +940,11 @@ def complete_params(spec: StudySpec, given: Mapping[str, Any]) -> dict[str, Any]
 
 
 def example_value(param: Param) -> Any:
-    """A representative value (the middle of a range, the first choice) for `hypd render`."""
+    """A representative value for `hypd render`: the middle of a range, the middle choice."""
     if isinstance(param, FixedParam):
         return param.value
     if isinstance(param, ChoiceParam):
-        return param.values[0]
+        return param.values[len(param.values) // 2]
     if param.log:
         mid = math.sqrt(param.low * param.high)
     else:

@@ -14,6 +14,13 @@ Files in the run's control folder:
     log      stdout and stderr of every stage (the daemon starts it with output there)
 
 Every stage (and the setup line) sees HYPD_CTL=<control folder> in its environment.
+
+One shell for everything a user writes: bash. The host watcher starts the script with
+/bin/sh (dash on Debian and Ubuntu), so its first line re-executes it with bash where
+there is one (same pid, so the same process group); the setup line then runs in that
+bash — `source ~/venv/bin/activate` works — and what it exports reaches every stage,
+each run by `bash -c`. The script itself keeps to POSIX sh, so a host without bash still
+runs it, setup and stages under sh.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 STAGE_MARK = "[hypd]"
+IN_BASH = "--in-bash"  # the argument the script passes itself when it re-executes with bash
 MARKER_VAR = "HYPD_CTL"  # exported by the script: its control folder, the mark of the run's processes
 
 
@@ -42,13 +50,14 @@ def script_text(spec: RunScript) -> str:
     lines = [
         "#!/bin/sh",
         f"# hypd run {spec.run}: generated; the daemon reads ./exit when this ends.",
+        f'if [ "$1" != {IN_BASH} ] && command -v bash >/dev/null 2>&1; then exec bash "$0" {IN_BASH}; fi',
         f"ctl={q(spec.ctl_dir)}",
         'echo $$ > "$ctl/pid.tmp" && mv -f "$ctl/pid.tmp" "$ctl/pid"',
         "finish() {",
         "  printf '%s %s\\n' \"$1\" \"$2\" > \"$ctl/exit.tmp\" && mv -f \"$ctl/exit.tmp\" \"$ctl/exit\"",
         '  exit "$1"',
         "}",
-        "if command -v bash >/dev/null 2>&1; then run_shell=bash; else run_shell=sh; fi",
+        f'if [ "$1" = {IN_BASH} ]; then run_shell=bash; else run_shell=/bin/sh; fi',
         f"mkdir -p {q(spec.run_dir)} || finish 126 setup",
         f"cd {q(spec.workdir)} || {{ echo {q(f'{STAGE_MARK} cannot enter workdir {spec.workdir}')}; finish 126 setup; }}",
     ]

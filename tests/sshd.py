@@ -9,9 +9,9 @@
 
 Each host has, under base_dir/<name>/: generated host keys, an sshd_config, a bin/ folder put
 first on the PATH of every command run through that sshd (`SetEnv PATH=...`, OpenSSH >= 7.8),
-with a fake `nvidia-smi` reading gpus.json, and root/ (the host's hypd workdir), so hosts
-share nothing. sshd runs in the foreground (-D) as the current user (root in the sandbox:
-PermitRootLogin yes); it needs /run/sshd, which is created.
+with a fake `nvidia-smi` reading gpus.json, root/ (the host's hypd workdir) and home/ (its
+$HOME, so `~` on the host is its own), so hosts share nothing. sshd runs in the foreground
+(-D) as the current user (root in the sandbox: PermitRootLogin yes); it needs /run/sshd, which is created.
 
 `sshd_cluster(base)` (a context manager for fixtures) skips the test with a reason when sshd
 or ssh-keygen is missing.
@@ -110,6 +110,8 @@ class SshdHost:
         self.dir.mkdir(parents=True)
         self.root = self.dir / "root"  # the host's hypd workdir
         self.root.mkdir()
+        self.home = self.dir / "home"  # $HOME (and ~) of every command run through this sshd
+        self.home.mkdir()
         self.bin_dir = self.dir / "bin"
         self.bin_dir.mkdir()
         self.gpu_state: Path | None = None
@@ -145,7 +147,7 @@ class SshdHost:
             "UseDNS no",
             "MaxStartups 100",
             f"MaxSessions {max_sessions or 10}",
-            f"SetEnv PATH={path}",
+            f"SetEnv PATH={path} HOME={self.home}",
             f"Subsystem sftp {sftp}",
             f"LogLevel {log_level}",  # benchmarks count requests in sshd.log at DEBUG1
         ]

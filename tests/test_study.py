@@ -855,7 +855,8 @@ def test_complete_params_rejects(tmp_path, given, words):
 
 @pytest.mark.parametrize(("param", "value"), [
     (FixedParam("s", 3), 3),
-    (ChoiceParam("c", ("b", "a")), "b"),
+    (ChoiceParam("c", ("x", "y", "z")), "y"),  # the middle choice, not the first
+    (ChoiceParam("c", ("b", "a")), "a"),
     (IntParam("n", 1, 4), 2),
     (IntParam("n", 1, 5), 3),
     (IntParam("n", 1, 100, log=True), 10),
@@ -880,7 +881,7 @@ def test_example_values_complete_the_example_study(tmp_path):
     spec = load(tmp_path, EXAMPLE)
     values = complete_params(spec, {p.name: example_value(p) for p in spec.searched})
     [(_, line)] = render_commands(spec, values, run_dir="/r")
-    assert line == "python train.py --lr 0.00316 --layers 2 --opt adam --seed 0 --out /r"
+    assert line == "python train.py --lr 0.00316 --layers 2 --opt sgd --seed 0 --out /r"
 
 
 @pytest.mark.parametrize(("param", "good", "bad"), [

@@ -28,7 +28,7 @@ class Result:
 
 
 def run_script(tmp_path: Path, stages: Sequence[tuple[str, str]], env: Mapping[str, str] | None = None,
-               setup: str = "", workdir: Path | None = None) -> Result:
+               setup: str = "", workdir: Path | None = None, path: str | None = None) -> Result:
     ctl = tmp_path / "ctl"
     ctl.mkdir(exist_ok=True)
     run_dir = tmp_path / "runs" / "r1"
@@ -41,7 +41,8 @@ def run_script(tmp_path: Path, stages: Sequence[tuple[str, str]], env: Mapping[s
     script.write_text(script_text(spec))
     with open(ctl / "log", "wb") as log:
         proc = subprocess.Popen(["/bin/sh", str(script)], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=tmp_path, start_new_session=True)
+                                stdin=subprocess.DEVNULL, cwd=tmp_path, start_new_session=True,
+                                env=None if path is None else {**os.environ, "PATH": path})
         rc = proc.wait(timeout=20)
     exit_path = ctl / "exit"
     pid_path = ctl / "pid"
@@ -152,6 +153,49 @@ def test_stages_run_in_bash_when_there_is_one(tmp_path: Path) -> None:
     r = run_script(tmp_path, [("main", '[[ -n "$BASH_VERSION" ]] && echo in-bash')])
     assert r.exit == "0 -\n"
     assert "in-bash" in r.log
+
+
+ACTIVATE = 'VIRTUAL_ENV="$PWD/venv"; export VIRTUAL_ENV; PATH="$VIRTUAL_ENV/bin:$PATH"; export PATH\n'
+
+
+def venv(workdir: Path) -> None:
+    """A folder shaped like a virtualenv: bin/activate (meant to be sourced) and a tool."""
+    (workdir / "venv" / "bin").mkdir(parents=True)
+    (workdir / "venv" / "bin" / "activate").write_text(ACTIVATE)
+    tool = workdir / "venv" / "bin" / "venv-tool"
+    tool.write_text("#!/bin/sh\necho tool-from-venv\n")
+    tool.chmod(0o755)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
+def test_source_in_setup_works_under_a_dash_bin_sh_and_its_environment_reaches_the_command(tmp_path: Path
+                                                                                           ) -> None:
+    # The README's own example: on Debian and Ubuntu /bin/sh is dash, which has no `source`.
+    if os.path.basename(os.path.realpath("/bin/sh")) != "dash":
+        pytest.skip("this host's /bin/sh is not dash")
+    work = tmp_path / "work"
+    work.mkdir()
+    venv(work)
+    r = run_script(tmp_path, [("train", 'echo "$VIRTUAL_ENV"; venv-tool; [[ -n "$BASH_VERSION" ]] && echo bash'),
+                              ("test", "venv-tool")],
+                   setup="source venv/bin/activate", workdir=work)
+    assert r.exit == "0 -\n", r.log
+    assert r.log.splitlines()[1:4] == [str(work / "venv"), "tool-from-venv", "bash"]
+    assert r.script_pid == r.pid  # re-executed in place: the same process (group)
+
+
+def test_without_bash_the_script_setup_and_stages_run_in_sh(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"  # a PATH with no bash on it
+    bin_dir.mkdir()
+    for tool in ("mkdir", "mv", "date"):
+        os.symlink(shutil.which(tool), bin_dir / tool)  # type: ignore[arg-type]
+    work = tmp_path / "work"
+    work.mkdir()
+    venv(work)
+    r = run_script(tmp_path, [("main", "venv-tool")], env={}, setup=". venv/bin/activate", workdir=work,
+                   path=str(bin_dir))
+    assert r.exit == "0 -\n", r.log
+    assert "tool-from-venv" in r.log
 
 
 def test_setup_runs_first_and_its_shell_state_carries_over(tmp_path: Path) -> None:

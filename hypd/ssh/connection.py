@@ -88,7 +88,11 @@ class Connector:
         return kw
 
     def explain(self, exc: BaseException) -> str:
-        """Why a connection could not be made, in one line that says what to try."""
+        """Why a connection could not be made, in one line that says what to try, ending
+        with the ssh command line that tries the same by hand."""
+        return f"{self._why(exc)}; try by hand: {self.config.ssh_command}"
+
+    def _why(self, exc: BaseException) -> str:
         cfg = self.config
         where = f"{cfg.address}:{cfg.port}"
         if isinstance(exc, asyncssh.HostKeyNotVerifiable):
