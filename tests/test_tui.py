@@ -117,6 +117,19 @@ async def test_a_finishing_run_shows_up_without_a_key_press(daemon: DaemonProc) 
         await until(pilot, lambda: app.studies["fin"]["finished"], what="the study summary")
 
 
+async def test_a_study_that_pauses_itself_says_why(daemon: DaemonProc) -> None:
+    app = app_for(daemon)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await until(pilot, lambda: app.loaded and app.events_received, what="the load and the first event")
+        text = study("typo", "echo starting; echo no such thing >&2; exit 2", values="[1, 2, 3, 4]", parallel=1)
+        await submit(daemon, "typo", text.replace('gpus = 0', 'gpus = 0\nmax_failures = 2'))
+        await until(pilot, lambda: app.studies.get("typo", {}).get("paused"), what="typo paused")
+        why = "2 runs in a row failed — last error: no such thing"
+        assert app.studies["typo"]["pause_reason"] == why
+        toasts = [(n.title, n.message) for n in app._notifications]
+        assert ("study typo paused", f"{why}. Fix the cause, then resume it (p).") in toasts
+
+
 async def test_kill_a_running_run_from_the_dashboard(daemon: DaemonProc) -> None:
     await submit(daemon, "sleepy", study("sleepy", "python3 -c 'import time; time.sleep(60)'", "[1, 2]"))
     app = app_for(daemon)

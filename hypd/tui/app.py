@@ -166,6 +166,11 @@ class HypdApp(App[int]):
             if old != data:
                 self.studies[data["name"]] = data
                 self.studies_changed.publish([data])
+                reason = data.get("pause_reason")
+                if reason and (old is None or old.get("pause_reason") != reason):
+                    # hypd paused it itself (its runs kept failing): say so wherever the user is.
+                    self.notify(f"{reason}. Fix the cause, then resume it (p).", title=f"study {data['name']} paused",
+                                severity="warning", timeout=30)
         elif topic == "host":
             if self.hosts.get(data["name"]) != data:
                 self.hosts[data["name"]] = data
