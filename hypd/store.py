@@ -544,9 +544,13 @@ class Store(Queries):
             changed = {"state": new.value, "reason": reason, **fields}
             if new is RunState.RUNNING and "started" not in changed and row[0] == RunState.PENDING.value:
                 changed["started"] = now
-            if new in (RunState.COMPLETED, RunState.FAILED, RunState.KILLED, RunState.STOPPED) \
+            if new in (RunState.COMPLETED, RunState.FAILED, RunState.KILLED, RunState.STOPPED, RunState.LOST) \
                     and "ended" not in changed:
+                # A lost run's time stops where its host was lost (not counted up while
+                # nobody knows); if it comes back, it runs on and has no end again.
                 changed["ended"] = now
+            if new is RunState.RUNNING and row[0] == RunState.LOST.value and "ended" not in changed:
+                changed["ended"] = None
             _update(db, run_id, changed)
             db.execute("INSERT INTO transitions (run_id, at, from_state, to_state, reason) VALUES (?,?,?,?,?)",
                        (run_id, now, row[0], new.value, reason))

@@ -253,12 +253,13 @@ async def test_transition_records_and_sets_fields(store: Store) -> None:
 @pytest.mark.parametrize("path", [
     (R, C), (R, F), (R, K), (R, S), (K,), (R, L, C), (R, L, F), (R, L, K), (R, L, R, C),
 ])
-async def test_ended_is_set_for_terminal_states_only(store: Store, path: tuple[RunState, ...]) -> None:
+async def test_ended_is_set_for_terminal_states_and_lost_only(store: Store, path: tuple[RunState, ...]) -> None:
     (run,) = await new_study(store, "a", trials=1)
     for st in path:
         await store.transition(run["id"], st, f"to {st}")
         got = await row(store, run["id"])
-        assert (got["ended"] is not None) == (st in TERMINAL), st
+        # A lost run's time stops counting (until it comes back and runs on).
+        assert (got["ended"] is not None) == (st in TERMINAL or st is L), st
     assert [t["to"] for t in await store.transitions(run["id"])] == ["pending", *[s.value for s in path]]
 
 
@@ -273,9 +274,21 @@ async def test_explicit_times_are_kept(store: Store) -> None:
 async def test_lost_run_coming_back_keeps_its_start_time(store: Store) -> None:
     (run,) = await new_study(store, "a", trials=1)
     await store.transition(run["id"], R, "started", started=10.0)
-    await store.transition(run["id"], L, "host vanished")
+    await store.transition(run["id"], L, "host vanished", ended=30.0)
+    assert (await row(store, run["id"]))["ended"] == 30.0  # its time stops counting while lost
     await store.transition(run["id"], R, "host back, still alive")
-    assert (await row(store, run["id"]))["started"] == 10.0
+    got = await row(store, run["id"])
+    assert (got["started"], got["ended"]) == (10.0, None)
+
+
+async def test_a_lost_run_has_an_end_until_it_comes_back(store: Store) -> None:
+    (run,) = await new_study(store, "a", trials=1)
+    await store.transition(run["id"], R, "started", started=10.0)
+    await store.transition(run["id"], L, "host vanished")
+    lost = await row(store, run["id"])
+    assert lost["ended"] is not None and lost["ended"] >= 10.0
+    await store.transition(run["id"], F, "exited 1 while its host was away")
+    assert (await row(store, run["id"]))["ended"] >= lost["ended"]
 
 
 FORBIDDEN_FROM: list[tuple[tuple[RunState, ...], RunState]] = [

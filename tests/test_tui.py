@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from textual.binding import Binding
 from textual.command import CommandPalette
 
 from hypd.ipc import AsyncClient, socket_path
@@ -25,9 +26,13 @@ from hypd.tui import make_app
 from hypd.tui.app import HypdApp
 from hypd.tui.model import LogBuffer, RunFilter, grid_heatmap, objective_series
 from hypd.tui.screens.confirm import ConfirmScreen
+from hypd.tui.screens.dashboard import DashboardScreen
+from hypd.tui.screens.help import HelpScreen
 from hypd.tui.screens.run import RunScreen
+from hypd.tui.screens.study import StudyScreen
 from hypd.tui.widgets.common import ConnectionBanner
 from hypd.tui.widgets.runs import RunTable, layout
+from hypd.tui.widgets.studies import StudiesTable
 
 if TYPE_CHECKING:
     from conftest import DaemonProc
@@ -290,6 +295,55 @@ async def test_reconnect_banner_while_the_daemon_is_down(daemon: DaemonProc) -> 
         await until(pilot, lambda: state_of(app, "after:1") == "completed", what="a run after the restart")
 
 
+async def test_focus_returns_to_where_the_user_was(daemon: DaemonProc) -> None:
+    """Esc from a run lands on its row in the runs table (so `k` offers to kill the run, not
+    the study); killing a whole study names it and its running runs, and afterwards the
+    focus is back on the studies table."""
+    await submit(daemon, "naps", study("naps", "python3 -c 'import time; time.sleep(60)'", "[1, 2, 3]", parallel=2))
+    app = app_for(daemon)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: [state_of(app, f"naps:{n}") for n in (1, 2)] == ["running", "running"],
+                    what="two runs running")
+        await until(pilot, lambda: (app.studies.get("naps") or {}).get("counts", {}).get("running") == 2,
+                    what="the study summary")
+        dashboard = app.screen
+        table = table_of(app)
+        assert table.select("naps:1")
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, RunScreen), what="the run screen")
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen is dashboard, what="back on the dashboard")
+        assert app.focused is table and table.current == "naps:1"
+        await pilot.press("k")
+        confirm = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen)
+        assert "Kill run naps:1?" in str(confirm.prompt)
+        await pilot.press("n")
+        await until(pilot, lambda: app.screen is dashboard)
+        assert app.focused is table
+        # From a run to its study, and `f` (its runs): the dashboard, on the runs table.
+        await pilot.press("enter", "s")
+        await until(pilot, lambda: isinstance(app.screen, StudyScreen), what="the study screen")
+        await pilot.press("f")
+        await until(pilot, lambda: app.screen is dashboard, what="back on the dashboard")
+        assert app.focused is table and table.run_filter.study == "naps"
+        await pilot.press("escape")
+        # The studies table: `k` kills the study, after saying what that means.
+        await pilot.press("shift+tab")  # the panel above the runs
+        studies = dashboard.query_one("#studies", StudiesTable)
+        assert app.focused is studies and studies.current_study == "naps"
+        await pilot.press("k")
+        confirm = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen)
+        assert "Kill study naps and its 2 running run(s)?" in str(confirm.prompt)
+        assert "1 pending" in str(confirm.detail)
+        await pilot.press("y")
+        await until(pilot, lambda: app.screen is dashboard)
+        assert app.focused is studies
+        for n in (1, 2):
+            await asyncio.to_thread(daemon.wait_state, f"naps:{n}", "killed", timeout=15)
+        await until(pilot, lambda: app.studies["naps"]["paused"], what="the study paused")
+        assert app.focused is studies
+
+
 # ------------------------------------------------------------------ no daemon needed
 
 def test_importing_the_tui_loads_neither_ax_nor_torch() -> None:
@@ -307,6 +361,48 @@ def test_importing_the_tui_loads_neither_ax_nor_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
+
+
+async def test_help_lists_every_key_of_the_screen_in_front() -> None:
+    """`?` on each screen: its own bindings, the focused widget's and the app's, read from
+    the bindings themselves; keys the footer leaves out (f, o, h, ...) are there too."""
+    app = make_app(AsyncClient(Path("/nonexistent/hypd.sock")))
+    async with app.run_test(size=SIZE) as pilot:
+        dashboard = app.screen
+        for screen_type, title in ((DashboardScreen, "Dashboard"), (StudyScreen, "Study"), (RunScreen, "Run")):
+            if screen_type is StudyScreen:
+                app.push_screen(StudyScreen("nosuch"))
+            elif screen_type is RunScreen:
+                app.push_screen(RunScreen("nosuch:1"))
+            screen = await until(pilot, lambda t=screen_type: isinstance(app.screen, t) and app.screen)
+            await pilot.pause()
+            focused = app.focused
+            await pilot.press("question_mark")
+            shown = await until(pilot, lambda: isinstance(app.screen, HelpScreen) and app.screen)
+            rows = {(r.section, r.keys): r for r in shown.rows}
+            assert shown.help_title == title
+            own = list(Binding.make_bindings(screen_type.BINDINGS))
+            for binding in own:
+                key = app.get_key_display(binding)
+                assert any(key in keys.split(" / ") for _, keys in rows), (title, key)
+            # (a key the focused widget takes is listed under the widget)
+            hidden = {keys for (_, keys), r in rows.items() if not r.in_footer}
+            assert {app.get_key_display(b) for b in own if not b.show} <= {k for ks in hidden for k in ks.split(" / ")}
+            assert rows[("Everywhere", "?")].in_footer
+            assert any(section == "Everywhere" and "q" in keys.split(" / ") for section, keys in rows)
+            text = " ".join(str(w.render()) for w in shown.query(".help-text"))
+            assert "show only the highlighted study's runs" in text or title != "Dashboard"
+            await pilot.press("escape")
+            await until(pilot, lambda s=screen: app.screen is s, what="the help closed")
+            assert app.focused is focused  # where the user was
+            if screen is not dashboard:
+                await pilot.press("escape")
+                await until(pilot, lambda: app.screen is dashboard)
+        # `?` again closes it too.
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        await pilot.press("question_mark")
+        await until(pilot, lambda: app.screen is dashboard)
 
 
 def test_tight_keeps_every_cell_and_starts_no_piece_with_spaces() -> None:

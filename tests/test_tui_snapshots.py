@@ -28,6 +28,7 @@ from hypd.tui import make_app
 from hypd.tui.app import HypdApp
 from hypd.tui.model import Backoff
 from hypd.tui.widgets.runs import RunTable
+from hypd.tui.widgets.studies import StudiesTable
 
 NOW = 1_750_000_000.0
 SIZES = [(80, 24), (160, 48)]
@@ -37,9 +38,11 @@ class RecordedDaemon:
     """Recorded daemon replies behind the AsyncClient interface. `down` makes every request
     fail as with no daemon; `calls` records what the app asked for."""
 
-    def __init__(self, *, down: bool = False, drops: bool = False, hosts: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, *, down: bool = False, drops: bool = False, hosts: list[dict[str, Any]] | None = None,
+                 studies: list[dict[str, Any]] | None = None) -> None:
         self.data = copy.deepcopy(RECORDED)
         self.data["hosts"] += copy.deepcopy(hosts or [])
+        self.data["studies"] += copy.deepcopy(studies or [])
         self.hello = self.data["hello"]
         self.down = down
         self.drops = drops  # the daemon goes away once the app has loaded
@@ -186,6 +189,56 @@ def test_study_screen(snap_compare: Any, size: tuple[int, int]) -> None:
         await settle(pilot, lambda: screen_name("StudyScreen")(pilot) and pilot.app.screen.board)
 
     assert snap_compare(recorded_app(), terminal_size=size, run_before=run_before)
+
+
+def test_study_screen_with_failed_trials(snap_compare: Any) -> None:
+    """The random sweep: its two failed trials drawn apart (✗, red) in the objective plot and
+    in each parameter's scatter; the best so far is a step line."""
+
+    async def run_before(pilot: Pilot) -> None:
+        await settle(pilot)
+        pilot.app.open_study("sweep")  # type: ignore[attr-defined]
+        await settle(pilot, lambda: screen_name("StudyScreen")(pilot) and pilot.app.screen.board)
+
+    assert snap_compare(recorded_app(), terminal_size=(120, 36), run_before=run_before)
+
+
+def test_help_screen(snap_compare: Any) -> None:
+    """`?` lists every key of the dashboard, those the footer leaves out marked."""
+    assert snap_compare(recorded_app(), terminal_size=(100, 40),
+                        run_before=then("question_mark", until=screen_name("HelpScreen")))
+
+
+def test_kill_study_confirmation(snap_compare: Any) -> None:
+    """`k` on the studies table names the study and how many of its runs are running."""
+
+    async def run_before(pilot: Pilot) -> None:
+        await settle(pilot)
+        studies = pilot.app.screen.query_one(StudiesTable)
+        studies.focus()
+        studies.select("resnet")  # two running, two pending
+        await pilot.pause()
+        await pilot.press("k")
+        await settle(pilot, lambda: screen_name("ConfirmScreen")(pilot))
+
+    assert snap_compare(recorded_app(), terminal_size=(80, 24), run_before=run_before)
+
+
+async def test_a_finished_study_with_none_done_shows_an_empty_bar() -> None:
+    """6 trials, each failed twice (a retry each): nothing is done, so nothing fills the bar."""
+    sweep = RECORDED["studies"][1]
+    failed = {**sweep, "name": "broken", "paused": False, "max_trials": 6, "trials": 6,
+              "counts": {**sweep["counts"], "completed": 0, "failed": 12},
+              "outcomes": {**sweep["outcomes"], "completed": 0, "failed": 6}, "done": 0, "total": 6, "retried": 6,
+              "best": None, "best_run": None, "finished": True}
+    app = make_app(RecordedDaemon(studies=[failed]), clock=lambda: NOW)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle(pilot)
+        table = pilot.app.screen.query_one(StudiesTable)
+        bar = table.get_cell("broken", "progress").plain
+        assert bar == "░" * 10 + " 0/6"
+        assert table.get_cell("quadratic", "progress").plain == "█" * 10 + " 9/9"
+        assert table.get_cell("resnet", "progress").plain == "▒" * 5 + "░" * 5 + " 0/4"  # 2 of 4 running
 
 
 def test_kill_confirmation(snap_compare: Any) -> None:

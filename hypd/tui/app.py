@@ -14,25 +14,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
-from textual.content import Content
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.signal import Signal
 
-from hypd.tui.model import Backoff, Clock, DaemonClient, where
+from hypd.tui.actions import DaemonActions
+from hypd.tui.model import Backoff, Clock, DaemonClient
 
 CALL_TIMEOUT = 60.0
 FLUSH_DELAY = 0.1
 
 
-class HypdApp(App[int]):
+class HypdApp(DaemonActions, App[int]):
     """`hypd tui`."""
 
     CSS_PATH = "hypd.tcss"
@@ -40,7 +40,9 @@ class HypdApp(App[int]):
     ENABLE_COMMAND_PALETTE = True
     BINDINGS = [
         Binding("q", "quit", "Quit"),
-        Binding("ctrl+r", "reconnect", "Reconnect", show=False),
+        Binding("question_mark", "help", "Keys", tooltip="this list of keys (esc closes it)"),
+        Binding("ctrl+r", "reconnect", "Reconnect", show=False,
+                tooltip="try the daemon again now rather than after the backoff"),
     ]
 
     connected: reactive[bool] = reactive(False)
@@ -183,78 +185,17 @@ class HypdApp(App[int]):
             self._pending_runs.clear()
             self.runs_changed.publish(rows)
 
-    # ------------------------------------------------------------ actions the screens share
+    # ------------------------------------------------------------ screens
 
-    def run_op(self, op: str, done: Callable[[Any], str] | None = None, **args: Any) -> None:
-        """Send one request in the background and tell the user how it went."""
-        self._run_op(op, done, args)
+    def action_help(self) -> None:
+        """`?`: the keys of the screen in front (again, or esc, closes it)."""
+        from hypd.tui.screens.help import HelpScreen, screen_keys
 
-    @work(group="ops", exit_on_error=False)
-    async def _run_op(self, op: str, done: Callable[[Any], str] | None, args: dict[str, Any]) -> None:
-        try:
-            result = await self.call(op, **args)
-        except Exception as exc:
-            self.notify(getattr(exc, "message", None) or str(exc), title=f"{op} failed", severity="error")
+        if isinstance(self.screen, HelpScreen):
+            self.pop_screen()
             return
-        if done is not None:
-            self.notify(done(result))
-
-    def kill(self, target: str) -> None:
-        from hypd.tui.screens.confirm import ConfirmScreen
-
-        if ":" in target:
-            run = self.runs.get(target, {})
-            if run and run.get("state") not in ("pending", "running", "lost"):
-                self.notify(f"{target} is {run.get('state')}: nothing to kill", severity="warning")
-                return
-            prompt = Content.from_markup("Kill run [b]$target[/b]?", target=target)
-            place = f" on {where(run)}" if run.get("host") else ""
-            detail = Content(f"It is {run.get('state', '?')}{place}. A killed run is not retried "
-                             "automatically (r retries it).")
-        else:
-            live = sum((self.studies.get(target, {}).get("counts") or {}).get(s, 0) for s in ("pending", "running", "lost"))
-            prompt = Content.from_markup("Kill study [b]$target[/b]?", target=target)
-            detail = Content(f"Its {live} pending or running run(s) are killed and the study is paused "
-                             "(p resumes it).")
-
-        def answer(yes: bool | None) -> None:
-            if yes:
-                self.run_op("kill", lambda r: ("killing " + " ".join(r["killed"])) if r["killed"] else "nothing to kill",
-                            target=target)
-
-        self.push_screen(ConfirmScreen(prompt, detail, yes="Kill"), answer)
-
-    def retry(self, target: str) -> None:
-        if ":" in target:
-            run = self.runs.get(target, {})
-            if run.get("state") in ("pending", "running"):
-                self.notify(f"{target} is {run['state']}; kill it first to retry it", severity="warning")
-                return
-            self.run_op("retry", _retried, target=target, state=None)
-            return
-        from hypd.tui.screens.confirm import ConfirmScreen
-
-        failed = (self.studies.get(target, {}).get("counts") or {}).get("failed", 0)
-
-        def answer(yes: bool | None) -> None:
-            if yes:
-                self.run_op("retry", _retried, target=target, state="failed")
-
-        self.push_screen(ConfirmScreen(Content.from_markup("Retry the failed runs of study [b]$target[/b]?",
-                                                           target=target),
-                                       Content(f"{failed} run(s) failed; each of their trials gets a new attempt."),
-                                       yes="Retry"),
-                         answer)
-
-    def toggle_pause(self, study: str) -> None:
-        summary = self.studies.get(study)
-        if summary is None:
-            self.notify(f"no study {study}", severity="warning")
-            return
-        if summary.get("paused"):
-            self.run_op("resume", lambda r: f"study {r['study']} resumed", study=study)
-        else:
-            self.run_op("pause", lambda r: f"study {r['study']} paused: nothing new starts", study=study)
+        title = str(getattr(self.screen, "HELP_TITLE", type(self.screen).__name__))
+        self.push_screen(HelpScreen(title, screen_keys(self.screen)))
 
     def open_run(self, name: str, *, log: bool = False) -> None:
         from hypd.tui.screens.run import RunScreen
@@ -279,10 +220,6 @@ class HypdApp(App[int]):
                                 lambda n=name: self.open_study(n))
         yield SystemCommand("Reconnect now", "try the daemon again without waiting", self.action_reconnect)
         yield from super().get_system_commands(screen)
-
-
-def _retried(result: dict[str, Any]) -> str:
-    return ("queued " + " ".join(result["retried"])) if result["retried"] else "nothing to retry"
 
 
 def make_app(client: DaemonClient, *, clock: Clock = time.time, where: str = "") -> HypdApp:

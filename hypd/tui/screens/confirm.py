@@ -14,6 +14,7 @@ from textual.widgets import Button, Label
 class ConfirmScreen(ModalScreen[bool]):
     """Dismissed with True (y, or the yes button) or False (n, escape, the no button)."""
 
+    HELP_TITLE = "Confirm"
     BINDINGS = [
         Binding("y", "answer(True)", "Yes"),
         Binding("n,escape", "answer(False)", "No"),

@@ -23,19 +23,22 @@ STATE_CYCLE: tuple[str | None, ...] = (None, *STATES)
 
 
 class DashboardScreen(Screen[None]):
+    HELP_TITLE = "Dashboard"
     BINDINGS = [
-        Binding("enter", "open", "Open"),
-        Binding("l", "logs", "Logs"),
-        Binding("k", "kill", "Kill"),
-        Binding("r", "retry", "Retry"),
-        Binding("p", "pause", "Pause"),
-        Binding("s", "cycle_state", "State"),
-        Binding("f", "filter_study", "Study", show=False),
-        Binding("slash", "search", "Search"),
-        Binding("o", "cycle_sort", "Sort", show=False),
-        Binding("O", "reverse_sort", "Reverse sort", show=False),
-        Binding("h", "toggle_hosts", "Hosts/studies", show=False),
-        Binding("escape", "clear_filters", "Clear filters", show=False),
+        Binding("enter", "open", "Open", tooltip="open the highlighted run, or study (in the studies table)"),
+        Binding("l", "logs", "Logs", tooltip="the highlighted run's log, full screen"),
+        Binding("k", "kill", "Kill", tooltip="kill the highlighted run (the study, in the studies table); asks first"),
+        Binding("r", "retry", "Retry", tooltip="a new attempt of the highlighted run's trial (a study's failed runs)"),
+        Binding("p", "pause", "Pause", tooltip="pause or resume the highlighted study: nothing new starts"),
+        Binding("s", "cycle_state", "State", tooltip="show only runs in one state: pending, running, ... (again: next)"),
+        Binding("f", "filter_study", "Study", show=False,
+                tooltip="show only the highlighted study's runs (again: every study)"),
+        Binding("slash", "search", "Search", tooltip="show only runs whose name, parameters, host or last line match"),
+        Binding("o", "cycle_sort", "Sort", show=False, tooltip="sort the runs by the next column"),
+        Binding("O", "reverse_sort", "Reverse sort", show=False, tooltip="reverse the runs' order"),
+        Binding("h", "toggle_hosts", "Hosts/studies", show=False,
+                tooltip="on a narrow terminal: show the hosts instead of the studies, or back"),
+        Binding("escape", "clear_filters", "Clear filters", show=False, tooltip="show every run again"),
     ]
 
     def compose(self) -> ComposeResult:

@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Iterable
 from typing import Any
 
-from textual import work
+from textual import on, work
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -21,6 +21,7 @@ from textual.widgets import Footer, Header
 
 from hypd.tui.model import Backoff, LogBuffer, fmt_bytes, run_study
 from hypd.tui.widgets.common import ConnectionBanner
+from hypd.tui.widgets.plots import PlotGrid, page_note
 from hypd.tui.widgets.run_detail import LogView, MetricPlots, RunInfo
 
 LOG_CHUNK = 1 << 20
@@ -29,15 +30,16 @@ ENDED = ("completed", "failed", "killed", "stopped")  # no more output will come
 
 
 class RunScreen(Screen[None]):
+    HELP_TITLE = "Run"
     BINDINGS = [
-        Binding("escape", "app.pop_screen", "Back"),
-        Binding("k", "kill", "Kill"),
-        Binding("r", "retry", "Retry"),
-        Binding("p", "pause", "Pause"),
-        Binding("f", "follow", "Follow"),
-        Binding("l", "log_only", "Log only"),
-        Binding("s", "study", "Study"),
-        Binding("m", "more_metrics", "More plots", show=False),
+        Binding("escape", "app.pop_screen", "Back", tooltip="back to where you were"),
+        Binding("k", "kill", "Kill", tooltip="kill this run (asks first)"),
+        Binding("r", "retry", "Retry", tooltip="a new attempt of this run's trial"),
+        Binding("p", "pause", "Pause", tooltip="pause or resume this run's study"),
+        Binding("f", "follow", "Follow", tooltip="keep the newest log line in view, or stop"),
+        Binding("l", "log_only", "Log only", tooltip="hide the parameters and plots, or show them"),
+        Binding("s", "study", "Study", tooltip="this run's study: leaderboard and plots"),
+        Binding("m", "more_metrics", "More plots", show=False, tooltip="the metric plots that do not fit"),
     ]
 
     def __init__(self, name: str, *, log_only: bool = False) -> None:
@@ -240,13 +242,9 @@ class RunScreen(Screen[None]):
             self.log_view.scroll_end(animate=False)
         self._log_title()
 
-    def on_metric_plots_arranged(self, _message: MetricPlots.Arranged) -> None:
-        plots = self.query_one("#plots", MetricPlots)
-        box = self.query_one("#plots-box")
-        if plots.pages > 1:
-            box.border_subtitle = f"m: more ({plots.page + 1}/{plots.pages})"
-        else:
-            box.border_subtitle = ""
+    @on(PlotGrid.Arranged, "#plots")
+    def _plots_arranged(self, message: PlotGrid.Arranged) -> None:
+        page_note(self.query_one("#plots-box"), message.grid, "m")
 
     def action_more_metrics(self) -> None:
         self.query_one("#plots", MetricPlots).next_page()

@@ -1,5 +1,10 @@
-"""One study: its leaderboard, the objective of each trial with the best so far, and for a
-two-parameter grid a heatmap of the objective."""
+"""One study: its leaderboard, the objective of each trial with the best so far (a step
+line), a scatter per parameter (its value against the objective, so one sees which
+parameters matter), and for a two-parameter grid a heatmap of the objective (`g`). Failed
+and early-stopped trials are drawn apart from completed ones.
+
+Everything plotted comes from the runs the app already holds (op `ls` and run events); the
+leaderboard is op `leaderboard`."""
 
 from __future__ import annotations
 
@@ -14,22 +19,35 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header
 
-from hypd.tui.model import grid_heatmap, objective_series
+from hypd.tui.model import (
+    PLOTTED_STATES,
+    best_so_far,
+    describe_trials,
+    grid_heatmap,
+    param_series,
+    trial_points,
+)
 from hypd.tui.widgets.common import ConnectionBanner
-from hypd.tui.widgets.study_detail import HeatmapView, Leaderboard, ObjectivePlot, StudySummary, run_rows
+from hypd.tui.widgets.plots import ObjectivePlot, ParamPlots, PlotGrid, legend, page_note
+from hypd.tui.widgets.study_detail import HeatmapView, Leaderboard, StudySummary, run_rows
 
 NARROW_BELOW = 120
 REPLOT_EVERY = 1.0
 
 
 class StudyScreen(Screen[None]):
+    HELP_TITLE = "Study"
     BINDINGS = [
-        Binding("escape", "app.pop_screen", "Back"),
-        Binding("enter", "open_run", "Open run", show=False),
-        Binding("p", "pause", "Pause"),
-        Binding("k", "kill", "Kill study"),
-        Binding("r", "retry", "Retry failed"),
-        Binding("f", "show_runs", "Its runs"),
+        Binding("escape", "app.pop_screen", "Back", tooltip="back to where you were"),
+        Binding("enter", "open_run", "Open run", show=False, tooltip="open the highlighted leaderboard run"),
+        Binding("p", "pause", "Pause", tooltip="pause or resume this study: nothing new starts"),
+        Binding("k", "kill", "Kill study", tooltip="kill every run of this study and pause it (asks first)"),
+        Binding("r", "retry", "Retry failed", tooltip="a new attempt of each failed trial (asks first)"),
+        Binding("f", "show_runs", "Its runs", tooltip="the dashboard's runs table, showing this study's runs"),
+        Binding("m", "more_params", "More parameter plots", show=False,
+                tooltip="the parameter plots that do not fit, a page at a time"),
+        Binding("g", "toggle_heatmap", "Heatmap", show=False,
+                tooltip="a two-parameter grid: the objective over the grid instead of the parameter plots"),
     ]
 
     def __init__(self, name: str) -> None:
@@ -38,6 +56,8 @@ class StudyScreen(Screen[None]):
         self.board: dict[str, Any] = {}
         self._board_wanted = asyncio.Event()
         self._replot_timer: Any = None
+        self.heatmap_shown = False  # `g`: the heatmap instead of the parameter plots
+        self.has_heatmap = False
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -49,6 +69,8 @@ class StudyScreen(Screen[None]):
             with Vertical(id="study-plots"):
                 with Vertical(id="objective-box", classes="box"):
                     yield ObjectivePlot(id="objective")
+                with Vertical(id="params-box", classes="box"):
+                    yield ParamPlots(id="params")
                 with VerticalScroll(id="heatmap-box", classes="box"):
                     yield HeatmapView(id="heatmap")
         yield Footer()
@@ -92,22 +114,53 @@ class StudyScreen(Screen[None]):
         self._replot()
 
     def _replot(self) -> None:
+        self._replot_plots()
+
+    @work(group="study-plots", exclusive=True, exit_on_error=False)
+    async def _replot_plots(self) -> None:
         app: Any = self.app
         summary = self.summary or {}
         minimize = summary.get("goal", "minimize") != "maximize"
         metric = summary.get("metric", "objective")
         runs = run_rows(app.runs, self.study_name)
-        trials, values, best = objective_series(runs, minimize)
-        self.query_one("#objective", ObjectivePlot).show(trials, values, best, metric)
+        points = trial_points(runs, minimize)
+        self.query_one("#objective", ObjectivePlot).show(points, best_so_far(points, minimize), metric)
         box = self.query_one("#objective-box")
-        box.border_title = f"{metric} by trial"
-        box.border_subtitle = "line: best so far"
+        box.border_title = f"{metric} by trial · {describe_trials(points)}"
+        shown = [state for state in PLOTTED_STATES if any(p.state == state for p in points)]
+        box.border_subtitle = legend(shown, "best so far")
+        await self.query_one("#params", ParamPlots).show(param_series(points))
+        self.query_one("#params-box").border_title = f"{metric} by parameter"
         heat = grid_heatmap(summary, runs, minimize)
+        self.has_heatmap = heat is not None
         self.query_one("#heatmap", HeatmapView).show(heat, minimize)
-        heat_box = self.query_one("#heatmap-box")
-        heat_box.display = heat is not None
         if heat is not None:
+            heat_box = self.query_one("#heatmap-box")
             heat_box.border_title = f"{metric} over the grid"
+            heat_box.border_subtitle = "g: parameter plots"
+        self._show_heatmap_or_params()
+
+    def _show_heatmap_or_params(self) -> None:
+        heatmap = self.has_heatmap and self.heatmap_shown
+        self.query_one("#heatmap-box").display = heatmap
+        self.query_one("#params-box").display = not heatmap
+
+    @on(PlotGrid.Arranged, "#params")
+    def _params_arranged(self, message: PlotGrid.Arranged) -> None:
+        box = self.query_one("#params-box")
+        page_note(box, message.grid, "m")
+        if self.has_heatmap:
+            box.border_subtitle = " · ".join(filter(None, [box.border_subtitle, "g: heatmap"]))
+
+    def action_more_params(self) -> None:
+        self.query_one("#params", ParamPlots).next_page()
+
+    def action_toggle_heatmap(self) -> None:
+        if not self.has_heatmap:
+            self.notify("a heatmap needs a grid over two parameters", severity="warning")
+            return
+        self.heatmap_shown = not self.heatmap_shown
+        self._show_heatmap_or_params()
 
     @work(group="study-board", exit_on_error=False)
     async def board_loop(self) -> None:
@@ -144,13 +197,17 @@ class StudyScreen(Screen[None]):
         self.app.retry(self.study_name)  # type: ignore[attr-defined]
 
     def action_show_runs(self) -> None:
-        """Back to the dashboard with the runs table showing this study's runs only."""
+        """Back to the dashboard (from however deep) with the runs table showing this
+        study's runs only, and the focus on it: the keys then act on a run, not the study."""
         from hypd.tui.screens.dashboard import DashboardScreen
 
-        self.app.pop_screen()
-        for screen in self.app.screen_stack:
-            if isinstance(screen, DashboardScreen):
-                screen.set_filter(study=self.study_name)
+        dashboard = next((s for s in self.app.screen_stack if isinstance(s, DashboardScreen)), None)
+        if dashboard is None:
+            return
+        while self.app.screen is not dashboard:
+            self.app.pop_screen()
+        dashboard.set_filter(study=self.study_name)
+        dashboard.table.focus()
 
     def commands(self) -> Iterable[SystemCommand]:
         s = self.study_name

@@ -7,16 +7,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.text import Text
-from textual.app import ComposeResult
-from textual.containers import Grid
 from textual.content import Content
-from textual.message import Message
 from textual.widgets import RichLog, Static
 from textual_plotext import PlotextPlot
 
 from hypd.display import fmt_exit, trial_no
-from hypd.tui.model import STATE_STYLE, fmt_number, fmt_seconds, runtime, where
+from hypd.tui.model import STATE_STYLE, fmt_number, fmt_seconds, int_ticks, runtime, where
 from hypd.tui.widgets.common import tight
+from hypd.tui.widgets.plots import PlotGrid
 
 LOG_LINES = 5000
 
@@ -59,7 +57,8 @@ class RunInfo(Static):
         else:
             row("created", ago(now - run["created"]) if run.get("created") else "-")
         if run.get("ended"):
-            row("ended", ago(now - run["ended"]))
+            # A lost run's time stopped when its host was lost; it may yet come back.
+            row("lost" if state == "lost" else "ended", ago(now - run["ended"]))
         if run.get("exit_code") is not None:
             row("exit", fmt_exit(run["exit_code"], run.get("exit_stage")), "$text-error" if run["exit_code"] else "")
         metric = info.get("objective_metric") or "objective"
@@ -104,22 +103,6 @@ def metric_series(reports: Sequence[Mapping[str, Any]]) -> dict[str, tuple[list[
     return out
 
 
-def int_ticks(xs: Sequence[float], most: int) -> list[int]:
-    """Whole-number ticks across xs (steps are whole numbers), at most `most` of them."""
-    if not xs or any(x != int(x) for x in xs):
-        return []
-    lo, hi = int(min(xs)), int(max(xs))
-    if hi == lo:
-        return [lo]
-    raw = (hi - lo) / max(1, most - 1)
-    magnitude = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1
-    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
-    step = max(1, int(step))
-    first = lo - lo % step if lo % step else lo
-    ticks = list(range(first, hi + 1, step))
-    return [t for t in ticks if t >= lo] or [lo]
-
-
 class MetricPlot(PlotextPlot):
     """One metric against step."""
 
@@ -160,75 +143,28 @@ class MetricPlot(PlotextPlot):
         self.refresh()
 
 
-class MetricPlots(Grid):
-    """A plot per metric, as many side by side and stacked as the space allows (each at
-    least PLOT_WIDTH x PLOT_HEIGHT); `next_page` shows the others when they do not all fit."""
+class MetricPlots(PlotGrid):
+    """A plot per metric against step."""
 
-    DEFAULT_CSS = """
-    MetricPlots { grid-size: 1; grid-gutter: 0 1; height: 1fr; }
-    MetricPlots > MetricPlot { height: 1fr; }
-    MetricPlots > #no-metrics { color: $text-muted; text-style: italic; padding: 1 2; }
-    """
-
-    PLOT_WIDTH = 34
-    PLOT_HEIGHT = 9
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.page = 0
-        self.pages = 1
-        self.shown: list[str] = []
-
-    def compose(self) -> ComposeResult:
-        yield Static("no metrics reported yet", id="no-metrics")
-
-    @property
-    def plots(self) -> list[MetricPlot]:
-        return list(self.query(MetricPlot))
+    EMPTY = "no metrics reported yet"
 
     async def show(self, reports: Sequence[Mapping[str, Any]]) -> None:
         series = metric_series(reports)
-        plots = {p.metric: p for p in self.plots}
+        plots = {p.metric: p for p in self.plots if isinstance(p, MetricPlot)}
         new = [MetricPlot(m) for m in series if m not in plots]
         if new:
             await self.mount_all(new)
             plots.update({p.metric: p for p in new})
-        self.query_one("#no-metrics").display = not series
+        self.show_empty(not series)
         for name, (xs, ys) in series.items():
             plots[name].set_data(xs, ys)
         self._arrange()
 
-    def on_resize(self) -> None:
-        self._arrange()
-
-    def next_page(self) -> None:
-        self.page = (self.page + 1) % max(1, self.pages)
-        self._arrange()
-
-    def _arrange(self) -> None:
-        plots = self.plots
-        if not plots:
-            return
-        width, height = self.size.width or 80, self.size.height or 20
-        cols = max(1, min(len(plots), (width + 1) // (self.PLOT_WIDTH + 1)))
-        rows = max(1, min(-(-len(plots) // cols), height // self.PLOT_HEIGHT))
-        per_page = cols * rows
-        self.pages = -(-len(plots) // per_page)
-        self.page %= self.pages
-        shown = plots[self.page * per_page:(self.page + 1) * per_page]
-        for plot in plots:
-            plot.display = plot in shown
-        self.styles.grid_size_columns = min(cols, len(shown))
-        self.styles.grid_size_rows = -(-len(shown) // cols)
-        self.shown = [p.metric for p in shown]
-        self.post_message(self.Arranged())
-
-    class Arranged(Message):
-        """The plots shown changed (the screen retitles its box)."""
-
 
 class LogView(RichLog):
     """The run's log; it follows new lines while `auto_scroll` is on."""
+
+    HELP_TITLE = "Log"
 
     DEFAULT_CSS = """
     LogView { height: 1fr; background: $surface; }

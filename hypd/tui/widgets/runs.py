@@ -116,6 +116,8 @@ def layout(width: int, content: Mapping[str, int], sort: str = "") -> list[tuple
 class RunTable(ScrollView, can_focus=True):
     """Runs, one per line: filter with `filter`, sort with `sort_by`, feed with `upsert`."""
 
+    HELP_TITLE = "Runs table"
+
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "select", "Open"),
         Binding("up", "cursor(-1)", "Up", show=False),

@@ -1,5 +1,6 @@
-"""The studies panel: each study's progress (done/running/pending/failed of its budget),
-best result so far, algorithm, and whether it is paused."""
+"""The studies panel: each study's progress (a bar of the trials done, then those running,
+out of its budget; the failed and pending are counted in their own columns), best result so
+far, algorithm, and whether it is paused."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 from textual.widgets.data_table import RowDoesNotExist
 
-from hypd.tui.model import fmt_number, study_done, study_state, study_total
+from hypd.tui.model import fmt_number, progress_cells, study_done, study_state, study_total
 from hypd.tui.widgets.common import rich_style
 
 STUDY_STATE_STYLE = {"active": "$text-primary", "paused": "$text-warning bold", "finished": "$text-success",
@@ -26,6 +27,8 @@ BAR = 10
 
 class StudiesTable(DataTable):
     """One row per study, updated in place from the app's `studies_changed` signal."""
+
+    HELP_TITLE = "Studies table"
 
     DEFAULT_CSS = """
     StudiesTable { height: auto; max-height: 100%; }
@@ -100,18 +103,11 @@ class StudiesTable(DataTable):
         counts = s.get("outcomes") or {}  # trials, not attempts: a retried trial counts once
         done, total = study_done(s), study_total(s)
         failed = counts.get("failed", 0) + counts.get("lost", 0)
-        parts = [(done, "█", "$success"), (counts.get("running", 0), "█", "$primary"), (failed, "█", "$error"),
-                 (counts.get("killed", 0), "█", "$warning"), (counts.get("pending", 0), "▒", "$primary")]
-        progress = Text()
-        fill = max(total, sum(n for n, _, _ in parts), 1)
-        used = 0
-        for count, char, spec in parts:
-            if count <= 0:
-                continue
-            n = min(max(1, round(count / fill * BAR)), BAR - used)
-            progress.append(char * n, rich_style(app, spec))
-            used += n
-        progress.append("█" * (BAR - used) + " ", rich_style(app, "$surface-lighten-2"))
+        done_cells, running_cells = progress_cells(s, BAR)
+        # Done trials fill it, running ones are shaded after them, the rest is an empty track.
+        progress = Text.assemble(("█" * done_cells, rich_style(app, "$success")),
+                                 ("▒" * running_cells, rich_style(app, "$primary")),
+                                 ("░" * (BAR - done_cells - running_cells) + " ", rich_style(app, "$surface-lighten-2")))
         progress.append(f"{done}/{total}" if total else f"{done}")
         if s.get("best_run"):
             # "loss 0.01133 #8": the metric, its best value, the run (the spaces end the

@@ -1,5 +1,5 @@
-"""The study screen's parts: a summary line, the leaderboard, the objective of each trial
-with the best so far, and a heatmap of a two-parameter grid."""
+"""The study screen's parts: a summary line, the leaderboard, and a heatmap of a
+two-parameter grid (its plots are in hypd.tui.widgets.plots)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from textual.color import Color
 from textual.content import Content
 from textual.widget import Widget
 from textual.widgets import DataTable, Static
-from textual_plotext import PlotextPlot
 
 from hypd.tui.model import (
     STATE_STYLE,
@@ -72,6 +71,8 @@ class Leaderboard(DataTable):
     """The study's best run of each trial, best first (op `leaderboard`); with several
     objectives, ★ marks the runs on the Pareto front."""
 
+    HELP_TITLE = "Leaderboard"
+
     DEFAULT_CSS = """
     Leaderboard { height: 1fr; }
     """
@@ -118,44 +119,6 @@ class Leaderboard(DataTable):
             return self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
         except Exception:
             return None
-
-
-class ObjectivePlot(PlotextPlot):
-    """The objective of each trial in trial order, and the best so far as a line."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.data: tuple[list[int], list[float], list[float]] = ([], [], [])
-        self.metric = "objective"
-
-    def show(self, trials: list[int], values: list[float], best: list[float], metric: str) -> None:
-        self.data = (trials, values, best)
-        self.metric = metric
-        self.replot()
-
-    def on_mount(self) -> None:
-        super().on_mount()
-        self.replot()
-
-    def on_resize(self) -> None:
-        self.replot()
-
-    def replot(self) -> None:
-        trials, values, best = self.data
-        roomy = self.size.width >= 50 and self.size.height >= 12
-        plt = self.plt
-        plt.clear_data()
-        plt.clear_figure()
-        if trials:
-            positive = min(values) > 0
-            if positive and len(values) > 1 and max(values) / min(values) > 1000:
-                plt.yscale("log")
-            plt.scatter(trials, values, marker="dot", label=self.metric if roomy else "")
-            plt.plot(trials, best, marker="braille", label="best so far" if roomy else "")
-        else:
-            plt.title("no results yet")
-        plt.xlabel("trial")
-        self.refresh()
 
 
 def _blend(low: Color, high: Color, t: float) -> Color:
