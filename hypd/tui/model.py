@@ -356,10 +356,14 @@ def param_series(points: Sequence[TrialPoint]) -> list[ParamSeries]:
             xs, ys = series.by_state.setdefault(p.state, ([], []))
             xs.append(x)
             ys.append(p.value)
-        if numeric and values and min(values) > 0 and max(values) / min(values) >= 100:
-            series.log = True
+        series.log = numeric and wide_range(values, 100)
         out.append(series)
     return out
+
+
+def wide_range(values: Sequence[float], ratio: float = 1000) -> bool:
+    """Positive values that span `ratio` or more (a log axis shows them better)."""
+    return len(values) > 1 and min(values) > 0 and max(values) / min(values) >= ratio
 
 
 def int_ticks(xs: Sequence[float], most: int, first: int | None = None) -> list[int]:

@@ -15,7 +15,7 @@ from textual.widget import Widget
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
-from hypd.tui.model import PLOTTED_STATES, ParamSeries, TrialPoint, int_ticks, step_line
+from hypd.tui.model import PLOTTED_STATES, ParamSeries, TrialPoint, int_ticks, step_line, wide_range
 
 # How each kind of trial is drawn: a marker and a theme colour, so a failed or early-stopped
 # trial stands apart from a completed one in colour and in shape.
@@ -40,6 +40,35 @@ def legend(states: Sequence[str], line: str = "") -> str:
     if line:
         parts.append(f"[${BEST_COLOUR}]─[/] {line}")
     return "  ".join(parts)
+
+
+class ReplottedPlot(PlotextPlot):
+    """A plot drawn again from its data when it is mounted or resized (its ticks fit its
+    width); subclasses say what to draw in `draw`."""
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.replot()
+
+    def on_resize(self) -> None:
+        self.replot()
+
+    def replot(self) -> None:
+        plt = self.plt
+        plt.clear_data()
+        plt.clear_figure()
+        self.draw(plt)
+        self.refresh()
+
+    def draw(self, plt: Any) -> None:
+        raise NotImplementedError
+
+    def scatter_by_state(self, plt: Any, by_state: dict[str, tuple[list[float], list[float]]]) -> None:
+        """Each outcome's points with its marker and colour (MARKERS)."""
+        for state, (marker, colour) in MARKERS.items():
+            if state in by_state:
+                xs, ys = by_state[state]
+                plt.scatter(xs, ys, marker=marker, color=theme_rgb(self.app, colour))
 
 
 class PlotGrid(Grid):
@@ -116,7 +145,7 @@ def page_note(box: Widget, grid: PlotGrid, key: str) -> None:
     box.border_subtitle = f"{key}: more ({grid.page + 1}/{grid.pages})" if grid.pages > 1 else ""
 
 
-class ObjectivePlot(PlotextPlot):
+class ObjectivePlot(ReplottedPlot):
     """The objective of each trial (a marker per outcome) and the best so far as a step
     line; the trial axis starts at 1."""
 
@@ -130,44 +159,33 @@ class ObjectivePlot(PlotextPlot):
         self.points, self.best, self.metric = list(points), best, metric
         self.replot()
 
-    def on_mount(self) -> None:
-        super().on_mount()
-        self.replot()
-
-    def on_resize(self) -> None:
-        self.replot()
-
-    def replot(self) -> None:
+    def draw(self, plt: Any) -> None:
         plotted = [p for p in self.points if p.value is not None]
-        plt = self.plt
-        plt.clear_data()
-        plt.clear_figure()
-        if plotted:
-            values = [p.value for p in plotted if p.value is not None]
-            if min(values) > 0 and max(values) / min(values) > 1000:
-                plt.yscale("log")
-            best_x, best_y = self.best
-            if best_x:  # first, so the trials' markers are drawn over it
-                xs, ys = step_line(best_x, best_y, until=max(p.trial for p in plotted))
-                plt.plot(xs, ys, marker="braille", color=theme_rgb(self.app, BEST_COLOUR))
-            for state, (marker, colour) in MARKERS.items():
-                mine = [p for p in plotted if p.state == state]
-                if mine:
-                    plt.scatter([p.trial for p in mine], [p.value for p in mine], marker=marker,
-                                color=theme_rgb(self.app, colour))
-            trials = [p.trial for p in plotted]
-            first = min(1, *trials)
-            plt.xlim(first, max(trials) if max(trials) > first else first + 1)
-            ticks = int_ticks(trials, max(2, (self.size.width or 40) // 10), first=first)
-            if ticks:
-                plt.xticks(ticks, [str(t) for t in ticks])
-        else:
-            plt.title("no results yet")
         plt.xlabel("trial")
-        self.refresh()
+        if not plotted:
+            plt.title("no results yet")
+            return
+        if wide_range([p.value for p in plotted if p.value is not None]):
+            plt.yscale("log")
+        trials = [p.trial for p in plotted]
+        best_x, best_y = self.best
+        if best_x:  # first, so the trials' markers are drawn over it
+            xs, ys = step_line(best_x, best_y, until=max(trials))
+            plt.plot(xs, ys, marker="braille", color=theme_rgb(self.app, BEST_COLOUR))
+        by_state: dict[str, tuple[list[float], list[float]]] = {}
+        for p in plotted:
+            xs_, ys_ = by_state.setdefault(p.state, ([], []))
+            xs_.append(p.trial)
+            ys_.append(p.value or 0.0)
+        self.scatter_by_state(plt, by_state)
+        first = min(1, *trials)
+        plt.xlim(first, max(trials) if max(trials) > first else first + 1)
+        ticks = int_ticks(trials, max(2, (self.size.width or 40) // 10), first=first)
+        if ticks:
+            plt.xticks(ticks, [str(t) for t in ticks])
 
 
-class ParamPlot(PlotextPlot):
+class ParamPlot(ReplottedPlot):
     """One parameter's value (x) against the objective (y), a marker per outcome."""
 
     def __init__(self, name: str, **kwargs: Any) -> None:
@@ -179,34 +197,20 @@ class ParamPlot(PlotextPlot):
         self.series = series
         self.replot()
 
-    def on_mount(self) -> None:
-        super().on_mount()
-        self.replot()
-
-    def on_resize(self) -> None:
-        self.replot()
-
-    def replot(self) -> None:
+    def draw(self, plt: Any) -> None:
         series = self.series
-        plt = self.plt
-        plt.clear_data()
-        plt.clear_figure()
         plt.title(series.name)
         ys = [y for _, values in series.by_state.values() for y in values]
-        if ys:
-            if min(ys) > 0 and max(ys) / min(ys) > 1000:
-                plt.yscale("log")
-            if series.log:
-                plt.xscale("log")
-            for state, (marker, colour) in MARKERS.items():
-                if state in series.by_state:
-                    xs, values = series.by_state[state]
-                    plt.scatter(xs, values, marker=marker, color=theme_rgb(self.app, colour))
-            if series.labels:
-                positions = list(range(1, len(series.labels) + 1))
-                plt.xlim(0.5, len(series.labels) + 0.5)
-                plt.xticks(positions, series.labels)
-        self.refresh()
+        if not ys:
+            return
+        if wide_range(ys):
+            plt.yscale("log")
+        if series.log:
+            plt.xscale("log")
+        self.scatter_by_state(plt, series.by_state)
+        if series.labels:
+            plt.xlim(0.5, len(series.labels) + 0.5)
+            plt.xticks(list(range(1, len(series.labels) + 1)), series.labels)
 
 
 class ParamPlots(PlotGrid):

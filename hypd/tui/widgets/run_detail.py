@@ -9,12 +9,11 @@ from typing import Any
 from rich.text import Text
 from textual.content import Content
 from textual.widgets import RichLog, Static
-from textual_plotext import PlotextPlot
 
 from hypd.display import fmt_exit, trial_no
-from hypd.tui.model import STATE_STYLE, fmt_number, fmt_seconds, int_ticks, runtime, where
+from hypd.tui.model import STATE_STYLE, fmt_number, fmt_seconds, int_ticks, runtime, where, wide_range
 from hypd.tui.widgets.common import tight
-from hypd.tui.widgets.plots import PlotGrid
+from hypd.tui.widgets.plots import PlotGrid, ReplottedPlot
 
 LOG_LINES = 5000
 
@@ -103,7 +102,7 @@ def metric_series(reports: Sequence[Mapping[str, Any]]) -> dict[str, tuple[list[
     return out
 
 
-class MetricPlot(PlotextPlot):
+class MetricPlot(ReplottedPlot):
     """One metric against step."""
 
     def __init__(self, metric: str, **kwargs: Any) -> None:
@@ -116,31 +115,20 @@ class MetricPlot(PlotextPlot):
         self.xs, self.ys = xs, ys
         self.replot()
 
-    def on_mount(self) -> None:
-        super().on_mount()
-        self.replot()
-
-    def on_resize(self) -> None:
-        self.replot()  # the step ticks fit the width
-
-    def replot(self) -> None:
-        plt = self.plt
-        plt.clear_data()
-        plt.clear_figure()
+    def draw(self, plt: Any) -> None:
         last = fmt_number(self.ys[-1], 5) if self.ys else "-"
         plt.title(f"{self.metric}  (last {last})")
-        if self.xs:
-            log = len(self.ys) > 1 and min(self.ys) > 0 and max(self.ys) / min(self.ys) > 1000
-            if log:
-                plt.yscale("log")
-            plt.plot(self.xs, self.ys, marker="braille")
-            if len(self.xs) == 1:
-                plt.scatter(self.xs, self.ys)
-            ticks = int_ticks(self.xs, max(2, (self.size.width or 40) // 10))
-            if ticks:
-                plt.xticks(ticks, [str(t) for t in ticks])
         plt.xlabel("step")
-        self.refresh()
+        if not self.xs:
+            return
+        if wide_range(self.ys):
+            plt.yscale("log")
+        plt.plot(self.xs, self.ys, marker="braille")
+        if len(self.xs) == 1:
+            plt.scatter(self.xs, self.ys)
+        ticks = int_ticks(self.xs, max(2, (self.size.width or 40) // 10))
+        if ticks:
+            plt.xticks(ticks, [str(t) for t in ticks])
 
 
 class MetricPlots(PlotGrid):
