@@ -287,9 +287,14 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    from hypd.study import StudyError, check_size
+
     path = Path(args.study_file)
     try:
+        check_size(path.stat().st_size, str(path))
         text = path.read_text(encoding="utf-8")
+    except StudyError as exc:
+        raise CliError(str(exc), ExitCode.INVALID) from None
     except OSError as exc:
         raise CliError(f"{path}: cannot read: {exc.strerror or exc}", ExitCode.INVALID) from None
     except UnicodeDecodeError:

@@ -110,7 +110,8 @@ class Daemon:
                                      self._host_runs, lambda: self.dispatcher.wake())
             self.dispatcher = Dispatcher(store, studies, self.runs, self.registry.all, self.home)
             self.ops = Ops(self.home, store, studies, self.runs, self.dispatcher.wake, self._publish_run,
-                           self._publish_study, self._max_gpus)
+                           self._publish_study, self._max_gpus,
+                           lambda: sorted(n for n, h in self.registry.all().items() if h.in_inventory))
             self.studies = studies
             server = Server(self.socket_path, self.home, self.bus, self._handler)
             async with asyncio.TaskGroup() as tg:

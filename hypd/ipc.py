@@ -541,7 +541,18 @@ class Client:
 
     def call(self, op: str, **args: Any) -> Any:
         self.next_id += 1
-        self.sock.sendall(encode({"id": self.next_id, "op": op, "args": args}))
+        line = encode({"id": self.next_id, "op": op, "args": args})
+        if len(line) > MAX_LINE:
+            raise DaemonError("too_large", f"{op}: the request is {len(line):,} bytes, over the daemon's limit of "
+                                           f"{MAX_LINE:,}")
+        try:
+            self.sock.sendall(line)
+        except OSError as exc:  # the daemon hung up mid-request: say so, with its reason if it gave one
+            try:
+                reason = json.loads(self._readline()).get("error", {}).get("message")
+            except (DaemonError, OSError, ValueError, AttributeError):
+                reason = None
+            raise DaemonError("error", reason or f"the daemon closed the connection during {op} ({exc})") from None
         while True:
             msg = json.loads(self._readline())
             if msg.get("id") == self.next_id:

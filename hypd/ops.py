@@ -4,11 +4,10 @@ declares for it; a refusal is a `Refusal` with a stable code."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-import json
 import logging
 import os
-import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -51,7 +50,7 @@ def parse_run_name(target: str) -> tuple[str, int] | None:
 class Ops:
     def __init__(self, home: Path, store: Store, studies: Studies, runs: Runs, wake: Callable[[], None],
                  publish_run: Callable[[int], Awaitable[None]], publish_study: Callable[[str], Awaitable[None]],
-                 max_gpus: Callable[[], int]) -> None:
+                 max_gpus: Callable[[], int], remote_hosts: Callable[[], list[str]]) -> None:
         self.home = home
         self.store = store
         self.studies = studies
@@ -60,6 +59,7 @@ class Ops:
         self.publish_run = publish_run
         self.publish_study = publish_study
         self.max_gpus = max_gpus
+        self.remote_hosts = remote_hosts
         self.started = time.time()
 
     def _study(self, name: str) -> StudyRuntime:
@@ -89,13 +89,12 @@ class Ops:
 
     async def op_submit(self, path: str, text: str, as_name: str | None) -> dict[str, Any]:
         base_dir = str(Path(path).parent)
-        # Under --as, the stored text carries the new name, so it parses as the study it is.
-        stored_text = text if as_name is None else _renamed_text(text, as_name)
-        try:
-            spec = parse_study(stored_text, path, base_dir)
+        stored_text = text  # under --as, the study's name is the stored study's, not its text's
+        try:  # off the event loop: a file at the caps still takes a while to check
+            spec = await asyncio.to_thread(parse_study, text, path, base_dir, as_name)
         except StudyError as exc:
             raise Refusal("invalid", str(exc)) from None
-        warnings = list(spec.warnings)
+        warnings = list(spec.warnings) + self._workdir_check(spec)
         most = self.max_gpus()
         if spec.gpus > most:
             warnings.append(f"runs need {spec.gpus} GPU(s) but the largest host offers {most}: they wait "
@@ -109,30 +108,43 @@ class Ops:
             existing.spec = spec
             self.runs.core.rules[spec.name] = study_rules(spec)
             await self.studies.call(existing, existing.suggester.update_spec, spec, changes=False)
-            existing.exhausted = False
+            existing.exhausted = not existing.suggester.adaptive  # (as `resume`: an adaptive search gets another go)
             await self.store.update_study_source(spec.name, path, stored_text, base_dir)
             await self.studies.set_paused(existing, False)
             self.runs.core.resumed(spec.name)
-            self.wake()
+            rows: list[dict[str, Any]] = []
+            if not existing.suggester.adaptive and existing.trials == 0:
+                # Stored by an older hypd without its trials (killed mid-submit): queue them now.
+                rows = await self.studies.new_trials(existing, existing.suggester.budget())
+            self._queue(spec.name, rows)
             await self.publish_study(spec.name)
-            return {"study": spec.name, "continued": True, "queued": 0, "warnings": warnings}
+            return {"study": spec.name, "continued": True, "queued": len(rows), "warnings": warnings}
         try:
-            rt = await self.studies.create(spec, path, stored_text, base_dir)
+            _rt, rows = await self.studies.create(spec, path, stored_text, base_dir)
         except SearchError as exc:
             raise Refusal("invalid", f"{path}: study.algorithm: {exc}") from None
         self.runs.core.rules[spec.name] = study_rules(spec)
-        queued = 0
-        if not rt.suggester.adaptive:
-            budget = spec.max_trials if spec.max_trials is not None else 1 << 30
-            rows = await self.studies.new_trials(rt, budget)
-            for row in rows:
-                self.runs.core.queued(spec.name, row["trial"], row["id"])
-            queued = len(rows)
-            rt.exhausted = True
-        log.info("study %s submitted from %s (%d trials queued)", spec.name, path, queued)
-        self.wake()
+        self._queue(spec.name, rows)
+        log.info("study %s submitted from %s (%d trials queued)", spec.name, path, len(rows))
         await self.publish_study(spec.name)
-        return {"study": spec.name, "continued": False, "queued": queued, "warnings": warnings}
+        return {"study": spec.name, "continued": False, "queued": len(rows), "warnings": warnings}
+
+    def _queue(self, study: str, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            self.runs.core.queued(study, row["trial"], row["id"])
+        self.wake()
+
+    def _workdir_check(self, spec: StudySpec) -> list[str]:
+        """A workdir missing here is refused when every run would start here (or its files
+        are copied from here); with SSH hosts it may exist on them only: a warning then."""
+        if os.path.isdir(spec.workdir):
+            return []
+        remote = self.remote_hosts()
+        if spec.files or not remote:
+            raise Refusal("invalid", f"{spec.source}: run.workdir: {spec.workdir} does not exist on this machine; "
+                                     "create it, or fix workdir (relative to the study file)")
+        return [f"run.workdir {spec.workdir} does not exist on this machine: runs fail on any host where it "
+                f"does not exist either (SSH hosts: {', '.join(remote)})"]
 
     async def op_ls(self, state: str | None, study: str | None, limit: int | None) -> list[dict[str, Any]]:
         if state is not None and state not in STATES:
@@ -375,14 +387,3 @@ def _space_change(old: StudySpec, new: StudySpec) -> str:
     if (old.constraints, old.param_constraints) != (new.constraints, new.param_constraints):
         return "constraints differ"
     return ""
-
-
-def _renamed_text(text: str, name: str) -> str:
-    """The study file with its [study] name replaced, so the stored text parses as the
-    study it is stored under."""
-    out, n = re.subn(r'(?m)^(\s*name\s*=\s*)(".*?"|\'.*?\')', lambda m: m.group(1) + json.dumps(name), text, count=1)
-    if n == 0:
-        raise Refusal("invalid", "cannot rename the study: no name = \"...\" line under [study]")
-    return out
-
-

@@ -56,6 +56,10 @@ class Suggester(ABC):
         """Register a hand-given trial (`hypd suggest`); returns its trial number.
         Raises SearchError if the values are outside the space."""
 
+    def budget(self) -> int:
+        """How many trials the search proposes in all (a grid without max_trials: its size)."""
+        return self.spec.max_trials if self.spec.max_trials is not None else 1 << 62
+
     def update_spec(self, spec: StudySpec) -> None:
         """Take an edited study file whose search space is unchanged (a new max_trials,
         seed, early_stop, ...); the next calls follow it."""
@@ -123,9 +127,6 @@ class _Enumerated(Suggester):
         self.next_trial = 0
         self.next_point = 0  # index into the algorithm's own sequence
         self.attached: list[int] = []
-
-    def budget(self) -> int:
-        return self.spec.max_trials if self.spec.max_trials is not None else 1 << 62
 
     def ask(self, n: int) -> list[tuple[int, dict[str, Any]]]:
         out = []

@@ -234,4 +234,4 @@ class Server:
             return ipc.error(request.id, exc.code, exc.message)
         except Exception as exc:
             log.exception("op %s failed", request.op)
-            return ipc.error(request.id, "error", f"{request.op} failed inside the daemon: {exc}")
+            return ipc.error(request.id, "error", f"{request.op} failed inside the daemon: {str(exc) or repr(exc)}")

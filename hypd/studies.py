@@ -68,7 +68,7 @@ class Studies:
 
     async def _load_one(self, row: StudyRow) -> None:
         try:
-            spec = parse_study(row.text, row.source, row.base_dir)
+            spec = await asyncio.to_thread(parse_study, row.text, row.source, row.base_dir, row.name)
             suggester = await asyncio.to_thread(open_suggester, spec, row.search_state, self.worker)
         except (StudyError, SearchError, ValueError) as exc:
             self.broken[row.name] = str(exc)
@@ -80,13 +80,22 @@ class Studies:
         rt.exhausted = not suggester.adaptive  # a search that is not adaptive queued every trial at submit
         self.all[row.name] = rt
 
-    async def create(self, spec: StudySpec, path: str, text: str, base_dir: str) -> StudyRuntime:
+    async def create(self, spec: StudySpec, path: str, text: str,
+                     base_dir: str) -> tuple[StudyRuntime, list[dict[str, Any]]]:
+        """A new study, and the new runs of its trials. A search that is not adaptive
+        proposes every trial now, and they are stored with the study in one transaction: a
+        daemon killed meanwhile leaves the whole study or none of it."""
         suggester = await asyncio.to_thread(open_suggester, spec, None, self.worker)
+        trials: list[tuple[int, dict[str, Any]]] = []
+        if not suggester.adaptive:
+            trials = await asyncio.to_thread(suggester.ask, suggester.budget())
         state = await asyncio.to_thread(suggester.dump)
-        await self.store.add_study(spec.name, path, text, base_dir, state)
+        runs = await self.store.add_study(spec.name, path, text, base_dir, state, trials)
         rt = StudyRuntime(spec, suggester, False, 0.0)
+        rt.trials = len(trials)
+        rt.exhausted = not suggester.adaptive
         self.all[spec.name] = rt
-        return rt
+        return rt, runs
 
     async def set_paused(self, rt: StudyRuntime, paused: bool, reason: str = "") -> None:
         """Pause (start nothing new) or resume a study; `reason` when hypd pauses it itself."""
