@@ -85,8 +85,8 @@ def table(rows: list[list[str]], header: list[str], last_free: bool = True) -> s
 
 
 def last_note(run: dict[str, Any]) -> str:
-    """A run's last output line; for one that failed or was lost, why first."""
-    if run["state"] in ("failed", "lost") and run["reason"]:
+    """A run's last output line; for one that failed, was lost or stopped early, why first."""
+    if run["state"] in ("failed", "lost", "stopped") and run["reason"]:
         return f"[{run['reason']}] {run['last_line']}".rstrip()
     return run["last_line"]
 

@@ -185,10 +185,9 @@ class Daemon:
             rt = self.studies.get(study)
             if rt is None or rt.spec.early_stop is None or time.time() - rt.last_early_stop < EARLY_STOP_EVERY:
                 continue
-            by_trial = {a.trial: a for a in attempts}
-            for trial in await self.studies.early_stops(study, sorted(by_trial)):
-                if trial in by_trial:
-                    self.runs.feed(lc.StopRequested(by_trial[trial].id, StopIntent.EARLY_STOP, at=time.time()))
+            stops = await self.studies.early_stops(study, {a.id: a.trial for a in attempts})
+            for run, reason in stops.items():
+                self.runs.feed(lc.StopRequested(run, StopIntent.EARLY_STOP, reason, at=time.time()))
 
     # ------------------------------------------------------------ stop
 

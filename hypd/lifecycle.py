@@ -499,7 +499,7 @@ class Lifecycle:
         end = ending(code, stage, a.stop_intent, rules.timeout_text)
         # hypd's own reason for ending it (a superseded attempt, a hung one) reads better
         # than the bare intent's, unless the run got to complete (or be stopped) anyway.
-        own = bool(a.stop_reason) and end.state in (RunState.KILLED, RunState.FAILED)
+        own = bool(a.stop_reason) and end.state in (RunState.KILLED, RunState.FAILED, RunState.STOPPED)
         reason = a.stop_reason if own else end.reason
         was_lost = a.phase is Phase.LOST
         if was_lost and not (own and end.state is RunState.KILLED):
@@ -610,7 +610,10 @@ class Lifecycle:
             return []
         a.stop_intent = intent
         a.stop_reason = reason
-        out: list[Action] = [Persist(a.id, (("stop_intent", intent.value), ("stop_sent", at)))]
+        fields: tuple[tuple[str, object], ...] = (("stop_intent", intent.value), ("stop_sent", at))
+        if reason:  # hypd's own words, which its record ends with (after a restart too)
+            fields += (("stop_reason", reason),)
+        out: list[Action] = [Persist(a.id, fields)]
         # Without a pid (its launch is under way) the Signal goes once it is known.
         if a.pid is not None and a.host not in self.hosts_down:
             out.append(Signal(a.id, a.host))

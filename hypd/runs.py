@@ -269,7 +269,7 @@ class Runs:
                         attempt.name, batch.refused)
         if reports:
             await self.publish_run(action.run)
-            await self.studies.report(attempt.study, attempt.trial, reports)
+            await self.studies.report(attempt.study, attempt.trial, reports, run=action.run)
 
     # ------------------------------------------------------------ trials
 
@@ -332,7 +332,7 @@ class Runs:
                                      columns=("id", "study", "run_no", "trial", "state", "host", "gpus", "pid",
                                               "proc_start", "ctl_dir", "log_path", "log_offset", "reports",
                                               "metrics", "objective", "last_line", "deadline", "stop_intent",
-                                              "started"))
+                                              "stop_reason", "started"))
         failures: dict[tuple[str, int], int] = {}
         settled: set[tuple[str, int]] = set()
         for row in await self.store.runs(states=[RunState.FAILED.value, RunState.LOST.value,
@@ -361,7 +361,7 @@ class Runs:
                 row["id"], row["name"], row["study"], row["trial"], row["host"], tuple(row["gpus"] or ()),
                 lc.Phase.LOST if row["state"] == RunState.LOST.value else lc.Phase.RUNNING,
                 row["pid"], row["proc_start"], row["deadline"],
-                StopIntent(row["stop_intent"]) if row["stop_intent"] else None,
+                StopIntent(row["stop_intent"]) if row["stop_intent"] else None, row["stop_reason"] or "",
                 log_size=row["log_offset"], stored=row["log_offset"], asked=row["log_offset"],
                 unreachable_since=None if host.up else (host.down_since or time.time()))
             self._carry_out(row["id"], self.core.adopt(attempt, failures.get(key, 0), key in settled))

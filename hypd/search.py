@@ -81,6 +81,9 @@ class Suggester(ABC):
         """Of these running trials, the ones to stop now. Default: none."""
         return []
 
+    def stopped(self, trial: int) -> None:
+        """The trial was stopped early by hypd's own rule (ASHA); its reports stand."""
+
     def best(self) -> dict[str, Any] | None:
         """The model's predicted best parameters, with predictions, if it has a model."""
         return None
@@ -438,8 +441,9 @@ def _attach_early_stopping(client: Any, spec: StudySpec) -> None:
     if metric not in client._experiment.metrics:
         client.configure_tracking_metrics([metric])
     client.configure_metrics([ax.MapMetric(name=metric, lower_is_better=lower_is_better)])
-    client.set_early_stopping_strategy(ax.PercentileEarlyStoppingStrategy(
-        metric_signatures=[metric], min_progression=es.min_step))
+    if es.rule == "percentile":  # ASHA is hypd's own (hypd/asha.py): Ax only learns the curves
+        client.set_early_stopping_strategy(ax.PercentileEarlyStoppingStrategy(
+            metric_signatures=[metric], min_progression=es.min_step))
 
 
 def _ax_raw_data(client: Any, values: Mapping[str, float]) -> dict[str, float]:
@@ -552,6 +556,8 @@ class AxSuggester(Suggester):
       EARLY_STOPPED in Ax, and the data they reported stays in the model. Later calls of
       `complete`, `fail` or `abandon` for such a trial are accepted: `complete` adds its
       values, the others leave it EARLY_STOPPED.
+    - With `early_stop` rule "asha", hypd's own rule (hypd/asha.py) decides; the curves
+      still reach Ax, and `stopped` marks a trial it stopped EARLY_STOPPED.
     - `complete`, `fail`, `abandon` on a trial that has already ended are ignored.
 
     Not thread-safe as such (Ax's Client is not): every public method takes an internal
@@ -574,8 +580,6 @@ class AxSuggester(Suggester):
     7 kB per trial, and takes ~0.5 s per 100 trials (most of it Ax encoding its data).
     The first AxSuggester in a process pays for importing Ax and torch: ~5 s.
     """
-
-    adaptive = True
 
     adaptive = True
 
@@ -708,7 +712,7 @@ class AxSuggester(Suggester):
                 self._client.mark_trial_abandoned(trial)
 
     def early_stop(self, running: list[int]) -> list[int]:
-        if self.spec.early_stop is None:
+        if self.spec.early_stop is None or self.spec.early_stop.rule != "percentile":
             return []
         with self._session():
             trials = self._client._experiment.trials
@@ -717,6 +721,11 @@ class AxSuggester(Suggester):
             for t in stop:
                 self._client.mark_trial_early_stopped(trial_index=t)
             return stop
+
+    def stopped(self, trial: int) -> None:
+        with self._session():
+            if self._trial(trial).status.is_running:
+                self._client.mark_trial_early_stopped(trial_index=trial)
 
     def best(self) -> dict[str, Any] | None:
         """{"trial", "params", "prediction": {metric: [mean, sem]}, "predicted", "observed"}

@@ -156,6 +156,9 @@ class RemoteSuggester(Suggester):
     def early_stop(self, running: list[int]) -> list[int]:
         return list(self._call("early_stop", list(running)))
 
+    def stopped(self, trial: int) -> None:
+        self._call("stopped", trial)
+
     def best(self) -> dict[str, Any] | None:
         return self._call("best")
 

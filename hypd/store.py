@@ -80,6 +80,7 @@ CREATE TABLE IF NOT EXISTS runs (
     exit_stage TEXT,               -- the stage that failed (setup, main, or a stage's name)
     stop_intent TEXT,
     stop_sent REAL,
+    stop_reason TEXT NOT NULL DEFAULT '',  -- hypd's own words for why it is ending the run
     created REAL NOT NULL,
     started REAL,
     ended REAL,
@@ -170,7 +171,7 @@ def unavailable_reason(exc: BaseException, path: Path, busy_timeout_ms: int = DE
 # Columns added after a store was first written (CREATE TABLE IF NOT EXISTS keeps an old
 # table as it is): table -> column -> its declaration. Additive only, so an older hypd
 # still reads the store.
-_ADDED_COLUMNS = {"studies": {"pause_reason": "TEXT NOT NULL DEFAULT ''"}, "runs": {"exit_stage": "TEXT"}}
+_ADDED_COLUMNS = {"studies": {"pause_reason": "TEXT NOT NULL DEFAULT ''"}, "runs": {"exit_stage": "TEXT", "stop_reason": "TEXT NOT NULL DEFAULT ''"}}
 
 
 def _add_columns(db: sqlite3.Connection) -> None:
@@ -268,6 +269,21 @@ class Queries:
         rows = await self.reader.execute_fetchall(
             "SELECT step, at, data FROM reports WHERE run_id=? AND seq>=? ORDER BY seq", (run_id, since))
         return [{"step": r[0], "at": r[1], "values": json.loads(r[2])} for r in rows]
+
+    async def study_reports(self, study: str, metric: str) -> dict[int, list[tuple[int, float, float]]]:
+        """run id -> (step, time, value of `metric`) of each of its reports that has it, in
+        order, for every run of a study (early stopping's view of the study)."""
+        # Decoded here, not by SQLite's json_extract: values may be NaN or inf, which
+        # Python's JSON writes and SQLite's reader refuses.
+        rows = await self.reader.execute_fetchall(
+            "SELECT r.run_id, r.step, r.at, r.data FROM reports r JOIN runs u ON u.id = r.run_id "
+            "WHERE u.study = ? ORDER BY r.run_id, r.seq", (study,))
+        out: dict[int, list[tuple[int, float, float]]] = {}
+        for run_id, step, at, data in rows:
+            value = json.loads(data).get(metric)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out.setdefault(run_id, []).append((step, at, float(value)))
+        return out
 
     async def state_counts(self) -> dict[str, dict[str, int]]:
         """study -> state -> number of runs."""
@@ -688,5 +704,6 @@ def _update(db: sqlite3.Connection, run_id: int, fields: Mapping[str, Any]) -> N
     db.execute(f"UPDATE runs SET {', '.join(cols)} WHERE id=?", (*values, run_id))
 
 
-_ALL_COLUMNS = RUN_COLUMNS + ("pid", "proc_start", "ctl_dir", "log_offset", "stop_intent", "stop_sent")
+_ALL_COLUMNS = RUN_COLUMNS + ("pid", "proc_start", "ctl_dir", "log_offset", "stop_intent", "stop_sent",
+                              "stop_reason")
 _WRITABLE = set(_ALL_COLUMNS) - {"id", "study", "run_no", "trial", "attempt", "params", "created"}

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hypd.asha import Asha, Ledger
 from hypd.runstate import RunState
 from hypd.search import SearchError, Suggester
 from hypd.searchworker import SearchWorker, open_suggester
@@ -42,6 +43,7 @@ class StudyRuntime:
     served_stored: float = 0.0  # last_served as the store has it (stored by `flush`)
     tell_queued: bool = False  # a tell waits for the lock: it will tell every trial ended by then
     pause_reason: str = ""  # why hypd paused it itself ("" when a user did, or it is not paused)
+    asha: Ledger | None = None  # early_stop rule "asha": the runs' arrivals at the rungs (read at first use)
 
 
 class Studies:
@@ -150,11 +152,16 @@ class Studies:
             rt.trials += len(trials)
             return runs
 
-    async def report(self, study: str, trial: int, reports: list[tuple[int, float, dict[str, float]]]) -> None:
-        """Intermediate reports, for a search that stops unpromising trials early."""
+    async def report(self, study: str, trial: int, reports: list[tuple[int, float, dict[str, float]]],
+                     run: int | None = None) -> None:
+        """Intermediate reports of a run, for early stopping: its arrivals at ASHA's rungs,
+        and the search (whose model learns from the curves, and whose own rule may stop it)."""
         rt = self.all.get(study)
         if rt is None or rt.spec.early_stop is None or not reports:
             return
+        if rt.asha is not None and run is not None:
+            metric = rt.spec.early_stop.metric
+            rt.asha.add(run, [(step, at, values[metric]) for step, at, values in reports if metric in values])
         await self.call(rt, _report_all, rt.suggester, trial, reports, changes=False)
         rt.dirty_since = rt.dirty_since or time.time()
 
@@ -200,17 +207,35 @@ class Studies:
             rt.suggester.fail(row["trial"])
             return "failed"
         if state is RunState.STOPPED:
-            return "stopped"  # the search itself decided to stop it and has its data
+            rt.suggester.stopped(row["trial"])  # it has the data the run reported
+            return "stopped"
         rt.suggester.abandon(row["trial"])
         return "abandoned"
 
-    async def early_stops(self, study: str, running: list[int]) -> list[int]:
-        """Trials (of those running) the search judges unpromising now."""
+    async def early_stops(self, study: str, running: dict[int, int]) -> dict[int, str]:
+        """Of the running runs (run id -> trial), those to stop now, each with its reason:
+        by ASHA over the reports, or as the search judges (Ax's percentile rule)."""
         rt = self.all.get(study)
         if rt is None or rt.spec.early_stop is None or not running:
-            return []
+            return {}
         rt.last_early_stop = time.time()
-        return list(await self.call(rt, rt.suggester.early_stop, sorted(running), changes=bool))
+        rule = Asha.of(rt.spec.early_stop)
+        if rule is not None:
+            ledger = await self._asha_ledger(rt, rule)
+            return {run: f"early-stopped: {why}" for run, why in ledger.to_stop(sorted(running)).items()}
+        trials = await self.call(rt, rt.suggester.early_stop, sorted(set(running.values())), changes=bool)
+        return {run: "" for run, trial in running.items() if trial in trials}
+
+    async def _asha_ledger(self, rt: StudyRuntime, rule: Asha) -> Ledger:
+        """The study's ASHA ledger; made from the stored reports at first use (and after the
+        rule changed). It takes reports as they come from the moment it exists: those
+        stored while it is read are added twice, which a ledger takes (the earliest counts)."""
+        if rt.asha is None or rt.asha.rule != rule:
+            rt.asha = ledger = Ledger(rule)
+            metric = rt.spec.early_stop.metric if rt.spec.early_stop else ""
+            for run, reports in (await self.store.study_reports(rt.spec.name, metric)).items():
+                ledger.add(run, reports)
+        return rt.asha
 
     def close(self) -> None:
         self.worker.close()

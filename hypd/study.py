@@ -121,8 +121,16 @@ class Stage:
 
 @dataclass(frozen=True)
 class EarlyStop:
+    """`early_stop` in [study]. rule "percentile": Ax's percentile rule (the search judges);
+    rule "asha": asynchronous successive halving over the reports (hypd/asha.py), with
+    rungs at min_step * eta^k below max_step."""
+
     metric: str
     min_step: int = 0
+    rule: str = "percentile"  # or "asha"
+    max_step: int | None = None  # asha only
+    eta: int = 3  # asha only: 1/eta of the runs at a rung go on
+    minimize: bool = True  # the metric's direction: the objective's, else lower is better
 
 
 @dataclass(frozen=True)
@@ -392,18 +400,36 @@ class _StudySectionParser(_Reader):
             raise self.fail(key, "the same metric is named twice")
         return tuple(out)
 
-    def early_stop(self, study: Mapping[str, Any], default_metric: str) -> EarlyStop | None:
+    def early_stop(self, study: Mapping[str, Any], objectives: tuple[Objective, ...]) -> EarlyStop | None:
         if "early_stop" not in study:
             return None
         es = study["early_stop"]
         if not isinstance(es, dict):
-            raise self.fail("study.early_stop", 'must be { metric = "loss", min_step = 3 }')
-        self.no_unknown(es, {"metric", "min_step"}, "study.early_stop")
-        metric = es.get("metric", default_metric)
+            raise self.fail("study.early_stop", 'must be { metric = "loss", min_step = 3 } or '
+                                                '{ rule = "asha", min_step = 1, max_step = 81, eta = 3 }')
+        rule = es.get("rule", "percentile")
+        if rule not in ("percentile", "asha"):
+            raise self.fail("study.early_stop.rule", f'must be "percentile" or "asha", got {rule!r}')
+        known = {"metric", "min_step", "rule"} | ({"max_step", "eta"} if rule == "asha" else set())
+        self.no_unknown(es, known, "study.early_stop")
+        metric = es.get("metric", objectives[0].metric)
         if not isinstance(metric, str):
             raise self.fail("study.early_stop.metric", "must be a metric name")
-        min_step = self.integer(es, "min_step", "study.early_stop", 0, 0)
-        return EarlyStop(metric, min_step or 0)
+        minimize = next((o.minimize for o in objectives if o.metric == metric), True)
+        if rule == "percentile":
+            min_step = self.integer(es, "min_step", "study.early_stop", 0, 0)
+            return EarlyStop(metric, min_step or 0, minimize=minimize)
+        where = "study.early_stop"
+        if "min_step" not in es or "max_step" not in es:
+            raise self.fail(where, 'rule "asha" needs min_step and max_step, e.g. '
+                                   '{ rule = "asha", min_step = 1, max_step = 81, eta = 3 }')
+        min_step = self.integer(es, "min_step", where, None, 1)
+        max_step = self.integer(es, "max_step", where, None, 1)
+        eta = self.integer(es, "eta", where, 3, 2)
+        assert min_step is not None and max_step is not None and eta is not None
+        if max_step <= min_step:
+            raise self.fail(f"{where}.max_step", f"must be above min_step ({min_step}), got {max_step}")
+        return EarlyStop(metric, min_step, rule="asha", max_step=max_step, eta=eta, minimize=minimize)
 
     def string_list(self, table: Mapping[str, Any], key: str) -> tuple[str, ...]:
         value = table.get(key, [])
@@ -741,7 +767,7 @@ class _Parser(_Reader):
         metrics_regex = self.run_parser.metrics_regex(self.table(doc, "metrics", required=False))
         constraints = self.study_parser.string_list(study, "constraints")
         param_constraints = self.study_parser.string_list(study, "param_constraints")
-        early_stop = self.study_parser.early_stop(study, settings.objectives[0].metric)
+        early_stop = self.study_parser.early_stop(study, settings.objectives)
         self.run_parser.check_objectives(settings.objectives, metrics_regex, run.stages)
 
         return StudySpec(

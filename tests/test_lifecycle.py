@@ -270,7 +270,8 @@ def test_a_silent_run_is_ended_as_hung_after_its_keepalive() -> None:
     assert lc.handle(Tick(200.0)) == []  # output since the last tick: the window opens again
     assert lc.handle(Tick(499.0)) == []
     out = lc.handle(Tick(500.0))
-    assert out == [Persist(1, (("stop_intent", "keepalive"), ("stop_sent", 500.0))), Signal(1, "h")]
+    assert out == [Persist(1, (("stop_intent", "keepalive"), ("stop_sent", 500.0),
+                               ("stop_reason", "no output for 5m (keepalive)"))), Signal(1, "h")]
     assert lc.handle(Tick(900.0)) == []  # signalled once
     out = lc.handle(Exited(1, 143, None, 5))
     assert of(out, Record) == [Record(1, RunState.FAILED, "no output for 5m (keepalive)", 143)]
@@ -481,7 +482,9 @@ def test_lost_run_back_alive_while_its_retry_is_pending_is_stopped() -> None:
     lc.queued("s", 1, 2)  # the shell's answer to the Retry
     assert lc.handle(HostUp("h")) == [Watch(1, "h", 0, 100, "t100")]
     out = lc.handle(Alive(1, 100, "t100"))
-    assert out == [Persist(1, (("stop_intent", "kill"), ("stop_sent", 0.0))), Signal(1, "h")]
+    assert out == [Persist(1, (("stop_intent", "kill"), ("stop_sent", 0.0),
+                               ("stop_reason", "ended: its trial was retried while its host was away"))),
+                   Signal(1, "h")]
     assert [a.id for a in lc.held("h")] == [1]
     out = lc.handle(Exited(1, None, None, 0))
     [rec] = of(out, Record)
@@ -559,7 +562,9 @@ def test_lost_while_launching_then_launched_is_as_if_seen_alive() -> None:
     assert lc.handle(HostUp("h")) == [Watch(1, "h", 0, None, None)]
     out = lc.handle(Launched(1, 100, "t"))  # its launch got there after all
     assert out == [Persist(1, (("pid", 100), ("proc_start", "t"))),
-                   Persist(1, (("stop_intent", "kill"), ("stop_sent", 0.0))), Signal(1, "h")]
+                   Persist(1, (("stop_intent", "kill"), ("stop_sent", 0.0),
+                               ("stop_reason", "ended: its trial was retried while its host was away"))),
+                   Signal(1, "h")]
     # With nothing else for its trial, it is adopted back.
     lc = Lifecycle({"s": StudyRules(retries=0)}, lost_after={"h": 60.0})
     start(lc, launched=False)

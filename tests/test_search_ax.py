@@ -346,6 +346,24 @@ def test_early_stopping_stops_the_clearly_worse_curve():
     assert df["step"].max() == 3 and df.loc[df["step"] == 3, "mean"].item() == 1.05
 
 
+def test_with_asha_ax_learns_the_curves_and_is_told_of_a_stop():
+    spec = study(BRANIN_PARAMS, algorithm="sobol", max_trials=20,
+                 extra='early_stop = { rule = "asha", min_step = 1, max_step = 9 }')
+    s = make_suggester(spec)
+    assert s._client._maybe_early_stopping_strategy is None  # the rule is hypd's (hypd/asha.py)
+    trials = [t for t, _ in s.ask(2)]
+    for t in trials:
+        for step in range(3):
+            s.report(t, step, {"loss": curve(1.0 + t, step)})
+    assert s.early_stop(trials) == []  # Ax does not judge
+    s.stopped(trials[1])
+    assert status(s, trials[1]) == "EARLY_STOPPED"
+    s = load_suggester(spec, s.dump())
+    s.stopped(trials[1])  # told again (after a restart): nothing changes
+    assert status(s, trials[1]) == "EARLY_STOPPED"
+    assert sorted(s._client._experiment.lookup_data(trial_indices=[trials[1]]).full_df["step"]) == [0, 1, 2]
+
+
 def test_early_stop_is_off_without_the_setting():
     s = make_suggester(study(BRANIN_PARAMS, algorithm="sobol"))
     trials = [t for t, _ in s.ask(2)]

@@ -15,6 +15,7 @@ import pytest
 from hypd.study import (
     BUILTIN_PLACEHOLDERS,
     ChoiceParam,
+    EarlyStop,
     FixedParam,
     FloatParam,
     IntParam,
@@ -271,6 +272,16 @@ def test_workdir_output_dir_env_and_extras(tmp_path):
     assert (spec.early_stop.metric, spec.early_stop.min_step) == ("loss", 2)
 
 
+def test_early_stop_asha(tmp_path):
+    study = STUDY + '\nearly_stop = { rule = "asha", min_step = 1, max_step = 81 }'
+    es = load(tmp_path, doc(study=study)).early_stop
+    assert es == EarlyStop("loss", 1, rule="asha", max_step=81, eta=3, minimize=True)
+    study = ('name = "q"\nobjective = { metric = "acc", goal = "maximize" }\n'
+             'early_stop = { rule = "asha", min_step = 2, max_step = 30, eta = 2 }')
+    es = load(tmp_path, doc(study=study)).early_stop
+    assert es == EarlyStop("acc", 2, rule="asha", max_step=30, eta=2, minimize=False)
+
+
 def test_objective_forms(tmp_path):
     spec = load(tmp_path, doc(study='name = "q"\nobjective = [ "loss", { metric = "acc", goal = "maximize", use = "best" } ]'))
     assert spec.objectives == (Objective("loss"), Objective("acc", "maximize", "best"))
@@ -465,6 +476,18 @@ REFUSALS = [
     ("env-not-table", doc(run=RUN + '\nenv = "A=1"'), "run.env", "env = {"),
     ("workdir-not-string", doc(run=RUN + "\nworkdir = 3"), "run.workdir", "must be a string"),
     ("constraints-not-strings", doc(study=STUDY + "\nconstraints = [1]"), "study.constraints", "list of strings"),
+    ("early-stop-rule", doc(study=STUDY + '\nearly_stop = { rule = "hyperband" }'), "study.early_stop.rule",
+     '"percentile" or "asha"'),
+    ("asha-no-max-step", doc(study=STUDY + '\nearly_stop = { rule = "asha", min_step = 1 }'), "study.early_stop",
+     "needs min_step and max_step"),
+    ("asha-max-below-min", doc(study=STUDY + '\nearly_stop = { rule = "asha", min_step = 9, max_step = 3 }'),
+     "study.early_stop.max_step", "above min_step (9)"),
+    ("asha-eta-1", doc(study=STUDY + '\nearly_stop = { rule = "asha", min_step = 1, max_step = 9, eta = 1 }'),
+     "study.early_stop.eta", "at least 2"),
+    ("asha-min-step-0", doc(study=STUDY + '\nearly_stop = { rule = "asha", min_step = 0, max_step = 9 }'),
+     "study.early_stop.min_step", "at least 1"),
+    ("percentile-eta", doc(study=STUDY + '\nearly_stop = { min_step = 1, eta = 3 }'), "study.early_stop.eta",
+     "unknown key"),
 ]
 
 

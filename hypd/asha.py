@@ -1,0 +1,129 @@
+"""Asynchronous successive halving (ASHA): which running runs to stop, from their reports.
+
+Pure: no I/O, no clock. The rule (`early_stop = { rule = "asha", min_step, max_step, eta }`):
+
+- Rungs sit at steps min_step, min_step*eta, min_step*eta^2, ... below max_step (a run
+  that gets to max_step has finished its budget; nothing judges it there).
+- A run reaches a rung with its first report at or past the rung's step; that report's
+  value is the run's value at the rung, and its time the moment it got there.
+- It is judged once per rung, against the runs that had reached that rung by then
+  (itself included, k of them): it goes on only if it ranks in the top max(1, k // eta).
+  Asynchronous: nobody waits for a rung to fill, so the first run at a rung always goes
+  on, and when k runs reach a rung together at most k // eta of them do (k >= eta).
+- Ties in value go to the lower run id; a non-finite value ranks last.
+
+Every verdict depends only on the reports, so it is recomputed from them at any time
+(after a restart too) and comes out the same. `Ledger` keeps, per run, only the report
+that reached each rung: what `to_stop` needs, updated as reports arrive.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from hypd.study import EarlyStop
+
+
+@dataclass(frozen=True)
+class Asha:
+    min_step: int
+    max_step: int
+    eta: int = 3
+    minimize: bool = True
+
+    @classmethod
+    def of(cls, es: EarlyStop | None) -> Asha | None:
+        """The study's ASHA rule, if its early stopping is one."""
+        if es is None or es.rule != "asha" or es.max_step is None:
+            return None
+        return cls(es.min_step, es.max_step, es.eta, es.minimize)
+
+    def rungs(self) -> tuple[int, ...]:
+        """The steps at which runs are judged."""
+        out, step = [], self.min_step
+        while step < self.max_step:
+            out.append(step)
+            step *= self.eta
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A run's first report at or past a rung: when, and its value."""
+
+    time: float
+    value: float
+
+
+def arrivals(rule: Asha, reports: Iterable[tuple[int, float, float]]) -> dict[int, Arrival]:
+    """rung index -> the run's arrival there, from its reports (step, time, value) in the
+    order they were printed."""
+    rungs = rule.rungs()
+    out: dict[int, Arrival] = {}
+    for step, time, value in reports:
+        for i, rung in enumerate(rungs):
+            if step >= rung and i not in out:
+                out[i] = Arrival(time, value)
+    return out
+
+
+def _score(rule: Asha, value: float) -> float:
+    """Lower is better; a non-finite value is the worst."""
+    if not math.isfinite(value):
+        return math.inf
+    return value if rule.minimize else -value
+
+
+def verdict(rule: Asha, at_rungs: Mapping[int, Mapping[int, Arrival]], run: int) -> str | None:
+    """Why `run` is to stop (its first rung where it was not in the top), or None.
+
+    at_rungs: run id -> rung index -> arrival, for every run of the study that reported
+    (running, ended, stopped alike)."""
+    mine = at_rungs.get(run, {})
+    for i in sorted(mine):
+        me = mine[i]
+        my_key = (_score(rule, me.value), run)
+        peers = better = 0
+        for other, theirs in at_rungs.items():
+            there = theirs.get(i)
+            if there is None or there.time > me.time:
+                continue
+            peers += 1
+            if other != run and (_score(rule, there.value), other) < my_key:
+                better += 1
+        keep = max(1, peers // rule.eta)
+        if better + 1 > keep:
+            return (f"rung {i + 1} (step {rule.rungs()[i]}), below the top 1/{rule.eta}: "
+                    f"ranked {better + 1} of {peers} runs there")
+    return None
+
+
+def to_stop(rule: Asha, at_rungs: Mapping[int, Mapping[int, Arrival]],
+            running: Iterable[int]) -> dict[int, str]:
+    """Of the running runs, those to stop, each with its reason."""
+    out = {}
+    for run in running:
+        why = verdict(rule, at_rungs, run)
+        if why is not None:
+            out[run] = why
+    return out
+
+
+@dataclass
+class Ledger:
+    """Each run's arrivals at the rungs, kept up to date as its reports come in."""
+
+    rule: Asha
+    at_rungs: dict[int, dict[int, Arrival]] = field(default_factory=dict)
+
+    def add(self, run: int, reports: Iterable[tuple[int, float, float]]) -> None:
+        """Reports of a run, in any batches and order: the earliest to reach a rung counts."""
+        have = self.at_rungs.setdefault(run, {})
+        for i, arrival in arrivals(self.rule, reports).items():
+            if i not in have or arrival.time < have[i].time:
+                have[i] = arrival
+
+    def to_stop(self, running: Iterable[int]) -> dict[int, str]:
+        return to_stop(self.rule, self.at_rungs, running)
