@@ -123,6 +123,8 @@ def test_a_host_that_never_comes_back_loses_its_runs_and_they_are_retried(cluste
     lost = d.wait_state(on_a["name"], "lost", "completed", timeout=60)
     assert lost["state"] == "lost", lost
     assert lost["reason"].startswith("host a unreachable")
+    # Its time stops where its host was lost: `ls`, `info` and the dashboard stop counting.
+    assert lost["ended"] is not None and lost["started"] <= lost["ended"]
     retry = wait_for(lambda: next((r for r in d.runs(study="lost") if r["trial"] == on_a["trial"]
                                    and r["name"] != on_a["name"]), None), timeout=10, what="a retry")
     assert retry["attempt"] == 2

@@ -31,6 +31,7 @@ from hypd.tui.screens.help import HelpScreen
 from hypd.tui.screens.run import RunScreen
 from hypd.tui.screens.study import StudyScreen
 from hypd.tui.widgets.common import ConnectionBanner
+from hypd.tui.widgets.plots import ObjectivePlot, ParamPlots
 from hypd.tui.widgets.runs import RunTable, layout
 from hypd.tui.widgets.studies import StudiesTable
 
@@ -293,6 +294,31 @@ async def test_reconnect_banner_while_the_daemon_is_down(daemon: DaemonProc) -> 
         # Events flow again on the new connection.
         await submit(daemon, "after", study("after", "true"))
         await until(pilot, lambda: state_of(app, "after:1") == "completed", what="a run after the restart")
+
+
+async def test_the_study_screen_plots_each_trial_and_each_parameter(daemon: DaemonProc) -> None:
+    """Trials numbered from 1, failed ones drawn apart, the best so far a step line, and a
+    scatter for the parameter that varies."""
+    # loss = x; x = 3 reports and then exits 1.
+    command = "python3 -c 'import sys; print(\\\"METRICS: loss={x}\\\"); sys.exit(1 if {x} == 3 else 0)'"
+    await submit(daemon, "plots", study("plots", command, "[4, 3, 1, 2]"))
+    await asyncio.to_thread(daemon.wait_finished, "plots")
+    app = app_for(daemon)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: (app.studies.get("plots") or {}).get("finished"), what="the study")
+        app.open_study("plots")
+        screen = await until(pilot, lambda: isinstance(app.screen, StudyScreen) and app.screen)
+        await until(pilot, lambda: screen.board, what="the leaderboard")
+        plot = screen.query_one("#objective", ObjectivePlot)
+        await until(pilot, lambda: len(plot.points) == 4, what="the trials plotted")
+        assert [(p.trial, p.state, p.value) for p in plot.points] == [
+            (1, "completed", 4.0), (2, "failed", 3.0), (3, "completed", 1.0), (4, "completed", 2.0)]
+        assert plot.best == ([1, 3, 4], [4.0, 1.0, 1.0])
+        params = screen.query_one("#params", ParamPlots)
+        await until(pilot, lambda: [p.param for p in params.plots] == ["x"], what="a plot per parameter")
+        (x,) = params.plots
+        assert x.series.by_state == {"completed": ([4.0, 1.0, 2.0], [4.0, 1.0, 2.0]), "failed": ([3.0], [3.0])}
+        assert "1 failed" in str(screen.query_one("#objective-box").border_title)
 
 
 async def test_focus_returns_to_where_the_user_was(daemon: DaemonProc) -> None:

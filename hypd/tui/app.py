@@ -216,7 +216,7 @@ class HypdApp(DaemonActions, App[int]):
         if provide is not None:
             yield from provide()
         for name in sorted(self.studies):
-            yield SystemCommand(f"Open study {name}", "leaderboard, objective by trial, heatmap",
+            yield SystemCommand(f"Open study {name}", "leaderboard, objective by trial, a plot per parameter",
                                 lambda n=name: self.open_study(n))
         yield SystemCommand("Reconnect now", "try the daemon again without waiting", self.action_reconnect)
         yield from super().get_system_commands(screen)

@@ -215,4 +215,7 @@ class StudyScreen(Screen[None]):
         yield SystemCommand(f"Kill study {s}", "kill its runs and pause it, after a confirmation", self.action_kill)
         yield SystemCommand(f"Retry failed runs of study {s}", "after a confirmation", self.action_retry)
         yield SystemCommand(f"Show the runs of study {s}", "the dashboard's runs table, filtered", self.action_show_runs)
+        if self.has_heatmap:
+            yield SystemCommand("Heatmap / parameter plots", "the objective over the grid, or a scatter per parameter",
+                                self.action_toggle_heatmap)
         yield SystemCommand("Back to the dashboard", "", self.app.pop_screen)
