@@ -639,20 +639,42 @@ def detach(home: Path) -> int:
             return 0
     except DaemonError:
         pass
+    log_path = home / "daemon.log"
+    log_from = log_path.stat().st_size if log_path.exists() else 0
     with open(home / "daemon.out", "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "hypd", "serve", "--quiet"], stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=out, start_new_session=True, close_fds=True)
     deadline = time.time() + 30
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise CliError(f"the daemon exited at start (status {proc.returncode}); see {home / 'daemon.log'}")
+            why = "; ".join(_start_lines(log_path, log_from, ("ERROR",))) or f"see {log_path}"
+            raise CliError(f"the daemon exited at start (status {proc.returncode}): {why}")
         try:
             with Client(socket_path(home), timeout=2) as c:
-                print(f"hypd daemon started (pid {c.hello['pid']}); log: {home / 'daemon.log'}")
+                for line in _start_lines(log_path, log_from, ("ERROR", "WARNING hypd.daemon")):
+                    print(f"warning: {line}", file=sys.stderr)  # e.g. a store that lost data
+                print(f"hypd daemon started (pid {c.hello['pid']}); log: {log_path}")
                 return 0
         except DaemonError:
             time.sleep(0.1)
     raise CliError(f"the daemon did not answer within 30 s; see {home / 'daemon.log'}")
+
+
+def _start_lines(log_path: Path, offset: int, kinds: tuple[str, ...]) -> list[str]:
+    """The daemon's log lines of these kinds ("ERROR", "WARNING hypd.daemon") since offset,
+    without their time stamp and logger."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            text = f.read(1 << 20).decode(errors="replace")
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        parts = line.split(" ", 3)  # date, time, level, "logger: message"
+        if len(parts) == 4 and any(f"{parts[2]} {parts[3]}".startswith(kind) for kind in kinds):
+            out.append(parts[3].partition(": ")[2])
+    return out
 
 
 def cmd_tui(args: argparse.Namespace) -> int:

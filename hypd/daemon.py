@@ -33,7 +33,8 @@ from hypd.registry import Registry
 from hypd.runs import Runs
 from hypd.runstate import StopIntent
 from hypd.server import EventBus, Refusal, Server
-from hypd.store import Store, StoreUnavailable
+from hypd.store import Store, StoreError, StoreUnavailable
+from hypd.storecheck import DamagedStore
 from hypd.studies import SEARCH_FLUSH_EVERY, Studies
 
 log = logging.getLogger("hypd.daemon")
@@ -103,6 +104,8 @@ class Daemon:
         studies: Studies | None = None
         try:
             self.store = store = await Store.open(self.home / "hypd.db")
+            if store.lost:
+                log.warning("%s", store.lost)
             studies = Studies(store)
             self.runs = Runs(store, studies, lambda: self.registry.all(), self._publish_run, self._publish_study,
                              self._publish_log, lambda: self.dispatcher.wake())
@@ -140,9 +143,9 @@ class Daemon:
                     await asyncio.to_thread(studies.close)
             if self.store is not None:
                 await self.store.close()
+                log.info("hypd stopped")
             if self.lock_file is not None:
                 self.lock_file.close()
-            log.info("hypd stopped")
 
     async def _start(self, tg: asyncio.TaskGroup) -> None:
         """What the socket does not wait for: each study's search (the first Ax study
@@ -163,6 +166,7 @@ class Daemon:
             await asyncio.sleep(1.0)
             try:
                 await self.studies.flush(older_than=SEARCH_FLUSH_EVERY)
+                await self.store.save_highwater()  # type: ignore[union-attr]
                 await self._early_stops()
                 if troubled:
                     log.info("store available again for search states")
@@ -328,7 +332,7 @@ def serve(home: Path | None = None, *, foreground: bool = True) -> int:
         return 1
     try:
         asyncio.run(daemon.run())
-    except AlreadyRunning as exc:
+    except (AlreadyRunning, StoreError, DamagedStore) as exc:  # one line: what, which file, the way out
         log.error("%s", exc)
         return 1
     except asyncio.CancelledError:

@@ -184,6 +184,7 @@ class Dispatcher:
                     started=now))
         if self.runs.stopping:  # `hypd stop --kill-runs` came while this launch was under way
             self.runs.feed(lc.StopRequested(run_id, StopIntent.KILL, "killed: the daemon was stopped", now))
+        _set_aside(log_path.parent, row["name"])
         log_path.parent.mkdir(parents=True, exist_ok=True)
         try:
             await host.launch(run_id, str(ctl_dir), script_text(script), str(log_path))
@@ -192,3 +193,17 @@ class Dispatcher:
             return
         log.info("%s launching on %s", row["name"], where)
         await self.runs.publish_run(run_id)
+
+
+def _set_aside(folder: Path, run: str) -> None:
+    """A run never writes into an earlier run's folder: one already there with something in
+    it belongs to a run the store no longer holds (it lost data), and is renamed, not reused."""
+    try:
+        if not any(folder.iterdir()):
+            return
+    except OSError:  # not there (the usual case)
+        return
+    aside = folder.with_name(f"{folder.name}.set-aside-{int(time.time())}")
+    folder.rename(aside)
+    log.warning("%s: its folder %s held an earlier run's files (one the store has lost?); moved to %s",
+                run, folder, aside)

@@ -470,6 +470,9 @@ class Watcher:
             return
         run = Run(key, ctl, grace)
         try:
+            if os.path.isdir(run.path) and os.listdir(run.path):
+                # An earlier run's folder (the daemon's store lost that run): kept, not reused.
+                os.rename(run.path, f"{run.path}.set-aside-{int(time.time())}")
             os.makedirs(run.path, exist_ok=True)
             tmp = os.path.join(run.path, "run.sh.tmp")
             with open(tmp, "w") as f:

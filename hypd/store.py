@@ -32,6 +32,17 @@ import aiosqlite
 
 from hypd.ipc import RUN_FIELDS
 from hypd.runstate import RunState, check_transition
+from hypd.storecheck import (
+    HIGHWATER_SQL,
+    DamagedStore,
+    HighWater,
+    check_header,
+    check_pages,
+    lost_data_line,
+    read_highwater,
+    way_out,
+    write_highwater,
+)
 
 SCHEMA_VERSION = 1
 
@@ -435,6 +446,8 @@ class Store(Queries):
         self.reader = reader
         self.path = writer.path
         self.busy_timeout_ms = writer.busy_timeout_ms
+        self.highwater = HighWater(0, 0, 0)  # what the store held when last recorded
+        self.lost: str | None = None  # what it had lost at open (hypd.storecheck), in one line
 
     @classmethod
     async def open(cls, path: Path, *, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> Store:
@@ -442,19 +455,28 @@ class Store(Queries):
         waits for another process's write lock before StoreUnavailable."""
         path.parent.mkdir(parents=True, exist_ok=True)
         busy_timeout_ms = int(busy_timeout_ms)
+        check_header(path)
+        holds: list[HighWater] = []
 
         def setup(db: sqlite3.Connection) -> None:
-            db.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA foreign_keys=ON")
-            db.executescript(SCHEMA)
-            _add_columns(db)
+            try:
+                db.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute("PRAGMA foreign_keys=ON")
+                check_pages(path, [str(r[0]) for r in db.execute("PRAGMA quick_check").fetchall()])
+                db.executescript(SCHEMA)
+                _add_columns(db)
+            except sqlite3.DatabaseError as exc:
+                if getattr(exc, "sqlite_errorcode", 0) & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+                    raise DamagedStore(f"{path} is damaged ({exc}); {way_out(path)}") from exc
+                raise
             row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if row is None:
                 db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             elif int(row[0]) > SCHEMA_VERSION:
                 raise StoreError(f"{path} was written by a newer hypd (schema {row[0]}); upgrade hypd")
+            holds.append(HighWater(*db.execute(HIGHWATER_SQL).fetchone(), at=time.time()))
 
         writer = await Writer.open(path, busy_timeout_ms, setup)
         # Its own connection: in WAL mode reads never wait for a write, so `hypd ls`
@@ -472,9 +494,25 @@ class Store(Queries):
             if (why := unavailable_reason(exc, path, busy_timeout_ms)) is not None:
                 raise StoreUnavailable(why) from exc
             raise
-        return cls(writer, reader)
+        store = cls(writer, reader)
+        now = store.highwater = holds[0]
+        was = await asyncio.to_thread(read_highwater, path)
+        store.lost = None if was is None else lost_data_line(path, was, now)
+        if was is None or store.lost:  # a loss is said once: from here on, what it holds is the mark
+            await asyncio.to_thread(write_highwater, path, now)
+        return store
+
+    async def save_highwater(self) -> None:
+        """Record what the store holds now (hypd.storecheck), when it has grown."""
+        async with self.reader.execute(HIGHWATER_SQL) as cur:
+            now = HighWater(*(await cur.fetchone() or (0, 0, 0)), at=time.time())  # type: ignore[misc]
+        if not now.same(self.highwater):
+            await asyncio.to_thread(write_highwater, self.path, now)
+            self.highwater = now
 
     async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.save_highwater()
         await self.reader.close()
         await self.writer.close()
 

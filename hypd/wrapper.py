@@ -58,6 +58,10 @@ def script_text(spec: RunScript) -> str:
         '  exit "$1"',
         "}",
         f'if [ "$1" = {IN_BASH} ]; then run_shell=bash; else run_shell=/bin/sh; fi',
+        # A run never writes into an earlier run's outputs (one the daemon's store has lost):
+        # a folder already there with files in it is renamed, and the log says so.
+        f"if [ -n \"$(ls -A {q(spec.run_dir)} 2>/dev/null)\" ]; then aside={q(spec.run_dir)}.set-aside-$(date +%s); "
+        f"mv {q(spec.run_dir)} \"$aside\" && echo {q(f'{STAGE_MARK} {spec.run_dir} held an earlier run')}\"'s files; moved to $aside\"; fi",
         f"mkdir -p {q(spec.run_dir)} || finish 126 setup",
         f"cd {q(spec.workdir)} || {{ echo {q(f'{STAGE_MARK} cannot enter workdir {spec.workdir}')}; finish 126 setup; }}",
     ]
