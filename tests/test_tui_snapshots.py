@@ -27,6 +27,7 @@ from hypd.ipc import REPLIES, DaemonError, mismatch
 from hypd.tui import make_app
 from hypd.tui.app import HypdApp
 from hypd.tui.model import Backoff
+from hypd.tui.widgets.plots import ParamPlots
 from hypd.tui.widgets.runs import RunTable
 from hypd.tui.widgets.studies import StudiesTable
 
@@ -239,6 +240,32 @@ async def test_a_finished_study_with_none_done_shows_an_empty_bar() -> None:
         assert bar == "░" * 10 + " 0/6"
         assert table.get_cell("quadratic", "progress").plain == "█" * 10 + " 9/9"
         assert table.get_cell("resnet", "progress").plain == "▒" * 5 + "░" * 5 + " 0/4"  # 2 of 4 running
+
+
+async def test_study_screen_pages_parameter_plots_and_swaps_in_the_heatmap() -> None:
+    """On 80x24 the grid study's two parameter plots take two pages (`m`); `g` shows the
+    heatmap of its two-parameter grid instead, and back."""
+    app = recorded_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        app.open_study("quadratic")
+        await settle(pilot, lambda: screen_name("StudyScreen")(pilot) and pilot.app.screen.board)
+        screen = app.screen
+        params = screen.query_one("#params", ParamPlots)
+
+        def shown() -> list[str]:
+            return [p.param for p in params.plots if p.display]
+
+        assert (params.pages, shown()) == (2, ["lr"])
+        await pilot.press("m")
+        assert shown() == ["momentum"]
+        assert "m: more (2/2)" in str(screen.query_one("#params-box").border_subtitle)
+        await pilot.press("g")
+        await pilot.pause()
+        assert screen.query_one("#heatmap-box").display and not screen.query_one("#params-box").display
+        await pilot.press("g")
+        await pilot.pause()
+        assert screen.query_one("#params-box").display and not screen.query_one("#heatmap-box").display
 
 
 def test_kill_confirmation(snap_compare: Any) -> None:
