@@ -28,6 +28,7 @@ class HostRules:
     allowed_gpus: tuple[int, ...] | None = None
     busy_memory_mib: int = 1024
     busy_utilization: int = 30
+    labels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def host_capacity(rules: HostRules, snapshot: GpuSnapshot | None, holding: list[
     cpu_used = sum(1 for h in holding if not h.gpus)
     return HostCapacity(rules.name, free_gpu_slots(rules, snapshot, holding, released),
                         max(0, rules.cpu_slots - cpu_used), rules.accepting,
-                        free_gpu_memory(snapshot, holding, released))
+                        free_gpu_memory(snapshot, holding, released), rules.labels)
 
 
 def _released_since(snapshot: GpuSnapshot, released: list[Released]) -> list[Released]:

@@ -414,6 +414,8 @@ def cmd_studies(args: argparse.Namespace) -> int:
                      f"{s['metric']} {best}"])
         if s["pause_reason"]:
             notes.append(f"{s['name']} paused: {s['pause_reason']}  (`hypd resume {s['name']}` carries on)")
+        if s["hosts_note"]:
+            notes.append(f"{s['name']}: {s['hosts_note']}")
     if rows:
         print(table(rows, ["STUDY", "ALGORITHM", "STATE", "DONE", "RUNNING", "PENDING", "FAILED", "KILLED",
                            "RETRIED", "BEST"]))
@@ -525,6 +527,8 @@ def cmd_hosts_add(args: argparse.Namespace) -> int:
     for key in ("max_per_gpu", "key", "workdir", "setup", "cpu_slots", "lost_after"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
+    if args.label:
+        options["labels"] = [x.strip() for item in args.label for x in item.split(",") if x.strip()]
     if args.known_hosts is not None:
         options["known_hosts"] = os.path.abspath(os.path.expanduser(args.known_hosts))
     elif args.no_known_hosts:
@@ -561,7 +565,8 @@ def cmd_hosts(args: argparse.Namespace) -> int:
             print(f"{h['name']}: {h['why']}")
             continue
         why = f" ({h['why']})" if h.get("why") else ""
-        print(f"{h['name']}  {h['state']}{why}  cpu slots {h['cpu_used']}/{h['cpu_slots']}"
+        labels = f"  labels {','.join(h['labels'])}" if h.get("labels") else ""
+        print(f"{h['name']}  {h['state']}{why}{labels}  cpu slots {h['cpu_used']}/{h['cpu_slots']}"
               + (f"  [{' '.join(h['cpu_runs'])}]" if h["cpu_runs"] else ""))
         if not h["gpus"]:
             note = h.get("gpu_error") or "no GPUs"
@@ -769,6 +774,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(what it exports reaches the command)")
     hp.add_argument("--cpu-slots", type=int, help="CPU slots for gpus = 0 runs (default: its cores)")
     hp.add_argument("--lost-after", help="how long unreachable before its runs are lost (default 2m)")
+    hp.add_argument("--label", action="append", metavar="LABEL",
+                    help="a label studies pick hosts by (hosts = { labels = [...] }); repeat or comma-separate")
     keys = hp.add_mutually_exclusive_group()
     keys.add_argument("--known-hosts", metavar="PATH",
                       help="check the host key against this file (default: ~/.ssh/known_hosts)")

@@ -12,6 +12,7 @@
     max_per_gpu = 1            # runs that may share a GPU
     busy_memory_mib = 1024     # a GPU hypd did not hand out is busy with someone else's
     busy_utilization = 30      #   work above either threshold
+    labels = ["a100"]          # what a study's hosts = { labels = [...] } picks hosts by
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hypd.scheduler import label_list
 from hypd.study import parse_duration
 
 if sys.version_info >= (3, 11):
@@ -42,6 +44,7 @@ class LocalHostConfig:
     max_per_gpu: int = 1  # runs that may share one GPU (with gpu_mem in their study)
     busy_memory_mib: int = 1024
     busy_utilization: int = 30
+    labels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ def load_config(home: Path) -> Config:
     local = doc.get("local", {})
     _known(path, "daemon", daemon, {"poll_interval", "gpu_poll", "kill_grace"})
     _known(path, "local", local, {"enabled", "cpu_slots", "gpus", "max_per_gpu", "busy_memory_mib",
-                                  "busy_utilization"})
+                                  "busy_utilization", "labels"})
     try:
         durations = {k: parse_duration(v) for k, v in daemon.items()}
     except ValueError as exc:
@@ -82,6 +85,10 @@ def load_config(home: Path) -> Config:
                                                       for g in value):
                 raise ConfigError(f"{path}: local.gpus must be a list of GPU indexes, e.g. [0, 1]")
             value = tuple(value)
+        elif key == "labels":
+            value = label_list(value)
+            if value is None:
+                raise ConfigError(f'{path}: local.labels must be a list of short names, e.g. ["a100"]')
         elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"{path}: local.{key} must be a whole number >= 0")
         local_kwargs[key] = value

@@ -114,7 +114,8 @@ class Daemon:
             self.dispatcher = Dispatcher(store, studies, self.runs, self.registry.all, self.home)
             self.ops = Ops(self.home, store, studies, self.runs, self.dispatcher.wake, self._publish_run,
                            self._publish_study, self._max_gpus,
-                           lambda: sorted(n for n, h in self.registry.all().items() if h.in_inventory))
+                           lambda: sorted(n for n, h in self.registry.all().items() if h.in_inventory),
+                           self._host_labels)
             self.studies = studies
             server = Server(self.socket_path, self.home, self.bus, self._handler)
             async with asyncio.TaskGroup() as tg:
@@ -284,6 +285,10 @@ class Daemon:
     def _max_gpus(self) -> int:
         return max((len(s.gpus) for h in self.registry.all().values() if (s := h.gpus()) is not None), default=0)
 
+    def _host_labels(self) -> dict[str, tuple[str, ...]]:
+        """Each host's labels (what a study's `hosts` choice matches), hosts in order."""
+        return {name: host.rules().labels for name, host in self.registry.all().items()}
+
     def _host_summary(self, name: str) -> dict[str, Any]:
         host = self.registry.all()[name]
         rules = host.rules()
@@ -306,7 +311,7 @@ class Daemon:
                 "cpu_slots": rules.cpu_slots, "cpu_used": sum(1 for a in runs if not a.gpus),
                 "cpu_runs": [a.name for a in runs if not a.gpus], "gpus": gpus,
                 "gpu_source": snap.source if snap else None, "gpu_error": snap.error if snap else None,
-                "runs": [a.name for a in runs], **host.details()}
+                "runs": [a.name for a in runs], "labels": list(rules.labels), **host.details()}
 
 
 class _Shutdown(Exception):

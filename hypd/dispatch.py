@@ -90,7 +90,7 @@ class Dispatcher:
             if waiting or can_create:
                 demands.append(StudyDemand(name, tuple(r["id"] for r in waiting), can_create, running[name],
                                            spec.parallel, spec.gpus, spec.priority, False, rt.last_served,
-                                           spec.gpu_mem_mib))
+                                           spec.gpu_mem_mib, spec.hosts))
         return demands
 
     async def place_once(self) -> None:

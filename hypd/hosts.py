@@ -264,7 +264,7 @@ class LocalHost(Host):
     def rules(self) -> HostRules:
         c = self.config
         return HostRules(self.name, self.accepting, c.cpu_slots, max(1, c.max_per_gpu), c.gpus,
-                         c.busy_memory_mib, c.busy_utilization)
+                         c.busy_memory_mib, c.busy_utilization, c.labels)
 
     async def prepare_study(self, spec: StudySpec) -> str:
         return spec.workdir

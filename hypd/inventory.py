@@ -18,6 +18,7 @@ that file.
     cpu_slots = 8                 # runs with gpus = 0 at once; default: the host's core count
     lost_after = "2m"             # how long the host may be unreachable before its runs are lost
     draining = false              # true: start nothing new there; running runs go on
+    labels = ["a100"]             # what a study's hosts = { labels = [...] } picks hosts by
 
 Every function raises `InventoryError` (a ValueError) with one line naming the file, the
 key and the fix; nothing here touches the network.
@@ -37,6 +38,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from hypd.scheduler import label_list
 from hypd.study import parse_duration
 
 if sys.version_info >= (3, 11):
@@ -75,6 +77,7 @@ class HostConfig:
     cpu_slots: int | None = None  # None: the host's core count
     lost_after: float = DEFAULT_LOST_AFTER  # seconds
     draining: bool = False
+    labels: tuple[str, ...] = ()  # what a study's `hosts = { labels = [...] }` matches
 
     @property
     def target(self) -> str:
@@ -183,6 +186,11 @@ def _check_value(key: str, value: Any, where: str = "") -> Any:
         if value is None:
             return None
         return whole(0, "8")
+    if key == "labels":
+        labels = label_list(value)
+        if labels is None:
+            raise fail('must be a list of short names (letters, digits, _ . -), e.g. labels = ["a100"]')
+        return labels
     if key == "lost_after":
         try:
             return parse_duration(value)

@@ -96,7 +96,7 @@ OPS: dict[str, dict[str, Arg]] = {
     "suggest": {"study": Arg(str), "params": Arg(dict)},
     "studies": {},
     "hosts": {},
-    # options: any hosts.toml key (gpus, max_per_gpu, key, workdir, setup, known_hosts, ...)
+    # options: any hosts.toml key (gpus, max_per_gpu, key, workdir, setup, known_hosts, labels, ...)
     "hosts_add": {"name": Arg(str), "target": Arg(str), "options": Arg(dict, {})},
     "hosts_rm": {"name": Arg(str)},
     "hosts_drain": {"name": Arg(str), "undo": Arg(bool, False)},
@@ -193,6 +193,8 @@ class StudySummary(TypedDict, total=False):
     best_run: str | None
     finished: bool
     source: str
+    hosts: str  # where its runs may go, as the study file says it ("any host" without a choice)
+    hosts_note: str  # "" when some host matches that choice, else why its runs wait
 
 
 class _HostSummary(TypedDict):
@@ -210,6 +212,7 @@ class _HostSummary(TypedDict):
 
 
 class HostSummary(_HostSummary, total=False):
+    labels: list[str]  # what a study's hosts = { labels = [...] } matches
     address: str  # an SSH host's user@address:port
 
 

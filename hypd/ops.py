@@ -19,6 +19,7 @@ from hypd.lifecycle import study_rules
 from hypd.metrics import pareto_front
 from hypd.runs import Runs
 from hypd.runstate import STATES, RunState
+from hypd.scheduler import no_host_note
 from hypd.search import SearchError
 from hypd.server import Refusal
 from hypd.store import Store
@@ -50,7 +51,8 @@ def parse_run_name(target: str) -> tuple[str, int] | None:
 class Ops:
     def __init__(self, home: Path, store: Store, studies: Studies, runs: Runs, wake: Callable[[], None],
                  publish_run: Callable[[int], Awaitable[None]], publish_study: Callable[[str], Awaitable[None]],
-                 max_gpus: Callable[[], int], remote_hosts: Callable[[], list[str]]) -> None:
+                 max_gpus: Callable[[], int], remote_hosts: Callable[[], list[str]],
+                 host_labels: Callable[[], dict[str, tuple[str, ...]]]) -> None:
         self.home = home
         self.store = store
         self.studies = studies
@@ -60,6 +62,7 @@ class Ops:
         self.publish_study = publish_study
         self.max_gpus = max_gpus
         self.remote_hosts = remote_hosts
+        self.host_labels = host_labels  # host name -> its labels, for a study's `hosts` choice
         self.started = time.time()
 
     def _study(self, name: str) -> StudyRuntime:
@@ -99,6 +102,8 @@ class Ops:
         if spec.gpus > most:
             warnings.append(f"runs need {spec.gpus} GPU(s) but the largest host offers {most}: they wait "
                             "until a host with enough GPUs joins")
+        if note := no_host_note(spec.hosts, self.host_labels()):
+            warnings.append(f"{note}; add one (hypd hosts add NAME ADDRESS --label ...) or change hosts")
         existing = self.studies.all.get(spec.name)
         if existing is not None:
             change = _space_change(existing.spec, spec)
@@ -328,6 +333,7 @@ class Ops:
         trials = await self.store.trial_counts()
         outcomes = await self.store.trial_outcomes()
         out = []
+        host_labels = self.host_labels()
         for name, rt in self.studies.all.items():
             if only is not None and name != only:
                 continue
@@ -348,6 +354,7 @@ class Ops:
                 "retried": sum(c.values()) - sum(o.values()), "metric": spec.objective.metric,
                 "goal": spec.objective.goal, "best": best[0]["objective"] if best else None,
                 "best_run": best[0]["name"] if best else None, "finished": done, "source": spec.source,
+                "hosts": spec.hosts.describe(), "hosts_note": no_host_note(spec.hosts, host_labels),
             })
         for name, why in self.studies.broken.items():
             if only is None or name == only:

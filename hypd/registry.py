@@ -130,7 +130,7 @@ class Registry:
         if self.inventory_error:
             out.append({"name": "hosts.toml", "state": "error", "why": self.inventory_error, "cpu_slots": 0,
                         "cpu_used": 0, "cpu_runs": [], "gpus": [], "gpu_source": None, "gpu_error": None,
-                        "runs": [], "down_since": None})
+                        "runs": [], "down_since": None, "labels": []})
         return out
 
     async def _edit(self, change: Callable[[list[HostConfig]], list[HostConfig]]) -> None:

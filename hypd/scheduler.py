@@ -8,7 +8,64 @@ another study has work waiting.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+_LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
+
+
+def label_list(value: Any) -> tuple[str, ...] | None:
+    """Host names or labels as written in a file (a list of short names), sorted and
+    without repeats; None when `value` is not such a list."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and _LABEL_RE.match(v) for v in value):
+        return None
+    return tuple(sorted(set(value)))
+
+
+@dataclass(frozen=True)
+class HostChoice:
+    """The hosts a study's runs may use (`hosts` in [study]): by name, by labels (a host
+    must carry every label given), or both. Empty: any host. A run is never placed on a
+    host the choice does not allow."""
+
+    names: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.names or self.labels)
+
+    def allows(self, host: str, labels: Iterable[str] = ()) -> bool:
+        if self.names and host not in self.names:
+            return False
+        return set(self.labels) <= set(labels)
+
+    def describe(self) -> str:
+        """As a study file writes it: `["gpu1", "gpu2"]`, `{ labels = ["a100"] }`."""
+        quoted = ", ".join(f'"{n}"' for n in self.names)
+        if not self.labels:
+            return f"[{quoted}]" if self.names else "any host"
+        parts = ([f"names = [{quoted}]"] if self.names else []) + \
+            ["labels = [" + ", ".join(f'"{x}"' for x in self.labels) + "]"]
+        return "{ " + ", ".join(parts) + " }"
+
+
+def hosts_matching(choice: HostChoice, hosts: Mapping[str, Iterable[str]]) -> list[str]:
+    """The hosts (name -> labels) a choice allows, in the given order."""
+    return [name for name, labels in hosts.items() if choice.allows(name, labels)]
+
+
+def no_host_note(choice: HostChoice, hosts: Mapping[str, Iterable[str]]) -> str:
+    """'' when some host matches the choice; otherwise one line saying so and what there is,
+    so a study never waits silently for a host that does not exist."""
+    if not choice or hosts_matching(choice, hosts):
+        return ""
+    known = ", ".join(f"{n} [{', '.join(ls)}]" if (ls := sorted(labels)) else n
+                      for n, labels in hosts.items()) or "none"
+    return f"no host matches hosts = {choice.describe()}: its runs wait (hosts: {known})"
 
 
 @dataclass(frozen=True)
@@ -22,6 +79,7 @@ class HostCapacity:
     accepting: bool = True  # False while the host is down or draining
     free_mib: tuple[tuple[int, int], ...] = ()  # (GPU index, free memory in MiB), for runs
     #                                             that declare the memory they need
+    labels: tuple[str, ...] = ()  # what a study's `hosts = { labels = [...] }` matches
 
 
 @dataclass(frozen=True)
@@ -38,6 +96,7 @@ class StudyDemand:
     paused: bool = False
     last_served: float = 0.0  # when it last got a slot; older first on ties
     gpu_mem_mib: int = 0  # memory a run needs on each GPU; 0: memory is not considered
+    hosts: HostChoice = HostChoice()  # where its runs may go (empty: anywhere)
 
 
 @dataclass(frozen=True)
@@ -55,6 +114,7 @@ class _Host:
     cpu: int
     order: int
     free_mib: dict[int, int] = field(default_factory=dict)
+    labels: tuple[str, ...] = ()
 
     def usable(self, mem: int) -> list[int]:
         """Distinct GPUs with a slot left (and, when mem > 0, that much memory free)."""
@@ -97,8 +157,8 @@ class _Study:
                 and d.running + self.placed < d.parallel)
 
 
-def _best_host(hosts: list[_Host], k: int, mem: int = 0) -> _Host | None:
-    fitting = [h for h in hosts if h.fits(k, mem)]
+def _best_host(hosts: list[_Host], k: int, mem: int = 0, choice: HostChoice = HostChoice()) -> _Host | None:
+    fitting = [h for h in hosts if h.fits(k, mem) and choice.allows(h.name, h.labels)]
     if not fitting:
         return None
     if k == 0:
@@ -111,7 +171,7 @@ def _best_host(hosts: list[_Host], k: int, mem: int = 0) -> _Host | None:
 
 def place(hosts: list[HostCapacity], demands: list[StudyDemand]) -> list[Placement]:
     """Decide which waiting runs (or new trials) start where, now."""
-    free = [_Host(h.host, list(h.free_gpus), h.free_cpu_slots, i, dict(h.free_mib))
+    free = [_Host(h.host, list(h.free_gpus), h.free_cpu_slots, i, dict(h.free_mib), h.labels)
             for i, h in enumerate(hosts) if h.accepting]
     studies = [_Study(d, list(d.waiting), d.can_create) for d in demands]
     out: list[Placement] = []
@@ -123,9 +183,9 @@ def place(hosts: list[HostCapacity], demands: list[StudyDemand]) -> list[Placeme
         # deterministic order.
         candidates.sort(key=lambda s: (s.load(), s.demand.last_served, s.demand.study))
         for s in candidates:
-            host = _best_host(free, s.demand.gpus_per_run, s.demand.gpu_mem_mib)
+            host = _best_host(free, s.demand.gpus_per_run, s.demand.gpu_mem_mib, s.demand.hosts)
             if host is None:
-                s.create = 0  # nothing of this study fits anywhere this round
+                s.create = 0  # nothing of this study fits anywhere it may go, this round
                 s.waiting.clear()
                 continue
             gpus = host.take(s.demand.gpus_per_run, s.demand.gpu_mem_mib)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from hypd.display import trial_no
+from hypd.scheduler import HostChoice, label_list
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -159,6 +160,8 @@ class StudySpec:
     keepalive: float | None = None  # seconds a run may go without output before it is ended as hung
     replicates: int = 1  # runs of each trial (seeds); the trial's result is their mean
     max_failures: int = DEFAULT_MAX_FAILURES  # runs failed in a row that pause the study; 0: never
+    hosts: HostChoice = HostChoice()  # where its runs may go; empty: any host
+    fetch: tuple[str, ...] = ()  # globs in a run's folder copied back from its host when it ends
     source: str = "<study>"
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
@@ -252,9 +255,9 @@ def format_duration(seconds: float) -> str:
 _STUDY_KEYS = {
     "name", "objective", "algorithm", "max_trials", "parallel", "gpus", "timeout",
     "retries", "priority", "seed", "constraints", "param_constraints", "early_stop", "gpu_mem",
-    "keepalive", "replicates", "max_failures",
+    "keepalive", "replicates", "max_failures", "hosts",
 }
-_RUN_KEYS = {"workdir", "env", "command", "stages", "output_dir", "files"}
+_RUN_KEYS = {"workdir", "env", "command", "stages", "output_dir", "files", "fetch"}
 _METRICS_KEYS = {"regex"}
 _TOP_KEYS = {"study", "params", "run", "metrics"}
 
@@ -325,6 +328,7 @@ class _StudySettings:
     keepalive: float | None
     replicates: int
     max_failures: int
+    hosts: HostChoice
 
 
 class _StudySectionParser(_Reader):
@@ -361,7 +365,25 @@ class _StudySectionParser(_Reader):
             name=name, objectives=objectives, algorithm=algorithm, parallel=parallel or 1,
             gpus=gpus or 0, gpu_mem_mib=gpu_mem, retries=retries or 0, priority=priority or 1,
             seed=seed, timeout=self.duration(study, "timeout"), keepalive=self.duration(study, "keepalive"),
-            replicates=replicates or 1, max_failures=max_failures or 0)
+            replicates=replicates or 1, max_failures=max_failures or 0, hosts=self.host_choice(study))
+
+    def host_choice(self, study: Mapping[str, Any]) -> HostChoice:
+        """`hosts = ["gpu1", "gpu2"]` (by name) or `hosts = { labels = ["a100"] }` (hosts
+        carrying every label; `names` may narrow it further)."""
+        raw = study.get("hosts")
+        if raw is None:
+            return HostChoice()
+        example = 'e.g. hosts = ["gpu1", "gpu2"] or hosts = { labels = ["a100"] }'
+        if isinstance(raw, dict):
+            self.no_unknown(raw, {"names", "labels"}, "study.hosts")
+            names, labels = label_list(raw.get("names", [])), label_list(raw.get("labels", []))
+        else:
+            names, labels = label_list(raw), ()
+        if names is None or labels is None:
+            raise self.fail("study.hosts", f"must list host names or labels (letters, digits, _ . -), {example}")
+        if not names and not labels:
+            raise self.fail("study.hosts", f"empty: name at least one host or label (or drop it for any host), {example}")
+        return HostChoice(names, labels)
 
     def duration(self, study: Mapping[str, Any], key: str) -> float | None:
         if key not in study:
@@ -567,6 +589,7 @@ class _RunSettings:
     output_dir: str | None
     files: tuple[str, ...]
     env: dict[str, str]
+    fetch: tuple[str, ...] = ()
 
 
 class _RunParser(_Reader):
@@ -593,7 +616,18 @@ class _RunParser(_Reader):
             if Path(f).is_absolute() or ".." in Path(f).parts:
                 raise self.fail("run.files", f"{f!r}: give paths inside workdir, relative to it")
         return _RunSettings(stages=stages, workdir=workdir, output_dir=output_dir,
-                            files=tuple(files_raw), env=self.env(run))
+                            files=tuple(files_raw), env=self.env(run), fetch=self.fetch(run))
+
+    def fetch(self, run: Mapping[str, Any]) -> tuple[str, ...]:
+        """[run] fetch: globs relative to a run's folder on its host, copied back when it ends."""
+        raw = run.get("fetch", [])
+        if not isinstance(raw, list) or not all(isinstance(f, str) and f.strip() for f in raw):
+            raise self.fail("run.fetch", 'must be a list of paths or globs in the run\'s folder, '
+                                         'e.g. ["ckpt/best.pt", "*.json"]')
+        for f in raw:
+            if Path(f).is_absolute() or f.startswith("~") or ".." in Path(f).parts:
+                raise self.fail("run.fetch", f"{f!r}: give paths inside the run's folder ({{run_dir}}), relative to it")
+        return tuple(raw)
 
     def env(self, run: Mapping[str, Any]) -> dict[str, str]:
         env_raw = run.get("env", {})
@@ -779,7 +813,7 @@ class _Parser(_Reader):
             files=run.files, constraints=constraints, param_constraints=param_constraints,
             early_stop=early_stop, gpu_mem_mib=settings.gpu_mem_mib,
             keepalive=settings.keepalive, replicates=settings.replicates, max_failures=settings.max_failures,
-            source=self.source, warnings=tuple(self.warnings),
+            hosts=settings.hosts, fetch=run.fetch, source=self.source, warnings=tuple(self.warnings),
         )
 
 

@@ -481,3 +481,25 @@ def test_filter_matches_state_study_and_text() -> None:
     assert RunFilter(state="failed", study="s", text="lr=0").matches(run, "s:1 failed lr=0.1")
     assert not RunFilter(state="running").matches(run, "")
     assert not RunFilter(text="zzz").matches(run, "s:1")
+
+
+async def test_a_study_no_host_matches_says_so_and_labels_show_on_hosts(daemon: DaemonProc) -> None:
+    from hypd.tui.screens.study import StudyScreen
+    from hypd.tui.widgets.hosts import host_lines
+
+    app = app_for(daemon)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.loaded and app.events_received, what="the load and the first event")
+        text = study("picky", "echo METRICS: loss=1").replace("gpus = 0", 'gpus = 0\nhosts = { labels = ["a100"] }')
+        await submit(daemon, "picky", text)
+        await until(pilot, lambda: app.studies.get("picky", {}).get("hosts_note"), what="the study's host note")
+        app.open_study("picky")
+        await until(pilot, lambda: isinstance(app.screen, StudyScreen) and app.screen.query("#study-summary"),
+                    what="the study screen")
+        await pilot.pause(0.2)
+        summary = str(app.screen.query_one("#study-summary").render())
+        assert 'waiting: no host matches hosts = { labels = ["a100"] }' in summary
+        assert 'hosts { labels = ["a100"] }' in summary
+    # A labelled host shows its labels in the hosts panel.
+    lines = host_lines({"name": "gpu1", "state": "up", "labels": ["a100", "fast"], "cpu_slots": 1, "gpus": []}, 80)
+    assert "#a100 #fast" in lines[0].plain

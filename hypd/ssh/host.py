@@ -83,7 +83,7 @@ class SshHost(Host):
     def rules(self) -> HostRules:
         c = self.config
         return HostRules(self.name, self.accepting, self.cpu_slots, max(1, c.max_per_gpu), c.gpus,
-                         c.busy_memory_mib, c.busy_utilization)
+                         c.busy_memory_mib, c.busy_utilization, c.labels)
 
     def details(self) -> dict[str, Any]:
         return {"address": self.config.target}

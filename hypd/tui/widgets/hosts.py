@@ -61,6 +61,8 @@ def host_lines(host: Mapping[str, Any], width: int) -> list[Content]:
     head += [("  cpu ", muted), bar(used / slots if slots else None, 6, "$primary"), f" {used}/{slots}"]
     if gpus:
         head += [("  ·  ", muted), (gpu_models(gpus), muted)]
+    if host.get("labels"):
+        head += [("  ·  ", muted), (" ".join(f"#{x}" for x in host["labels"]), "$accent")]
     lines.append(tight(*head))
     if not gpus:
         if state == "down":

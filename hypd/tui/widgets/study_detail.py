@@ -55,6 +55,8 @@ class StudySummary(Static):
             parts.append((f" #{s['best_run'].rpartition(':')[2]}", muted))
         if s.get("pause_reason"):
             parts += ["\n", ("paused: ", "$text-warning bold"), (s["pause_reason"], "$text-warning")]
+        if s.get("hosts_note"):
+            parts += ["\n", ("waiting: ", "$text-warning bold"), (s["hosts_note"], "$text-warning")]
         parts.append("\n")
         parts.append((f"{done}/{total} done", "bold"))
         for key in ("running", "pending", "failed", "killed", "stopped", "lost"):
@@ -64,6 +66,8 @@ class StudySummary(Static):
                 parts.append((f"{n} {key}", STATE_STYLE[key] if n else muted))
         if wide:
             parts.append((f"  ·  parallel {s.get('parallel', '?')}  ·  {s.get('gpus', '?')} GPU(s) a run", muted))
+            if s.get("hosts") and s["hosts"] != "any host":
+                parts.append((f"  ·  hosts {s['hosts']}", muted))
         self.update(tight(*parts))
 
 
