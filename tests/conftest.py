@@ -209,3 +209,9 @@ def remote_daemon(hypd_home: Path, daemon_env: dict[str, str]) -> Iterator[Daemo
 def use_hosts(d: DaemonProc, *configs: HostConfig) -> None:
     """Make these the daemon's SSH hosts (hosts.toml)."""
     save_inventory(inventory_path(d.home), list(configs))
+
+
+def wait_hosts_up(d: DaemonProc, *names: str) -> None:
+    """Wait until each named host is up."""
+    wait_for(lambda: {h["name"] for h in d.call("hosts") if h["state"] == "up"} >= set(names), timeout=30,
+             what=f"hosts {names} up")

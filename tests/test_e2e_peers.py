@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import DaemonProc, use_hosts, wait_for
+from conftest import DaemonProc, use_hosts, wait_hosts_up
 from tests.sshd import SshdCluster
 
 pytestmark = pytest.mark.slow
@@ -34,11 +34,6 @@ def study_file(d: DaemonProc, name: str, n: int = 4, parallel: int = 4, algorith
                extra: str = "", body: str = "sleep 0.1", run_extra: str = "") -> str:
     return str(d.write_study(name, STUDY.format(name=name, n=n, parallel=parallel, algorithm=algorithm,
                                                 extra=extra, body=body, run_extra=run_extra)))
-
-
-def wait_hosts_up(d: DaemonProc, *names: str) -> None:
-    wait_for(lambda: {h["name"] for h in d.call("hosts") if h["state"] == "up"} >= set(names), timeout=30,
-             what=f"hosts {names} up")
 
 
 # ------------------------------------------------------------------ host choice

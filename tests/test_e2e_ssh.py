@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DaemonProc, use_hosts, wait_for
+from conftest import DaemonProc, use_hosts, wait_for, wait_hosts_up
 from hypd.inventory import inventory_path, save_inventory
 from tests.fakes.nvidia_smi import gpu
 from tests.sshd import SshdCluster
@@ -34,11 +34,6 @@ def study(d: DaemonProc, name: str, n: int = 4, gpus: int = 0, parallel: int = 4
           sleep: float = 0.1, retries: int = 0) -> str:
     return str(d.write_study(name, STUDY.format(name=name, values=list(range(n)), gpus=gpus, parallel=parallel,
                                                 steps=steps, sleep=sleep, retries=retries)))
-
-
-def wait_hosts_up(d: DaemonProc, *names: str) -> None:
-    wait_for(lambda: all(h["state"] == "up" for h in d.call("hosts") if h["name"] in names)
-             and {h["name"] for h in d.call("hosts")} >= set(names), timeout=30, what=f"hosts {names} up")
 
 
 def test_a_study_spreads_over_two_hosts_and_leaves_a_busy_gpu_alone(cluster: SshdCluster,
