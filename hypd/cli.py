@@ -1,7 +1,8 @@
 """`hypd`: the command line. A thin client of the daemon's socket.
 
-It imports the standard library, hypd.ipc and hypd.study only (never Ax, torch or
-Textual), so `hypd ls` starts fast; `serve` and `tui` import their parts on demand.
+It imports the standard library and hypd.client (the protocol's client side) only, not
+even `typing` (never Ax, torch or Textual), so `hypd ls` starts fast; `submit` and
+`render` import hypd.study, `serve` and `tui` their parts, on demand.
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from hypd import __version__
+from hypd.client import Client, DaemonError, ExitCode, hypd_home, socket_path
 from hypd.display import fmt_exit, fmt_time, runtime, trial_no, where
-from hypd.ipc import Client, DaemonError, ExitCode, hypd_home, socket_path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
 
 STATES = ("pending", "running", "completed", "failed", "killed", "stopped", "lost")
 
@@ -117,9 +121,21 @@ def connect() -> Client:
     return Client(socket_path())
 
 
+LS_PAGE = 100  # runs `hypd ls` shows without --all or --limit
+# What the table shows of a run (the daemon sends only these); --json and --tsv take all.
+TABLE_FIELDS = ["name", "state", "reason", "host", "gpus", "started", "ended", "objective", "params", "last_line"]
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
+    """The newest runs first, a page of them unless --all: the daemon reads them from an
+    index and sends only the fields shown, so `ls` stays fast with 100,000 runs stored."""
+    limit = None if args.all else (args.limit if args.limit is not None else LS_PAGE)
     with connect() as c:
-        runs = c.call("ls", state=args.state, study=args.study, limit=args.limit)
+        runs = c.call("ls", state=args.state, study=args.study, limit=None if limit is None else limit + 1,
+                      newest_first=True, fields=None if args.json or args.tsv else TABLE_FIELDS)
+    if limit is not None and len(runs) > limit:
+        runs = runs[:limit]
+        print(f"hypd: the newest {limit} runs shown; --all or --limit N for more", file=sys.stderr)
     out = sys.stdout
     if args.json:
         out.write(json.dumps([run_json(r) for r in runs], separators=(",", ":")) + "\n")
@@ -153,7 +169,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     with connect() as c:
-        info = c.call("info", run=args.run)
+        info = c.call("info", run=args.run, reports=args.reports if args.verbose else 0)
     r = info["run"]
     lines = [
         f"run        {r['name']}  (trial {trial_no(r['trial'])}, attempt {r['attempt']}; retries allowed {info['retries']})",
@@ -165,7 +181,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"ended      {fmt_time(r['ended'])}",
         f"runtime    {fmt_seconds(runtime(r))}" + (f"  (timeout {fmt_seconds(info['timeout'])})" if info.get("timeout") else ""),
         f"objective  {info['objective_metric']} ({info['goal']}) = {fmt_number(r['objective'])}",
-        f"metrics    {fmt_params(r['metrics']) or '-'}  ({len(info['reports'])} reports)",
+        f"metrics    {fmt_params(r['metrics']) or '-'}  ({info['reports_total']} reports)",
         f"attempts   {' '.join(info['attempts'])}",
         f"run_dir    {r['run_dir'] or '-'}",
         f"log        {r['log_path'] or '-'}",
@@ -185,31 +201,41 @@ def cmd_info(args: argparse.Namespace) -> int:
         lines.append("history")
         for t in info["transitions"]:
             lines.append(f"  {fmt_time(t['at'])}  {t['from'] or '-':>9} -> {t['to']:<9}  {t['reason']}")
+        if info["summary"]:
+            lines.append("metrics    (over every report)")
+            rows = [[name, str(s["count"]), *(fmt_number(s[k]) for k in ("first", "last", "min", "max")),
+                     str(s["last_step"])] for name, s in info["summary"].items()]
+            lines.extend("  " + line for line in table(rows, ["METRIC", "REPORTS", "FIRST", "LAST", "MIN", "MAX",
+                                                              "LAST STEP"]).splitlines())
         if info["reports"]:
-            lines.append("metrics")
-            lines.extend("  " + line for line in metrics_tsv(info["reports"]).splitlines())
+            shown = len(info["reports"])
+            lines.append(f"reports    (the last {shown} of {info['reports_total']}; `hypd metrics {r['name']}` "
+                         "for all)" if shown < info["reports_total"] else "reports")
+            lines.extend("  " + line for line in metrics_tsv(info["reports"], list(info["summary"])).splitlines())
     print("\n".join(lines))
     return 0
 
 
-def metrics_tsv(reports: list[dict[str, Any]]) -> str:
-    names: list[str] = []
-    for rep in reports:
-        for k in rep["values"]:
-            if k not in names:
-                names.append(k)
-    lines = ["\t".join(["step", *names])]
+def metrics_tsv(reports: list[dict[str, Any]], names: list[str], header: bool = True) -> str:
+    """Reports as TSV: step, then a column per metric (names: all the run's metrics)."""
+    lines = ["\t".join(["step", *names])] if header else []
     for rep in reports:
         lines.append("\t".join([str(rep["step"]), *(repr(rep["values"][n]) if n in rep["values"] else ""
                                                      for n in names)]))
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
+    """Every report, a page at a time (a run may have millions): memory stays small."""
     with connect() as c:
-        result = c.call("metrics", run=args.run)
-    sys.stdout.write(metrics_tsv(result["reports"]))
-    return 0
+        names = list(c.call("info", run=args.run, reports=0)["summary"])
+        since, first = 0, True
+        while True:
+            page = c.call("metrics", run=args.run, since=since)
+            sys.stdout.write(metrics_tsv(page["reports"], names, header=first))
+            since, first = page["next"], False
+            if not page["reports"]:
+                return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -714,13 +740,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("ls", cmd_ls, "list runs")
     sp.add_argument("--state", choices=STATES)
     sp.add_argument("--study")
-    sp.add_argument("--limit", type=int)
+    pages = sp.add_mutually_exclusive_group()
+    pages.add_argument("--limit", type=int, metavar="N", help=f"the newest N runs (default {LS_PAGE})")
+    pages.add_argument("--all", action="store_true", help="every run that matches")
     fmt = sp.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="one JSON array of runs")
     fmt.add_argument("--tsv", action="store_true", help="tab-separated, with a header line")
     sp = add("info", cmd_info, "a run's parameters, state, host, times, metrics")
     sp.add_argument("run", metavar="STUDY:N")
-    sp.add_argument("-v", "--verbose", action="store_true", help="all metrics, commands and history")
+    sp.add_argument("-v", "--verbose", action="store_true",
+                    help="each metric's summary, the latest reports, the commands and the history")
+    sp.add_argument("--reports", type=int, default=20, metavar="N", help="with -v: the last N reports (default 20)")
     sp = add("logs", cmd_logs, "a run's log")
     sp.add_argument("run", metavar="STUDY:N")
     sp.add_argument("-f", "--follow", action="store_true", help="keep printing as the run writes")

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Mapping
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the CLI imports this module: no typing at run time
+    from collections.abc import Mapping
+    from typing import Any
 
 
 def trial_no(trial: int) -> int:

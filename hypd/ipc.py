@@ -10,56 +10,42 @@ Every line is one JSON object with "v": PROTOCOL_VERSION.
 
 A request whose op, argument names or types are not declared below is refused with a
 "bad_request" error; the connection carries on. A line over MAX_LINE bytes is refused and
-the connection closed. Standard library only: the CLI imports this module.
+the connection closed. Standard library only. Its client side (paths, the blocking
+client, exit codes) is in hypd/client.py, which is all the CLI imports.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import os
 import socket
 import struct
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, get_args, get_origin, get_type_hints, is_typeddict
 
-if TYPE_CHECKING:  # the CLI imports this module: asyncio only where the TUI needs it
+from hypd.client import (  # noqa: F401 - the protocol's client side, declared with it
+    ERROR_EXIT,
+    MAX_LINE,
+    MAX_RESPONSE,
+    PROTOCOL_VERSION,
+    Client,
+    DaemonError,
+    ExitCode,
+    _check_hello,
+    _no_daemon,
+    _result,
+    encode,
+    hypd_home,
+    socket_path,
+)
+
+if TYPE_CHECKING:  # asyncio only where the TUI needs it
     import asyncio
 
-PROTOCOL_VERSION = 1
-MAX_LINE = 1 << 20  # requests; responses may be larger (a long `ls`)
-MAX_RESPONSE = 1 << 31
 MAX_INT = 1 << 63  # integer arguments are 64-bit (what SQLite stores)
 
-
-class ExitCode(IntEnum):
-    """The CLI's exit status for each error code; stable, so scripts can rely on them."""
-
-    OK = 0
-    ERROR = 1
-    USAGE = 2
-    NO_DAEMON = 3
-    NOT_FOUND = 4
-    INVALID = 5  # a study file or a value refused
-    CONFLICT = 6  # e.g. a study of that name with another space
-    PROTOCOL = 7
-
-
-ERROR_EXIT = {
-    "error": ExitCode.ERROR,
-    "no_daemon": ExitCode.NO_DAEMON,
-    "bad_request": ExitCode.PROTOCOL,
-    "too_large": ExitCode.PROTOCOL,
-    "version": ExitCode.PROTOCOL,
-    "not_found": ExitCode.NOT_FOUND,
-    "invalid": ExitCode.INVALID,
-    "conflict": ExitCode.CONFLICT,
-    "denied": ExitCode.ERROR,
-    "busy": ExitCode.ERROR,  # the daemon is still loading its studies at start: try again shortly
-}
 
 _OPTIONAL = object()
 
@@ -81,12 +67,17 @@ _opt_int = Arg((int, type(None)), None)
 OPS: dict[str, dict[str, Arg]] = {
     "ping": {},
     "submit": {"path": Arg(str), "text": Arg(str), "as_name": _opt_str},
-    "ls": {"state": _opt_str, "study": _opt_str, "limit": _opt_int},
-    "info": {"run": Arg(str)},
+    # newest_first: the newest runs first (`hypd ls` shows a page of them); fields: only
+    # these of a Run's fields in each row (a `name` comes with `study` and `run_no`).
+    "ls": {"state": _opt_str, "study": _opt_str, "limit": _opt_int, "newest_first": Arg(bool, False),
+           "fields": Arg((list, type(None)), None)},
+    # reports: how many of the run's latest reports come with it (at most MAX_REPORTS_PAGE);
+    # its summary covers all of them.
+    "info": {"run": Arg(str), "reports": Arg(int, 1000)},
     # tail: start that many bytes before the end instead of at offset.
     "logs": {"run": Arg(str), "offset": Arg(int, 0), "limit": Arg(int, 1 << 20), "tail": _opt_int},
     # since: only the reports from that sequence number on; the reply's "next" continues.
-    "metrics": {"run": Arg(str), "since": Arg(int, 0)},
+    "metrics": {"run": Arg(str), "since": Arg(int, 0), "limit": Arg(int, 10_000)},
     "kill": {"target": Arg(str)},
     "retry": {"target": Arg(str), "state": _opt_str},
     "pause": {"study": Arg(str)},
@@ -141,6 +132,18 @@ class Run(TypedDict):
 
 
 RUN_FIELDS = tuple(Run.__annotations__)
+# A row of `ls` with `fields`: some of a Run's fields.
+RunFields = TypedDict("RunFields", Run.__annotations__, total=False)  # type: ignore[misc]
+MAX_REPORTS_PAGE = 10_000  # reports in one reply (`info`, `metrics`): a run may have millions
+
+
+class MetricSummary(TypedDict):
+    count: int
+    first: float | None  # None: not a number (nan)
+    last: float | None
+    min: float | None  # of the reports that were numbers
+    max: float | None
+    last_step: int
 
 
 class LeaderRun(Run, total=False):
@@ -159,7 +162,10 @@ Transition = TypedDict("Transition", {"at": float, "from": str | None, "to": str
 
 class RunInfo(TypedDict):
     run: Run
-    reports: list[Report]
+    summary: dict[str, MetricSummary]  # every metric the run reported, in the order they first came
+    reports: list[Report]  # the latest ones: those from reports_from on
+    reports_from: int
+    reports_total: int
     transitions: list[Transition]
     attempts: list[str]
     retries: int
@@ -310,7 +316,7 @@ class LogText(TypedDict):
 
 
 REPLIES: dict[str, Any] = {
-    "ping": Pong, "submit": Submitted, "ls": list[Run], "info": RunInfo, "logs": LogChunk,
+    "ping": Pong, "submit": Submitted, "ls": list[RunFields], "info": RunInfo, "logs": LogChunk,
     "metrics": MetricsPage, "kill": Killed, "retry": Retried, "pause": Paused, "resume": Paused,
     "leaderboard": Leaderboard, "best": Best, "suggest": Suggested, "studies": list[StudySummary],
     "hosts": list[HostSummary], "hosts_add": HostSummary, "hosts_rm": Removed, "hosts_drain": HostSummary,
@@ -432,10 +438,6 @@ def parse_request(line: bytes) -> Request:
     return Request(request_id, op, out)
 
 
-def encode(msg: Mapping[str, Any]) -> bytes:
-    return json.dumps({"v": PROTOCOL_VERSION, **msg}, separators=(",", ":"), default=str).encode() + b"\n"
-
-
 def ok(request_id: Any, result: Any) -> bytes:
     return encode({"id": request_id, "ok": True, "result": result})
 
@@ -448,24 +450,7 @@ def event(topic: str, data: Any) -> bytes:
     return encode({"event": topic, "data": data})
 
 
-# ------------------------------------------------------------------ paths
-
-def hypd_home() -> Path:
-    return Path(os.environ.get("HYPD_HOME") or Path.home() / ".hypd").expanduser().absolute()
-
-
-def socket_path(home: Path | None = None) -> Path:
-    """Where the daemon listens: $HYPD_HOME/run/hypd.sock, in a 0700 folder. A home too
-    deep for a socket path (108 bytes) gets a 0700 folder under /tmp named by its hash."""
-    home = home or hypd_home()
-    path = home / "run" / "hypd.sock"
-    if len(os.fsencode(path)) < 100:
-        return path
-    import hashlib
-
-    digest = hashlib.sha256(os.fsencode(home)).hexdigest()[:16]
-    return Path(f"/tmp/hypd-{os.getuid()}-{digest}") / "hypd.sock"
-
+# ------------------------------------------------------------------ peers
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int] | None:
     """(pid, uid) of the process at the other end of a Unix socket (Linux SO_PEERCRED)."""
@@ -477,112 +462,6 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int] | None:
 
 
 # ------------------------------------------------------------------ clients
-
-class DaemonError(Exception):
-    """An error reply from the daemon, or no daemon at all."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    @property
-    def exit_code(self) -> ExitCode:
-        return ERROR_EXIT.get(self.code, ExitCode.ERROR)
-
-
-def _no_daemon(path: Path, why: str) -> DaemonError:
-    return DaemonError("no_daemon", f"no hypd daemon is running ({why} at {path}); start one with `hypd serve` "
-                                    "(or `hypd serve --detach`)")
-
-
-def _check_hello(line: bytes) -> dict[str, Any]:
-    try:
-        hello = json.loads(line)
-    except json.JSONDecodeError:
-        raise DaemonError("version", "the socket did not greet as a hypd daemon") from None
-    if not isinstance(hello, dict) or hello.get("hello") != "hypd":
-        message = hello.get("error", {}).get("message") if isinstance(hello, dict) else None
-        raise DaemonError("denied", message or "the socket did not greet as a hypd daemon")
-    if hello.get("v") != PROTOCOL_VERSION:
-        raise DaemonError("version", f"the daemon speaks protocol {hello.get('v')}, this client {PROTOCOL_VERSION}; "
-                                     "restart the daemon with this version of hypd")
-    return hello
-
-
-def _result(msg: Mapping[str, Any]) -> Any:
-    if msg.get("ok"):
-        return msg.get("result")
-    err = msg.get("error") or {}
-    raise DaemonError(err.get("code", "error"), err.get("message", "unknown error"))
-
-
-class Client:
-    """A blocking client (the CLI's): one request at a time."""
-
-    def __init__(self, path: Path | None = None, timeout: float | None = 30.0) -> None:
-        self.path = path or socket_path()
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        try:
-            self.sock.connect(str(self.path))
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            self.sock.close()
-            raise _no_daemon(self.path, "no socket" if isinstance(exc, FileNotFoundError) else "nobody listening") from None
-        except PermissionError:
-            self.sock.close()
-            raise DaemonError("denied", f"permission denied on {self.path}: the daemon belongs to another user") from None
-        self.file = self.sock.makefile("rb")
-        self.next_id = 0
-        self.hello = _check_hello(self._readline())
-
-    def _readline(self) -> bytes:
-        line = self.file.readline(MAX_RESPONSE)
-        if not line:
-            raise DaemonError("error", "the daemon closed the connection")
-        return line
-
-    def call(self, op: str, **args: Any) -> Any:
-        self.next_id += 1
-        line = encode({"id": self.next_id, "op": op, "args": args})
-        if len(line) > MAX_LINE:
-            raise DaemonError("too_large", f"{op}: the request is {len(line):,} bytes, over the daemon's limit of "
-                                           f"{MAX_LINE:,}")
-        try:
-            self.sock.sendall(line)
-        except OSError as exc:  # the daemon hung up mid-request: say so, with its reason if it gave one
-            try:
-                reason = json.loads(self._readline()).get("error", {}).get("message")
-            except (DaemonError, OSError, ValueError, AttributeError):
-                reason = None
-            raise DaemonError("error", reason or f"the daemon closed the connection during {op} ({exc})") from None
-        while True:
-            msg = json.loads(self._readline())
-            if msg.get("id") == self.next_id:
-                return _result(msg)
-
-    def subscribe(self, topics: list[str], run: str | None = None) -> Iterator[dict[str, Any]]:
-        """Events as they come, until the daemon goes away."""
-        self.sock.settimeout(None)
-        self.call("subscribe", topics=topics, run=run)
-        while True:
-            line = self.file.readline(MAX_RESPONSE)
-            if not line.endswith(b"\n"):  # the daemon went away (or cut a subscriber too far behind)
-                return
-            msg = json.loads(line)
-            if "event" in msg:
-                yield msg
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 class AsyncClient:
     """An asyncio client (the TUI's): requests and an event stream on two connections."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hypd import __version__
-from hypd.ipc import RUN_FIELDS
+from hypd.ipc import MAX_REPORTS_PAGE, RUN_FIELDS
 from hypd.lifecycle import study_rules
 from hypd.metrics import pareto_front
 from hypd.runs import Runs
@@ -22,7 +22,7 @@ from hypd.runstate import STATES, RunState
 from hypd.scheduler import no_host_note
 from hypd.search import SearchError
 from hypd.server import Refusal
-from hypd.store import Store
+from hypd.store import RUN_COLUMNS, Store
 from hypd.studies import Studies, StudyRuntime
 from hypd.study import (
     StudyError,
@@ -151,20 +151,38 @@ class Ops:
         return [f"run.workdir {spec.workdir} does not exist on this machine: runs fail on any host where it "
                 f"does not exist either (SSH hosts: {', '.join(remote)})"]
 
-    async def op_ls(self, state: str | None, study: str | None, limit: int | None) -> list[dict[str, Any]]:
+    async def op_ls(self, state: str | None, study: str | None, limit: int | None, newest_first: bool,
+                    fields: list[str] | None) -> list[dict[str, Any]]:
         if state is not None and state not in STATES:
             raise Refusal("invalid", f"unknown state {state!r}; use one of {', '.join(STATES)}")
         if study is not None and study not in self.studies.loading:  # (the store has a loading study's runs)
             self._study(study)
-        return await self.store.runs(state=state, study=study, limit=limit)
+        if limit is not None and limit < 0:
+            raise Refusal("invalid", f"limit must be 0 or more, got {limit}")
+        columns = RUN_COLUMNS
+        if fields is not None:
+            unknown = set(fields) - set(RUN_FIELDS)
+            if unknown:
+                raise Refusal("invalid", f"unknown field(s) {', '.join(sorted(unknown))}; a run has "
+                                         f"{', '.join(RUN_FIELDS)}")
+            wanted = set(fields) | ({"study", "run_no"} if "name" in fields else set())
+            columns = tuple(c for c in RUN_COLUMNS if c in wanted)
+        return await self.store.runs(state=state, study=study, limit=limit, columns=columns,
+                                     order="id DESC" if newest_first else "id")
 
-    async def op_info(self, run: str) -> dict[str, Any]:
+    async def op_info(self, run: str, reports: int) -> dict[str, Any]:
         row = await self._run(run)
         rt = self._study(row["study"])
         attempts = await self.store.runs(study=row["study"], trial=row["trial"], columns=("study", "run_no"))
+        # A summary of every metric, and a page of the latest reports: a run with millions
+        # of reports answers as fast as one with ten, in a reply of bounded size.
+        first = max(0, row["reports"] - _page(reports))
         return {
             "run": {k: row[k] for k in RUN_FIELDS},
-            "reports": await self.store.reports(row["id"]),
+            "summary": await self.store.metric_summary(row["id"]),
+            "reports": await self.store.reports(row["id"], first, _page(reports)),
+            "reports_from": first,
+            "reports_total": row["reports"],
             "transitions": await self.store.transitions(row["id"]),
             "attempts": [a["name"] for a in attempts],
             "retries": rt.spec.retries,
@@ -195,9 +213,9 @@ class Ops:
                                                                RunState.LOST.value),
                 "path": row["log_path"]}
 
-    async def op_metrics(self, run: str, since: int) -> dict[str, Any]:
+    async def op_metrics(self, run: str, since: int, limit: int) -> dict[str, Any]:
         row = await self._run(run)
-        reports = await self.store.reports(row["id"], since)
+        reports = await self.store.reports(row["id"], since, _page(limit))
         return {"run": row["name"], "reports": reports, "next": max(since, 0) + len(reports)}
 
     async def op_kill(self, target: str) -> dict[str, Any]:
@@ -378,6 +396,11 @@ def _log_tail(path: str | None, lines: int) -> list[str]:
     except OSError:
         return []
     return [line[:400] for line in text.splitlines()[-lines:]]
+
+
+def _page(count: int) -> int:
+    """How many reports one reply carries when `count` are asked for."""
+    return max(0, min(count, MAX_REPORTS_PAGE))
 
 
 def _space_change(old: StudySpec, new: StudySpec) -> str:

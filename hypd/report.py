@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import TextIO
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (typing itself costs a training script and the CLI milliseconds)
+    from typing import TextIO
 
 
 def report(*, step: int | None = None, file: TextIO | None = None, **metrics: float) -> None:

@@ -112,6 +112,21 @@ CREATE TABLE IF NOT EXISTS transitions (
     reason TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS transitions_by_run ON transitions(run_id);
+CREATE INDEX IF NOT EXISTS runs_by_study_id ON runs(study, id);   -- `ls --study S`, newest first
+-- Per run and metric, what `info` shows without reading every report (kept with each
+-- batch of reports; built from the reports once for a store made before it).
+CREATE TABLE IF NOT EXISTS metric_stats (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    metric TEXT NOT NULL,
+    position INTEGER NOT NULL,     -- where it first came: seq * 256 + its place in that report
+    count INTEGER NOT NULL,
+    first_value REAL,              -- NULL: nan
+    last_value REAL,
+    min_value REAL,                -- of the values that were numbers
+    max_value REAL,
+    last_step INTEGER NOT NULL,
+    PRIMARY KEY (run_id, metric)
+);
 CREATE TABLE IF NOT EXISTS reports (
     run_id INTEGER NOT NULL REFERENCES runs(id),
     seq INTEGER NOT NULL,
@@ -275,10 +290,10 @@ class Queries:
             (run_id,))
         return [{"at": r[0], "from": r[1], "to": r[2], "reason": r[3]} for r in rows]
 
-    async def reports(self, run_id: int, since: int = 0) -> list[dict[str, Any]]:
-        """The run's reports from sequence number `since` on, in order."""
+    async def reports(self, run_id: int, since: int = 0, limit: int = -1) -> list[dict[str, Any]]:
+        """The run's reports from sequence number `since` on, in order (at most `limit`)."""
         rows = await self.reader.execute_fetchall(
-            "SELECT step, at, data FROM reports WHERE run_id=? AND seq>=? ORDER BY seq", (run_id, since))
+            "SELECT step, at, data FROM reports WHERE run_id=? AND seq>=? ORDER BY seq LIMIT ?", (run_id, since, limit))
         return [{"step": r[0], "at": r[1], "values": json.loads(r[2])} for r in rows]
 
     async def study_reports(self, study: str, metric: str) -> dict[int, list[tuple[int, float, float]]]:
@@ -295,6 +310,15 @@ class Queries:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 out.setdefault(run_id, []).append((step, at, float(value)))
         return out
+
+    async def metric_summary(self, run_id: int) -> dict[str, dict[str, Any]]:
+        """metric -> {count, first, last, min, max, last_step} over all the run's reports, in
+        the order the metrics first came."""
+        rows = await self.reader.execute_fetchall(
+            "SELECT metric, count, first_value, last_value, min_value, max_value, last_step FROM metric_stats "
+            "WHERE run_id=? ORDER BY position", (run_id,))
+        return {m: {"count": n, "first": first, "last": last, "min": lo, "max": hi, "last_step": step}
+                for m, n, first, last, lo, hi, step in rows}
 
     async def state_counts(self) -> dict[str, dict[str, int]]:
         """study -> state -> number of runs."""
@@ -467,6 +491,7 @@ class Store(Queries):
                 check_pages(path, [str(r[0]) for r in db.execute("PRAGMA quick_check").fetchall()])
                 db.executescript(SCHEMA)
                 _add_columns(db)
+                _build_metric_stats(db)
             except sqlite3.DatabaseError as exc:
                 if getattr(exc, "sqlite_errorcode", 0) & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
                     raise DamagedStore(f"{path} is damaged ({exc}); {way_out(path)}") from exc
@@ -626,6 +651,10 @@ class Store(Queries):
             (seq,) = db.execute("SELECT reports FROM runs WHERE id=?", (run_id,)).fetchone()
             db.executemany("INSERT INTO reports (run_id, seq, step, at, data) VALUES (?,?,?,?,?)",
                            [(run_id, seq + i, *row) for i, row in enumerate(rows)])
+            stats: dict[str, list[Any]] = {}
+            for i, (step, _, values) in enumerate(reports):
+                _fold_stats(stats, seq + i, step, values)
+            _store_stats(db, run_id, stats)
             db.execute("UPDATE runs SET log_offset=?, reports=?, metrics=?, objective=?, last_line=? WHERE id=?",
                        (log_offset, seq + len(rows), summary, objective, last_line, run_id))
 
@@ -686,6 +715,58 @@ _UNTOLD_TRIALS = """
       AND NOT EXISTS (SELECT 1 FROM runs a WHERE a.study=t.study AND a.trial=t.trial
                                             AND a.state IN ('pending', 'running', 'lost'))
     ORDER BY t.trial"""
+
+
+def _fold_stats(stats: dict[str, list[Any]], seq: int, step: int, values: Mapping[str, float]) -> None:
+    """Add one report to per-metric [position, count, first, last, min, max, last_step]."""
+    for i, (name, value) in enumerate(values.items()):
+        number = float(value)
+        known = number if number == number else None  # nan is no minimum or maximum
+        s = stats.get(name)
+        if s is None:
+            stats[name] = [seq * 256 + i, 1, number, number, known, known, step]
+            continue
+        s[1] += 1
+        s[3], s[6] = number, step
+        if known is not None:
+            s[4] = known if s[4] is None else min(s[4], known)
+            s[5] = known if s[5] is None else max(s[5], known)
+
+
+def _store_stats(db: sqlite3.Connection, run_id: int, stats: Mapping[str, list[Any]]) -> None:
+    """(In a transaction.) Fold a batch's per-metric figures into the run's metric_stats."""
+    db.executemany(
+        "INSERT INTO metric_stats (run_id, metric, position, count, first_value, last_value, min_value, max_value, "
+        "last_step) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (run_id, metric) DO UPDATE SET "
+        "count = count + excluded.count, last_value = excluded.last_value, last_step = excluded.last_step, "
+        "min_value = CASE WHEN min_value IS NULL OR excluded.min_value < min_value "
+        "THEN excluded.min_value ELSE min_value END, "
+        "max_value = CASE WHEN max_value IS NULL OR excluded.max_value > max_value "
+        "THEN excluded.max_value ELSE max_value END",
+        [(run_id, name, *s) for name, s in stats.items()])
+
+
+def _build_metric_stats(db: sqlite3.Connection) -> None:
+    """Once, for a store made before metric_stats: build it from the stored reports."""
+    if db.execute("SELECT 1 FROM meta WHERE key='metric_stats'").fetchone():
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        run: int | None = None
+        stats: dict[str, list[Any]] = {}
+        for run_id, seq, step, data in db.execute("SELECT run_id, seq, step, data FROM reports ORDER BY run_id, seq"):
+            if run_id != run:
+                if run is not None:
+                    _store_stats(db, run, stats)
+                run, stats = run_id, {}
+            _fold_stats(stats, seq, step, json.loads(data))
+        if run is not None:
+            _store_stats(db, run, stats)
+        db.execute("INSERT INTO meta VALUES ('metric_stats', '1')")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 def _insert_trials(db: sqlite3.Connection, study: str, trials: Sequence[tuple[int, Mapping[str, Any]]],

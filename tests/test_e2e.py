@@ -55,7 +55,8 @@ def test_grid_study_runs_to_completion_and_the_cli_reports_it(daemon: DaemonProc
     runs = daemon.cli_json("ls", "--study", "quadratic")
     assert len(runs) == 9
     assert {r["state"] for r in runs} == {"completed"}
-    first = runs[0]
+    assert [r["id"] for r in runs] == [f"quadratic:{n}" for n in range(9, 0, -1)]  # newest first
+    first = runs[-1]
     assert set(first) >= {"id", "study", "trial", "state", "params", "metrics", "objective", "host", "gpus",
                           "started", "ended", "last_line"}
     assert first["id"] == "quadratic:1" and first["host"] == "local" and first["gpus"] == []
@@ -151,7 +152,7 @@ def test_timeout_fails_the_run_and_retries_it(daemon: DaemonProc) -> None:
     retry = daemon.wait_state("t:2", "failed", timeout=20)
     assert retry["trial"] == run["trial"] and retry["attempt"] == 2
     time.sleep(1)
-    assert [r["id"] for r in daemon.cli_json("ls", "--study", "t")] == ["t:1", "t:2"]  # the budget is spent
+    assert [r["id"] for r in daemon.cli_json("ls", "--study", "t")] == ["t:2", "t:1"]  # the budget is spent
 
 
 def test_failing_stage_fails_the_run_and_later_stages_do_not_run(daemon: DaemonProc) -> None:

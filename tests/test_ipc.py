@@ -54,10 +54,10 @@ def refused(data: bytes, code: str = "bad_request") -> ProtocolError:
 VALID: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "ping": ({}, {}),
     "submit": ({"path": "/s/a.toml", "text": "[study]"}, {"path": "/s/a.toml", "text": "[study]", "as_name": None}),
-    "ls": ({}, {"state": None, "study": None, "limit": None}),
-    "info": ({"run": "a:1"}, {"run": "a:1"}),
+    "ls": ({}, {"state": None, "study": None, "limit": None, "newest_first": False, "fields": None}),
+    "info": ({"run": "a:1"}, {"run": "a:1", "reports": 1000}),
     "logs": ({"run": "a:1"}, {"run": "a:1", "offset": 0, "limit": 1 << 20, "tail": None}),
-    "metrics": ({"run": "a:1"}, {"run": "a:1", "since": 0}),
+    "metrics": ({"run": "a:1"}, {"run": "a:1", "since": 0, "limit": 10_000}),
     "kill": ({"target": "a"}, {"target": "a"}),
     "retry": ({"target": "a:3"}, {"target": "a:3", "state": None}),
     "pause": ({"study": "a"}, {"study": "a"}),
@@ -77,9 +77,10 @@ VALID: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 # Every argument given explicitly, with a value of its declared type.
 FULL: dict[str, dict[str, Any]] = {
     "submit": {"path": "p", "text": "t", "as_name": "b"},
-    "ls": {"state": "running", "study": "a", "limit": 5},
+    "ls": {"state": "running", "study": "a", "limit": 5, "newest_first": True, "fields": ["name", "state"]},
+    "info": {"run": "a:1", "reports": 10},
     "logs": {"run": "a:1", "offset": 100, "limit": 10, "tail": 50},
-    "metrics": {"run": "a:1", "since": 4},
+    "metrics": {"run": "a:1", "since": 4, "limit": 100},
     "retry": {"target": "a", "state": "failed"},
     "leaderboard": {"study": "a", "limit": 3},
     "stop": {"kill_runs": True},
@@ -109,8 +110,8 @@ def test_args_may_be_left_out(op: str) -> None:
 
 
 def test_optional_arguments_accept_null() -> None:
-    r = parse_request(req("ls", {"state": None, "study": None, "limit": None}))
-    assert r.args == {"state": None, "study": None, "limit": None}
+    r = parse_request(req("ls", {"state": None, "study": None, "limit": None, "fields": None}))
+    assert r.args == {"state": None, "study": None, "limit": None, "newest_first": False, "fields": None}
     assert parse_request(req("submit", {"path": "p", "text": "t", "as_name": None})).args["as_name"] is None
 
 

@@ -19,6 +19,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header
 
+from hypd.ipc import OPS
 from hypd.tui.model import Backoff, LogBuffer, fmt_bytes, run_study
 from hypd.tui.widgets.common import ConnectionBanner
 from hypd.tui.widgets.plots import PlotGrid, page_note
@@ -130,8 +131,8 @@ class RunScreen(Screen[None]):
             self.notify(getattr(exc, "message", str(exc)), title=f"info {self.run_name}", severity="error")
             return
         self.info = info
-        self.reports = list(info.get("reports") or [])
-        self.reports_next = len(self.reports)
+        self.reports = list(info.get("reports") or [])  # the latest page of them
+        self.reports_next = info.get("reports_from", 0) + len(self.reports)
         await self.query_one("#plots", MetricPlots).show(self.reports)
         self._show_info()
 
@@ -152,6 +153,8 @@ class RunScreen(Screen[None]):
                 continue
             new = list(result.get("reports") or [])
             self.reports_next = result.get("next", self.reports_next + len(new))
+            if len(new) >= OPS["metrics"]["limit"].default:
+                self._metrics_wanted.set()  # a full page: more are waiting
             if new:
                 self.reports.extend(new)
                 await self.query_one("#plots", MetricPlots).show(self.reports)
