@@ -643,7 +643,8 @@ def test_the_daemon_sigkilled_through_a_study_runs_and_tells_each_trial_once(
     assert len(by_trial) == trials, why
     executions: dict[int, list[str]] = {}
     for f in ran.iterdir():
-        executions[int(f.name.split("-")[1])] = [line.split()[0] for line in f.read_text().splitlines()]
+        # HYPD_TRIAL numbers trials from 1, as users see them; the store from 0.
+        executions[int(f.name.split("-")[1]) - 1] = [line.split()[0] for line in f.read_text().splitlines()]
     for trial, attempts in by_trial.items():
         states = [a[3] for a in attempts]
         names = [f"crash:{a[2]}" for a in attempts]
