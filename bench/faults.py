@@ -280,8 +280,8 @@ def account(world: World, row: Row, plan: Plan) -> None:
     executions: Counter[int] = Counter()
     with contextlib.suppress(FileNotFoundError):
         for line in world.starts.read_text().splitlines():
-            if line.split():
-                executions[int(line.split()[0])] += 1
+            if line.split():  # HYPD_TRIAL numbers trials from 1, the store from 0
+                executions[int(line.split()[0]) - 1] += 1
     row.runs = plan.runs
     row.lost = plan.runs - sum(1 for attempts in by_trial.values() if any(a["state"] == "completed" for a in attempts))
     row.twice = sum(1 for t, attempts in by_trial.items() if len(attempts) > 1 or executions[t] > 1)
