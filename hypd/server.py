@@ -20,6 +20,10 @@ from hypd import __version__, ipc
 log = logging.getLogger("hypd.server")
 
 
+# A reply of more items than this is encoded on a thread: one big reply (`ls --all`) does
+# not hold the event loop (and every other client) while it is written out.
+BIG_REPLY = 1000
+
 class Refusal(Exception):
     """A request the daemon refuses; code is one of ipc.ERROR_EXIT's keys."""
 
@@ -229,7 +233,10 @@ class Server:
 
     async def _dispatch(self, request: ipc.Request) -> bytes:
         try:
-            return ipc.ok(request.id, await self.handler(request.op)(**request.args))
+            result = await self.handler(request.op)(**request.args)
+            if isinstance(result, list) and len(result) > BIG_REPLY:  # (`ls --all` of 100,000 runs)
+                return await asyncio.to_thread(ipc.ok_list, request.id, result)
+            return ipc.ok(request.id, result)
         except Refusal as exc:
             return ipc.error(request.id, exc.code, exc.message)
         except Exception as exc:

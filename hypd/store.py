@@ -269,6 +269,8 @@ class Queries:
             sql += " LIMIT ?"
             args.append(limit)
         rows = await self.reader.execute_fetchall(sql, args)
+        if len(rows) > 1000:  # decoded on a thread: `ls --all` of 100,000 runs holds no one up
+            return await asyncio.to_thread(lambda: [_run_dict(r, columns) for r in rows])
         return [_run_dict(r, columns) for r in rows]
 
     async def run(self, study: str, run_no: int) -> dict[str, Any] | None:

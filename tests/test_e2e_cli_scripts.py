@@ -76,7 +76,7 @@ def test_tables_align_by_display_width_and_tsv_is_utf8_escaping_only_what_breaks
     # The last column (a run's last line) starts at the same display column on every row,
     # CJK characters and emoji taking two cells.
     start = cell_len(header[:header.index("LAST LINE")])
-    for row, value in zip(rows, ["猫の手", "🐍", "a\\tb\\c"]):  # a tab shown as \t
+    for row, value in zip(rows, ["a\\tb\\c", "🐍", "猫の手"]):  # newest first; a tab shown as \t
         assert row.endswith(value) and cell_len(row[:len(row) - len(value)]) == start, row
 
     tsv = subprocess.run([sys.executable, "-m", "hypd", "ls", "--study", "wide", "--tsv"], env=daemon.env,
@@ -85,8 +85,8 @@ def test_tables_align_by_display_width_and_tsv_is_utf8_escaping_only_what_breaks
     text = tsv.decode("utf-8")
     rows = [line.split("\t") for line in text.splitlines()]
     assert len(rows) == 4 and {len(r) for r in rows} == {12}
-    assert rows[3][-1] == "a\\tb\\\\c"  # the tab and the backslash escaped, nothing else
-    assert rows[3][9] == '{"x": "a\\\\tb\\\\\\\\c"}'  # the JSON text {"x": "a\tb\\c"}, escaped alike
+    assert rows[1][-1] == "a\\tb\\\\c"  # the tab and the backslash escaped, nothing else
+    assert rows[1][9] == '{"x": "a\\\\tb\\\\\\\\c"}'  # the JSON text {"x": "a\tb\\c"}, escaped alike
 
 
 def test_an_empty_ls_says_so_on_a_terminal_and_nothing_to_a_script(daemon: DaemonProc) -> None:

@@ -98,7 +98,7 @@ def test_wait_exit_status_and_counting_trials_not_attempts(daemon: DaemonProc) -
     assert waited.returncode == 0, waited.stderr
     assert waited.stdout.splitlines()[-1] == "study fine finished: 3 completed, 0 failed, 0 killed, 0 stopped"
     assert daemon.run("fine:1")["last_line"] == "trial=1 env=1 x=1"
-    assert daemon.cli_json("ls", "--study", "fine")[0]["trial"] == 1
+    assert daemon.cli_json("ls", "--study", "fine")[-1]["trial"] == 1  # (newest first)
     assert "(trial 1, attempt 1" in daemon.cli("info", "fine:1").stdout
     line = next(line for line in daemon.cli("studies").stdout.splitlines() if line.startswith("fine "))
     assert line.split()[2:4] == ["finished", "3/3"]

@@ -25,6 +25,7 @@ from hypd.ipc import (
     error,
     event,
     ok,
+    ok_list,
     parse_request,
     peer_credentials,
     socket_path,
@@ -386,3 +387,9 @@ def test_exit_codes_are_stable() -> None:
 def test_daemon_error_exit_codes(code: str, exit_code: int) -> None:
     assert DaemonError(code, "m").exit_code == exit_code
     assert ERROR_EXIT.get(code, ExitCode.ERROR) == exit_code
+
+
+def test_a_long_list_encoded_in_slices_is_the_same_line() -> None:
+    items = [{"n": i, "x": [1.5, float("inf")], "s": "é\n"} for i in range(1234)]
+    for part in (items, items[:1], []):
+        assert ok_list(7, part, slice_len=100) == ok(7, part)
