@@ -17,6 +17,7 @@ import fcntl
 import logging
 import os
 import signal
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from hypd.config import Config, load_config
 from hypd.dispatch import Dispatcher
 from hypd.hosts import GpusRead
 from hypd.ops import Ops
+from hypd.private import UnsafePath, private_dir, private_files
 from hypd.registry import Registry
 from hypd.runs import Runs
 from hypd.runstate import StopIntent
@@ -118,11 +120,11 @@ class Daemon:
                            self._host_labels)
             self.studies = studies
             server = Server(self.socket_path, self.home, self.bus, self._handler)
+            # The socket answers at once; studies load behind it (see _handler).
+            await server.start()
             async with asyncio.TaskGroup() as tg:
                 await self.registry.start(tg)
                 tg.create_task(self.registry.follow_inventory(), name="hosts.toml")
-                # The socket answers at once; studies load behind it (see _handler).
-                await server.start()
                 log.info("hypd %s serving on %s (home %s)", __version__, self.socket_path, self.home)
                 if ready:
                     ready()
@@ -328,8 +330,21 @@ def setup_logging(home: Path, foreground: bool) -> None:
 
 def serve(home: Path | None = None, *, foreground: bool = True) -> int:
     home = home or ipc.hypd_home()
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Whatever the umask, what the daemon (and its local host watcher) creates is the
+    # user's alone; runs get the user's own umask back (hypd.hostwatch).
+    os.environ["HYPD_RUN_UMASK"] = f"{os.umask(0o077):03o}"
+    try:
+        home.parent.mkdir(parents=True, exist_ok=True)
+        tightened_home = private_dir(home, follow=True)
+    except (UnsafePath, OSError) as exc:
+        print(f"hypd: {exc}", file=sys.stderr)
+        return 1
+    tightened = private_files(home)
     setup_logging(home, foreground)
+    if tightened_home:
+        log.warning("%s", tightened_home)
+    if tightened:
+        log.warning("made %s 0600 in %s (other users could read them)", ", ".join(tightened), home)
     try:
         daemon = Daemon(home)
     except Exception as exc:  # a broken config.toml
@@ -337,7 +352,7 @@ def serve(home: Path | None = None, *, foreground: bool = True) -> int:
         return 1
     try:
         asyncio.run(daemon.run())
-    except (AlreadyRunning, StoreError, DamagedStore) as exc:  # one line: what, which file, the way out
+    except (AlreadyRunning, StoreError, DamagedStore, UnsafePath) as exc:  # one line: what, which file, the way out
         log.error("%s", exc)
         return 1
     except asyncio.CancelledError:

@@ -473,7 +473,7 @@ class Watcher:
             if os.path.isdir(run.path) and os.listdir(run.path):
                 # An earlier run's folder (the daemon's store lost that run): kept, not reused.
                 os.rename(run.path, f"{run.path}.set-aside-{int(time.time())}")
-            os.makedirs(run.path, exist_ok=True)
+            os.makedirs(run.path, mode=0o700, exist_ok=True)
             tmp = os.path.join(run.path, "run.sh.tmp")
             with open(tmp, "w") as f:
                 f.write(script)
@@ -484,14 +484,17 @@ class Watcher:
                 except FileNotFoundError:
                     pass
             log_fd = os.open(os.path.join(run.path, "log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND,
-                             0o644)
+                             0o600)
         except OSError as exc:
             self.send({"ev": "launch_failed", "run": key, "why": f"cannot prepare {ctl}: {exc.strerror or exc}"})
             return
         try:
+            # A local daemon keeps its own files private (umask 077) and hands runs the
+            # user's umask back: their outputs are theirs to share.
+            umask = {"umask": int(os.environ["HYPD_RUN_UMASK"], 8)} if os.environ.get("HYPD_RUN_UMASK") else {}
             child = subprocess.Popen(["/bin/sh", os.path.join(run.path, "run.sh")], stdin=subprocess.DEVNULL,
                                      stdout=log_fd, stderr=subprocess.STDOUT, start_new_session=True,
-                                     close_fds=True, cwd="/")
+                                     close_fds=True, cwd="/", **umask)
         except OSError as exc:
             self.send({"ev": "launch_failed", "run": key, "why": f"cannot start /bin/sh: {exc.strerror or exc}"})
             return

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hypd import __version__, ipc
+from hypd.private import private_dir
 
 log = logging.getLogger("hypd.server")
 
@@ -118,11 +119,10 @@ class Server:
         self.stop_requested: Callable[[], None] = lambda: None
 
     async def start(self) -> None:
-        directory = self.path.parent
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(directory, 0o700)
-        if directory.stat().st_uid != os.getuid():
-            raise RuntimeError(f"{directory} belongs to another user; refusing to put a socket there")
+        directory = self.path.parent  # $HYPD_HOME/run, or a folder under /tmp (hypd.ipc.socket_path)
+        tightened = private_dir(directory, follow=False)
+        if tightened:
+            log.warning("%s", tightened)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # stale: we hold the lock, so no daemon owns it
         old_umask = os.umask(0o177)

@@ -6,6 +6,7 @@ session processes killed, the listener up) and a daemon restart, kills, and a cl
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 import time
@@ -13,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 import pytest
 
 from hypd import lifecycle as lc
@@ -140,6 +142,36 @@ async def test_unknown_host_key_is_refused(cluster: SshdCluster, hosts: Any, tmp
 
     served3 = await hosts(server, known_hosts=False)  # the explicit opt-out
     assert served3.host.state == ("up", "")
+
+
+async def test_a_changed_host_key_is_named_as_such_with_both_fingerprints(
+        cluster: SshdCluster, hosts: Any, tmp_path: Path) -> None:
+    server = cluster.add(gpus=None)
+    impostor = asyncssh.generate_private_key(server.host_key_pub[0])  # the same kind, another key
+    known = tmp_path / "changed_known_hosts"
+    known.write_text(f"[127.0.0.1]:{server.port} {impostor.export_public_key().decode().split()[0]} "
+                     f"{impostor.export_public_key().decode().split()[1]}\n")
+    served = await hosts(server, wait=False, known_hosts=str(known))
+    await until(lambda: "host key" in served.host.state[1].lower(), what="the host key refusal")
+    state, why = served.host.state
+    real = asyncssh.import_public_key(" ".join(server.host_key_pub[:2])).get_fingerprint()
+    assert state == "down" and why.startswith(f"HOST KEY CHANGED for 127.0.0.1:{server.port}: possibly an attack")
+    assert impostor.get_fingerprint() in why and real in why  # what was known, what is offered
+    assert f"ssh-keygen -R '[127.0.0.1]:{server.port}' -f {known}" in why
+    assert "ssh-keyscan" not in why and "known_hosts = false" not in why  # no advice that trusts the new key
+
+
+async def test_known_hosts_false_warns_at_each_connect(cluster: SshdCluster, hosts: Any,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    server = cluster.add(gpus=None)
+    with caplog.at_level(logging.WARNING, logger="hypd.ssh"):
+        served = await hosts(server, known_hosts=False)
+        server.kill()
+        server.start()
+        await until(lambda: served.host.connects >= 2 and served.host.state == ("up", ""), 30, "a reconnect")
+    warned = [r for r in caplog.records if "without checking its host key (known_hosts = false)" in r.getMessage()]
+    assert len(warned) >= served.host.connects >= 2
+    await served.stop()
 
 
 async def test_unreachable_host_is_down_then_comes_up_by_itself(cluster: SshdCluster, hosts: Any) -> None:

@@ -5,6 +5,7 @@ keepalives; and one line saying why it could not be opened or why it was lost.""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -12,6 +13,8 @@ from typing import Any
 import asyncssh
 
 from hypd.inventory import HostConfig
+
+log = logging.getLogger("hypd.ssh")
 
 
 def one_line(text: object, limit: int = 300) -> str:
@@ -52,6 +55,15 @@ class Client(asyncssh.SSHClient):
         self.lost = exc
 
 
+class HostKeyChanged(Exception):
+    """known_hosts has a key for the host and the host offers another: a man in the middle,
+    or a reinstalled host. Never to be waved through like an unknown key."""
+
+    def __init__(self, file: str, known: list[str], offered: str) -> None:
+        super().__init__(f"host key changed: known {', '.join(known)}, offered {offered}")
+        self.file, self.known, self.offered = file, known, offered
+
+
 class Connector:
     def __init__(self, config: HostConfig, *, connect_options: Mapping[str, Any] | None = None,
                  keepalive: tuple[float, int] = (5.0, 3), connect_timeout: float = 15.0) -> None:
@@ -61,8 +73,43 @@ class Connector:
         self.connect_timeout = connect_timeout
 
     async def connect(self) -> tuple[asyncssh.SSHClientConnection, Client]:
-        conn, client = await asyncssh.create_connection(Client, self.config.address, **self._kwargs())
+        cfg = self.config
+        if cfg.known_hosts is False:
+            log.warning("host %s: connecting to %s:%d without checking its host key (known_hosts = false): "
+                        "whoever can intercept the connection can pose as the host", cfg.name, cfg.address, cfg.port)
+        try:
+            conn, client = await asyncssh.create_connection(Client, cfg.address, **self._kwargs())
+        except asyncssh.HostKeyNotVerifiable as exc:
+            changed = await self._changed_key()
+            if changed is not None:
+                raise changed from exc
+            raise
         return conn, client
+
+    def _known_hosts_file(self) -> str:
+        known = self.config.known_hosts
+        return known if isinstance(known, str) else "~/.ssh/known_hosts"
+
+    async def _changed_key(self) -> HostKeyChanged | None:
+        """A refused host key that known_hosts has another key for (rather than none)."""
+        cfg = self.config
+        file = os.path.expanduser(self._known_hosts_file())
+        try:
+            known = list(asyncssh.match_known_hosts(file, cfg.address, cfg.address, cfg.port)[0])
+        except (OSError, ValueError, asyncssh.Error):
+            return None
+        if not known:
+            return None  # unknown, not changed
+        algs = sorted({k.get_algorithm() for k in known})
+        try:  # the key the host offers of the kinds known_hosts has (so a second kind is not taken for a change)
+            offered = await asyncio.wait_for(asyncssh.get_server_host_key(
+                cfg.address, cfg.port, server_host_key_algs=algs, config=None), self.connect_timeout)
+        except (TimeoutError, OSError, asyncssh.Error, ValueError):
+            return None
+        if offered is None or any(k.public_data == offered.public_data for k in known):
+            return None
+        return HostKeyChanged(self._known_hosts_file(), [k.get_fingerprint() for k in known],
+                              offered.get_fingerprint())
 
     def _kwargs(self) -> dict[str, Any]:
         cfg = self.config
@@ -95,10 +142,16 @@ class Connector:
     def _why(self, exc: BaseException) -> str:
         cfg = self.config
         where = f"{cfg.address}:{cfg.port}"
+        if isinstance(exc, HostKeyChanged):
+            entry = cfg.address if cfg.port == 22 else f"[{cfg.address}]:{cfg.port}"
+            return (f"HOST KEY CHANGED for {where}: possibly an attack (someone between you and the host), or "
+                    f"the host was reinstalled; {exc.file} has {', '.join(exc.known)}, the host now offers "
+                    f"{exc.offered}. Check the new key with whoever runs the host; only if it is right, remove the "
+                    f"old entry with `ssh-keygen -R '{entry}' -f {exc.file}` and add the new one")
         if isinstance(exc, asyncssh.HostKeyNotVerifiable):
-            file = cfg.known_hosts if isinstance(cfg.known_hosts, str) else "~/.ssh/known_hosts"
+            file = self._known_hosts_file()
             keyscan = f"ssh-keyscan -p {cfg.port} {cfg.address} >> {file}"
-            return (f"host key for {where} not in known_hosts ({file}) or it has changed; "
+            return (f"host key for {where} not in known_hosts ({file}); "
                     f"check it and add it with `{keyscan}`, or set known_hosts = false")
         if isinstance(exc, asyncssh.PermissionDenied):
             who = f"{cfg.user}@{where}" if cfg.user else where
