@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hypd import __version__
 from hypd.client import Client, DaemonError, ExitCode, hypd_home, socket_path
-from hypd.display import fmt_exit, fmt_time, runtime, trial_no, where
+from hypd.display import fmt_exit, fmt_number, fmt_seconds, fmt_time, runtime, trial_no, where
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -34,29 +34,8 @@ class CliError(Exception):
 
 # ------------------------------------------------------------------ formatting
 
-def fmt_number(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
 def fmt_params(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={fmt_number(v)}" for k, v in params.items())
-
-
-def fmt_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    if h:
-        return f"{h}h{m:02d}m"
-    if m:
-        return f"{m}m{s:02d}s"
-    return f"{s}s"
 
 
 def display_width(text: str) -> int:
@@ -368,25 +347,16 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     with connect() as c:
-        board = c.call("leaderboard", study=args.study, limit=args.limit)
+        board = c.call("leaderboard", study=args.study, limit=args.limit, runs=args.runs)
     if args.json:
         print(json.dumps(board))
         return 0
     if not board["runs"]:
         print(f"no results yet in study {args.study}")
         return 0
-    objectives = board["objectives"]
-    if len(objectives) > 1:
-        # Several objectives: the Pareto front (marked *) first.
-        rows = [[("*" if r["pareto"] else " ") + str(i + 1), r["name"],
-                 *(fmt_number(r["values"][o["metric"]]) for o in objectives), fmt_seconds(runtime(r)),
-                 fmt_params(r["params"])] for i, r in enumerate(board["runs"])]
-        header = ["#", "RUN", *(f"{o['metric'].upper()} ({o['goal'][:3]})" for o in objectives), "TIME", "PARAMS"]
-    else:
-        rows = [[str(i + 1), r["name"], fmt_number(r["objective"]), r["state"], fmt_seconds(runtime(r)),
-                 fmt_params(r["params"])] for i, r in enumerate(board["runs"])]
-        header = ["#", "RUN", f"{board['metric'].upper()} ({board['goal'][:3]})", "STATE", "TIME", "PARAMS"]
-    print(table(rows, header))
+    from hypd.board import board_text
+
+    print(board_text(board, every_run=args.runs))
     return 0
 
 
@@ -772,6 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("leaderboard", cmd_leaderboard, "a study's best runs, best first")
     sp.add_argument("study")
     sp.add_argument("--limit", type=int)
+    sp.add_argument("--runs", action="store_true", help="every run with a result (each replicate), not one per trial")
     sp.add_argument("--json", action="store_true")
     sp = add("best", cmd_best, "observed best run, and the model's predicted best parameters")
     sp.add_argument("study")

@@ -86,7 +86,7 @@ class Dispatcher:
             waiting = await self.store.runs(state=RunState.PENDING.value, study=name, limit=room, columns=("id",))
             can_create = 0
             if rt.suggester.adaptive and not rt.exhausted:
-                can_create = max(0, min(room - len(waiting), (spec.max_trials or 0) - rt.trials))
+                can_create = max(0, min(room - len(waiting), ((spec.max_trials or 0) - rt.trials) * spec.replicates))
             if waiting or can_create:
                 demands.append(StudyDemand(name, tuple(r["id"] for r in waiting), can_create, running[name],
                                            spec.parallel, spec.gpus, spec.priority, False, rt.last_served,
@@ -118,13 +118,15 @@ class Dispatcher:
                 rt.exhausted = True
                 created[study] = []
                 return
-            if len(rows) < count:
+            if len(rows) < count * rt.spec.replicates:
                 rt.exhausted = True
             for row in rows:
-                self.runs.core.queued(study, row["trial"], row["id"])
+                self.runs.core.queued(study, row["trial"], row["id"], replicate=row["replicate"])
             created[study] = [r["id"] for r in rows]
 
-        await asyncio.gather(*(ask(s, n) for s, n in wanted.items()))
+        # A trial brings all its replicates: as many trials as fill the slots (the
+        # replicates left over wait, pending, for the next slots).
+        await asyncio.gather(*(ask(s, -(-n // self.studies.all[s].spec.replicates)) for s, n in wanted.items()))
         now = time.time()
         launches = []
         for p in placements:
@@ -158,11 +160,11 @@ class Dispatcher:
         # The log is always on this machine: a remote host's watcher streams it here.
         log_path = self.home / "runs" / spec.name / f"{row['run_no']:04d}" / "log"
         stages = render_commands(spec, row["params"], run_dir=str(run_dir), run=row["name"],
-                                 run_no=row["run_no"], trial=row["trial"])
+                                 run_no=row["run_no"], trial=row["trial"], replicate=row["replicate"])
         env = dict(spec.env)
         env.update(gpu_env(gpus) if gpus else {"CUDA_VISIBLE_DEVICES": ""})
         env.update(HYPD_RUN=row["name"], HYPD_STUDY=spec.name, HYPD_TRIAL=str(trial_no(row["trial"])),
-                   HYPD_RUN_DIR=str(run_dir))
+                   HYPD_REPLICATE=str(row["replicate"]), HYPD_RUN_DIR=str(run_dir))
         try:
             workdir = await host.prepare_study(spec)
         except HostError as exc:
@@ -179,7 +181,8 @@ class Dispatcher:
         self.runs.core.rules[spec.name] = lc.study_rules(spec)
         self.runs.core.lost_after[host.name] = host.lost_after
         self.runs.launching(
-            lc.Attempt(run_id, row["name"], spec.name, row["trial"], host.name, gpus, deadline=deadline),
+            lc.Attempt(run_id, row["name"], spec.name, row["trial"], host.name, gpus, deadline=deadline,
+                       replicate=row["replicate"]),
             RunData(str(ctl_dir), str(log_path), MetricsReader(spec.metrics_regex), gpu_mem_mib=spec.gpu_mem_mib,
                     started=now))
         if self.runs.stopping:  # `hypd stop --kill-runs` came while this launch was under way

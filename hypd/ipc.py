@@ -82,7 +82,8 @@ OPS: dict[str, dict[str, Arg]] = {
     "retry": {"target": Arg(str), "state": _opt_str},
     "pause": {"study": Arg(str)},
     "resume": {"study": Arg(str)},
-    "leaderboard": {"study": Arg(str), "limit": _opt_int},
+    # runs: every run with a result (each replicate of a trial), not the best of each trial.
+    "leaderboard": {"study": Arg(str), "limit": _opt_int, "runs": Arg(bool, False)},
     "best": {"study": Arg(str)},
     "suggest": {"study": Arg(str), "params": Arg(dict)},
     "studies": {},
@@ -111,7 +112,8 @@ class Run(TypedDict):
     study: str
     run_no: int
     trial: int
-    attempt: int
+    attempt: int  # 1, 2, ... within its replicate
+    replicate: int  # 1..N: which run of its trial (`replicates = N`; 1 without)
     state: str  # hypd.runstate.STATES
     reason: str
     params: dict[str, Any]
@@ -149,6 +151,13 @@ class MetricSummary(TypedDict):
 class LeaderRun(Run, total=False):
     values: dict[str, float]  # with several objectives: each objective's value
     pareto: bool  # with several objectives: on the Pareto front
+    # With replicates, per trial (the row is its best run): the mean of its runs'
+    # results, its standard error (None below two), their range, how many there are.
+    mean: float
+    sem: float | None
+    low: float
+    high: float
+    n: int
 
 
 class Report(TypedDict):

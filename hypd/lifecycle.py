@@ -201,6 +201,7 @@ class Retry:
     study: str
     trial: int
     reason: str
+    replicate: int = 1
 
 
 @dataclass(frozen=True)
@@ -213,18 +214,20 @@ class Requeue:
 
 @dataclass(frozen=True)
 class Supersede:
-    """Other attempts of a trial are not needed any more: end the pending ones, stop the
-    running ones."""
+    """Other attempts of a trial's replicate are not needed any more: end the pending
+    ones, stop the running ones."""
 
     study: str
     trial: int
-    keep: int  # the attempt that settled the trial
+    keep: int  # the attempt that settled the trial's replicate
     reason: str
+    replicate: int = 1
 
 
 @dataclass(frozen=True)
 class Tell:
-    """Every attempt of the trial has ended: the search is to learn its outcome."""
+    """Every attempt of every replicate of the trial has ended: the search is to learn
+    its outcome."""
 
     study: str
     trial: int
@@ -306,13 +309,17 @@ class Attempt:
     keepalive: float | None = None  # the window the run asked for itself (beats its study's)
     quiet_since: float | None = None  # when its log last grew (as the ticks saw it)
     heard: int = -1  # its log size then
+    replicate: int = 1  # which of its trial's replicates (1..N) it is an attempt of
 
 
 @dataclass
 class TrialBook:
+    """One replicate of a trial (a trial without replicates has one): its attempts."""
+
     failures: int = 0  # attempts that failed or were lost
     live: set[int] = field(default_factory=set)  # attempts not ended (pending ones included)
     settled: bool = False  # an attempt completed: the others are not needed
+    retry_due: bool = False  # a Retry went out and its attempt is not queued yet
 
 
 # ----------------------------------------------------------------------------- the core
@@ -323,23 +330,31 @@ class Lifecycle:
         self.rules: dict[str, StudyRules] = dict(rules or {})
         self.lost_after: dict[str, float] = dict(lost_after or {})  # host -> seconds
         self.attempts: dict[int, Attempt] = {}
-        self.trials: dict[tuple[str, int], TrialBook] = {}
+        # (study, trial) -> replicate -> its book; the trial is told once no replicate has
+        # an attempt left.
+        self.trials: dict[tuple[str, int], dict[int, TrialBook]] = {}
         self.hosts_down: dict[str, float] = {}  # host -> since
         self.failed_in_row: dict[str, int] = {}  # study -> runs failed since its last success (or resume)
 
     # ------------------------------------------------------------ what the shell tells first
 
-    def queued(self, study: str, trial: int, run: int, failures: int = 0) -> None:
+    def book(self, study: str, trial: int, replicate: int = 1) -> TrialBook:
+        return self.trials.setdefault((study, trial), {}).setdefault(replicate, TrialBook())
+
+    def _trial_live(self, study: str, trial: int) -> bool:
+        return any(b.live or b.retry_due for b in self.trials.get((study, trial), {}).values())
+
+    def queued(self, study: str, trial: int, run: int, failures: int = 0, replicate: int = 1) -> None:
         """A pending attempt exists (a new trial, a retry, or one found at start)."""
-        book = self.trials.setdefault((study, trial), TrialBook())
+        book = self.book(study, trial, replicate)
         book.live.add(run)
+        book.retry_due = False
         book.failures = max(book.failures, failures)
 
-    def dropped(self, study: str, trial: int, run: int, state: RunState) -> list[Action]:
+    def dropped(self, study: str, trial: int, run: int, state: RunState, replicate: int = 1) -> list[Action]:
         """A pending attempt ended before it started (killed, superseded)."""
-        book = self.trials.setdefault((study, trial), TrialBook())
-        book.live.discard(run)
-        return self._after_end(study, trial, state)
+        self.book(study, trial, replicate).live.discard(run)
+        return self._after_end(study, trial, state, replicate)
 
     def adopt(self, attempt: Attempt, failures: int = 0, settled: bool = False) -> list[Action]:
         """A run launched now (phase LAUNCHING), or one found at start: running, lost, or
@@ -347,7 +362,7 @@ class Lifecycle:
         and `settled` say what the store knows of its trial at start: attempts that
         failed or were lost, and whether one completed."""
         self.attempts[attempt.id] = attempt
-        book = self.trials.setdefault((attempt.study, attempt.trial), TrialBook())
+        book = self.book(attempt.study, attempt.trial, attempt.replicate)
         book.failures = max(book.failures, failures)
         book.settled = book.settled or settled
         if attempt.phase in (Phase.LAUNCHING, Phase.RUNNING):
@@ -417,7 +432,7 @@ class Lifecycle:
         if a.phase is Phase.LAUNCHING:
             a.phase = Phase.RUNNING
         elif a.phase is Phase.LOST:
-            book = self.trials[(a.study, a.trial)]
+            book = self.book(a.study, a.trial, a.replicate)
             if a.stop_intent is None and (book.settled or len(book.live - {a.id}) > 0):
                 # Its trial got another attempt while the host was away: one is enough.
                 out += self._stop(a, StopIntent.KILL, "ended: its trial was retried while its host was away")
@@ -514,16 +529,19 @@ class Lifecycle:
         level = "info" if state in (RunState.COMPLETED, RunState.KILLED, RunState.STOPPED) else "warning"
         out.append(Note(level, f"{a.name} {state.value}: {reason}"))
         out += self._count_failure(a, state)
-        book = self.trials.setdefault((a.study, a.trial), TrialBook())
+        book = self.book(a.study, a.trial, a.replicate)
         book.live.discard(a.id)
         if not was_lost:
-            out += self._after_end(a.study, a.trial, state)
+            out += self._after_end(a.study, a.trial, state, a.replicate)
         elif state is RunState.COMPLETED and not book.settled:
-            # Its trial was dealt with when it was lost (retried, or given up); a
+            # Its replicate was dealt with when it was lost (retried, or given up); a
             # completion still settles it: the retry is not needed.
             book.settled = True
-            out.append(Supersede(a.study, a.trial, a.id, f"superseded: {a.name} completed after its host came back")
-                       if book.live else Tell(a.study, a.trial))
+            if book.live:
+                out.append(Supersede(a.study, a.trial, a.id,
+                                     f"superseded: {a.name} completed after its host came back", a.replicate))
+            elif not self._trial_live(a.study, a.trial):
+                out.append(Tell(a.study, a.trial))
         if a.clean:
             out += self._release(a)
         return out
@@ -544,18 +562,20 @@ class Lifecycle:
             return [PauseStudy(a.study, a.id, f"{n} runs in a row failed")]
         return []
 
-    def _after_end(self, study: str, trial: int, state: RunState) -> list[Action]:
-        """Retry a failure within the budget; otherwise, once no attempt of the trial is
-        left, hand the trial to the search."""
-        book = self.trials.setdefault((study, trial), TrialBook())
+    def _after_end(self, study: str, trial: int, state: RunState, replicate: int = 1) -> list[Action]:
+        """Retry a failure within the budget (each replicate has its own); otherwise, once
+        no attempt of any replicate of the trial is left, hand the trial to the search."""
+        book = self.book(study, trial, replicate)
         if state is RunState.COMPLETED:
             book.settled = True
         if counts_as_failure(state) and not book.settled:
             book.failures += 1
             retries = self.rules.get(study, StudyRules()).retries
             if book.failures <= retries and not book.live:
-                return [Retry(study, trial, f"retry {book.failures} of {retries} after a {state.value} attempt")]
-        if book.live:
+                book.retry_due = True
+                return [Retry(study, trial, f"retry {book.failures} of {retries} after a {state.value} attempt",
+                              replicate)]
+        if self._trial_live(study, trial):
             return []  # another attempt of this trial will tell
         return [Tell(study, trial)]
 
@@ -663,11 +683,11 @@ class Lifecycle:
         is retried elsewhere (within the budget), or given up."""
         a.phase = Phase.LOST
         reason = f"host {a.host} unreachable for {_duration(away)}"
-        self.trials.setdefault((a.study, a.trial), TrialBook()).live.discard(a.id)
+        self.book(a.study, a.trial, a.replicate).live.discard(a.id)
         # One asked to end (killed, early-stopped) is not run again for being lost.
         as_trial = _ASKED_END.get(a.stop_intent, RunState.LOST) if a.stop_intent else RunState.LOST
         return [Record(a.id, RunState.LOST, reason), Note("warning", f"{a.name} lost: {reason}"),
-                *self._after_end(a.study, a.trial, as_trial)]
+                *self._after_end(a.study, a.trial, as_trial, a.replicate)]
 
 
 def _duration(seconds: float) -> str:

@@ -123,20 +123,20 @@ class Ops:
                 rows = await self.studies.new_trials(existing, existing.suggester.budget())
             self._queue(spec.name, rows)
             await self.publish_study(spec.name)
-            return {"study": spec.name, "continued": True, "queued": len(rows), "warnings": warnings}
+            return {"study": spec.name, "continued": True, "queued": _trials(rows), "warnings": warnings}
         try:
             _rt, rows = await self.studies.create(spec, path, stored_text, base_dir)
         except SearchError as exc:
             raise Refusal("invalid", f"{path}: study.algorithm: {exc}") from None
         self.runs.core.rules[spec.name] = study_rules(spec)
         self._queue(spec.name, rows)
-        log.info("study %s submitted from %s (%d trials queued)", spec.name, path, len(rows))
+        log.info("study %s submitted from %s (%d trials queued)", spec.name, path, _trials(rows))
         await self.publish_study(spec.name)
-        return {"study": spec.name, "continued": False, "queued": len(rows), "warnings": warnings}
+        return {"study": spec.name, "continued": False, "queued": _trials(rows), "warnings": warnings}
 
     def _queue(self, study: str, rows: list[dict[str, Any]]) -> None:
         for row in rows:
-            self.runs.core.queued(study, row["trial"], row["id"])
+            self.runs.core.queued(study, row["trial"], row["id"], replicate=row["replicate"])
         self.wake()
 
     def _workdir_check(self, spec: StudySpec) -> list[str]:
@@ -224,7 +224,7 @@ class Ops:
             await self.studies.set_paused(rt, True)
             rows = await self.store.runs(study=target, states=[RunState.PENDING.value, RunState.RUNNING.value,
                                                             RunState.LOST.value],
-                                      columns=("id", "study", "run_no", "trial", "state"))
+                                      columns=("id", "study", "run_no", "trial", "replicate", "state"))
         else:
             row = await self._run(target)
             if row["state"] not in (RunState.PENDING.value, RunState.RUNNING.value, RunState.LOST.value):
@@ -251,21 +251,22 @@ class Ops:
                 raise Refusal("invalid", f"unknown state {state!r}; use one of {', '.join(STATES)}")
             rows = await self.store.runs(study=target, state=state)
         created = []
-        seen: set[tuple[str, int]] = set()
+        seen: set[tuple[str, int, int]] = set()
         for row in rows:
             if row["state"] in (RunState.PENDING.value, RunState.RUNNING.value):
                 raise Refusal("conflict", f"{row['name']} is {row['state']}; kill it first to retry it")
-            key = (row["study"], row["trial"])
+            key = (row["study"], row["trial"], row["replicate"])
             if key in seen:
                 continue
             live = await self.store.runs(study=row["study"], trial=row["trial"],
                                       states=[RunState.PENDING.value, RunState.RUNNING.value, RunState.LOST.value],
-                                      columns=("id",))
-            if live:
-                continue  # that trial already has an attempt under way
+                                      columns=("replicate",))
+            if any(r["replicate"] == row["replicate"] for r in live):
+                continue  # that replicate of the trial already has an attempt under way
             seen.add(key)
-            new = await self.store.add_retry(row["study"], row["trial"], f"retry of {row['name']} on request")
-            self.runs.core.queued(row["study"], row["trial"], new["id"])
+            new = await self.store.add_retry(row["study"], row["trial"], f"retry of {row['name']} on request",
+                                             row["replicate"])
+            self.runs.core.queued(row["study"], row["trial"], new["id"], replicate=row["replicate"])
             created.append(new["name"])
             await self.publish_run(new["id"])
         self.wake()
@@ -286,13 +287,18 @@ class Ops:
         await self.publish_study(study)
         return {"study": study, "paused": False}
 
-    async def op_leaderboard(self, study: str, limit: int | None) -> dict[str, Any]:
+    async def op_leaderboard(self, study: str, limit: int | None, runs: bool = False) -> dict[str, Any]:
         rt = self._study(study)
         if len(rt.spec.objectives) > 1:
             rows = self._pareto_board(rt, await self.store.runs(study=study, state=RunState.COMPLETED.value))
             rows = rows[:limit] if limit is not None else rows
+        elif runs:  # every run with a result (each replicate), best first
+            order = "objective IS NULL, objective" + ("" if rt.spec.objective.minimize else " DESC") + ", id"
+            rows = await self.store.runs(study=study, states=[RunState.COMPLETED.value, RunState.STOPPED.value],
+                                         limit=limit, order=order)
         else:
-            rows = await self.store.best_runs(study, rt.spec.objective.minimize, limit)
+            rows = await self.store.best_runs(study, rt.spec.objective.minimize, limit,
+                                              by_mean=rt.spec.replicates > 1)
         return {"study": study, "metric": rt.spec.objective.metric, "goal": rt.spec.objective.goal,
                 "objectives": [dataclasses.asdict(o) for o in rt.spec.objectives], "runs": rows}
 
@@ -337,7 +343,8 @@ class Ops:
                 values[name] = coerce_value(param, raw) if isinstance(raw, str) else raw
             full = complete_params(rt.spec, values)
             runs = await self.studies.new_trials(rt, params=full)
-            self.runs.core.queued(study, runs[0]["trial"], runs[0]["id"])
+            for run in runs:
+                self.runs.core.queued(study, run["trial"], run["id"], replicate=run["replicate"])
         except (ValueError, SearchError) as exc:
             if isinstance(exc, Refusal):
                 raise
@@ -357,7 +364,7 @@ class Ops:
                 continue
             spec = rt.spec
             c = counts.get(name, {})
-            best = await self.store.best_runs(name, spec.objective.minimize, 1)
+            best = await self.store.best_runs(name, spec.objective.minimize, 1, by_mean=spec.replicates > 1)
             live = c.get("pending", 0) + c.get("running", 0) + c.get("lost", 0)
             done = not live and (rt.exhausted or (spec.max_trials is not None and trials.get(name, 0) >= spec.max_trials))
             o = outcomes.get(name, {})
@@ -370,7 +377,8 @@ class Ops:
                 # Hand-given trials may go past max_trials: never "13/12".
                 "total": max(spec.max_trials or 0, trials.get(name, 0)),
                 "retried": sum(c.values()) - sum(o.values()), "metric": spec.objective.metric,
-                "goal": spec.objective.goal, "best": best[0]["objective"] if best else None,
+                "goal": spec.objective.goal,
+                "best": (best[0]["mean"] if spec.replicates > 1 else best[0]["objective"]) if best else None,
                 "best_run": best[0]["name"] if best else None, "finished": done, "source": spec.source,
                 "hosts": spec.hosts.describe(), "hosts_note": no_host_note(spec.hosts, host_labels),
             })
@@ -403,6 +411,11 @@ def _page(count: int) -> int:
     return max(0, min(count, MAX_REPORTS_PAGE))
 
 
+def _trials(runs: list[dict[str, Any]]) -> int:
+    """Trials among new runs (a trial with replicates brings several)."""
+    return len({r["trial"] for r in runs})
+
+
 def _space_change(old: StudySpec, new: StudySpec) -> str:
     """What differs between two studies' search spaces, or '' if nothing does."""
     if old.params != new.params:
@@ -414,6 +427,8 @@ def _space_change(old: StudySpec, new: StudySpec) -> str:
         return "the objective differs"
     if old.algorithm != new.algorithm:
         return f"algorithm {old.algorithm} became {new.algorithm}"
+    if old.replicates != new.replicates:
+        return f"replicates {old.replicates} became {new.replicates}"
     if (old.constraints, old.param_constraints) != (new.constraints, new.param_constraints):
         return "constraints differ"
     return ""

@@ -276,8 +276,9 @@ class Runs:
     async def _retry(self, action: lc.Retry) -> None:
         if self.stopping:
             return
-        row = await self._durably(self.store.add_retry, action.study, action.trial, action.reason)
-        self.core.queued(action.study, action.trial, row["id"])
+        row = await self._durably(self.store.add_retry, action.study, action.trial, action.reason,
+                                  action.replicate)
+        self.core.queued(action.study, action.trial, row["id"], replicate=action.replicate)
         log.info("%s:%d: %s as %s", action.study, action.trial, action.reason, row["name"])
         await self.publish_run(row["id"])
         self.wake()
@@ -285,9 +286,9 @@ class Runs:
     async def _supersede(self, action: lc.Supersede) -> None:
         attempts = await self.store.runs(study=action.study, trial=action.trial,
                                          states=[RunState.PENDING.value, RunState.RUNNING.value],
-                                         columns=("id", "study", "run_no", "trial", "state"))
+                                         columns=("id", "study", "run_no", "trial", "replicate", "state"))
         for row in attempts:
-            if row["id"] != action.keep:
+            if row["id"] != action.keep and row["replicate"] == action.replicate:
                 await self.kill(row, action.reason)
 
     async def kill(self, row: dict[str, Any], reason: str = "", intent: StopIntent = StopIntent.KILL) -> None:
@@ -298,7 +299,7 @@ class Runs:
         if row["state"] == RunState.PENDING.value:
             await self._durably(self.store.transition, row["id"], RunState.KILLED,
                                 reason or "killed on request before it started")
-            actions = self.core.dropped(row["study"], row["trial"], row["id"], RunState.KILLED)
+            actions = self.core.dropped(row["study"], row["trial"], row["id"], RunState.KILLED, row["replicate"])
             self._carry_out(row["id"], actions)
             await self.publish_run(row["id"])
 
@@ -329,23 +330,25 @@ class Runs:
         for name, host in hosts.items():
             self.core.lost_after[name] = host.lost_after
         rows = await self.store.runs(states=[s.value for s in LIVE] + [RunState.PENDING.value],
-                                     columns=("id", "study", "run_no", "trial", "state", "host", "gpus", "pid",
+                                     columns=("id", "study", "run_no", "trial", "replicate", "state", "host", "gpus", "pid",
                                               "proc_start", "ctl_dir", "log_path", "log_offset", "reports",
                                               "metrics", "objective", "last_line", "deadline", "stop_intent",
                                               "stop_reason", "started"))
-        failures: dict[tuple[str, int], int] = {}
-        settled: set[tuple[str, int]] = set()
+        # What the store knows of each replicate of a trial: failed attempts, a completed one.
+        failures: dict[tuple[str, int, int], int] = {}
+        settled: set[tuple[str, int, int]] = set()
         for row in await self.store.runs(states=[RunState.FAILED.value, RunState.LOST.value,
-                                                 RunState.COMPLETED.value], columns=("study", "trial", "state")):
-            key = (row["study"], row["trial"])
+                                                 RunState.COMPLETED.value],
+                                         columns=("study", "trial", "replicate", "state")):
+            key = (row["study"], row["trial"], row["replicate"])
             if row["state"] == RunState.COMPLETED.value:
                 settled.add(key)
             else:
                 failures[key] = failures.get(key, 0) + 1
         for row in rows:
-            key = (row["study"], row["trial"])
+            key = (row["study"], row["trial"], row["replicate"])
             if row["state"] == RunState.PENDING.value:
-                self.core.queued(row["study"], row["trial"], row["id"], failures.get(key, 0))
+                self.core.queued(row["study"], row["trial"], row["id"], failures.get(key, 0), row["replicate"])
                 continue
             host = hosts.get(row["host"] or "")
             rt = self.studies.get(row["study"])
@@ -363,7 +366,7 @@ class Runs:
                 row["pid"], row["proc_start"], row["deadline"],
                 StopIntent(row["stop_intent"]) if row["stop_intent"] else None, row["stop_reason"] or "",
                 log_size=row["log_offset"], stored=row["log_offset"], asked=row["log_offset"],
-                unreachable_since=None if host.up else (host.down_since or time.time()))
+                unreachable_since=None if host.up else (host.down_since or time.time()), replicate=row["replicate"])
             self._carry_out(row["id"], self.core.adopt(attempt, failures.get(key, 0), key in settled))
             log.info("adopted %s (pid %s)", row["name"], row["pid"] or "unknown")
         for study in self.studies.all:

@@ -68,8 +68,9 @@ class Suggester(ABC):
     def report(self, trial: int, step: int, values: Mapping[str, float]) -> None:
         """An intermediate report of a running trial (for early stopping)."""
 
-    def complete(self, trial: int, values: Mapping[str, float]) -> None:
-        """The trial's final values (the objective's result and other metrics)."""
+    def complete(self, trial: int, values: Mapping[str, float], sems: Mapping[str, float] | None = None) -> None:
+        """The trial's final values (the objective's result and other metrics); with
+        replicates, their means, and in `sems` the standard error of each mean."""
 
     def fail(self, trial: int) -> None:
         """The trial failed: a bad configuration, it should inform the search."""
@@ -446,10 +447,12 @@ def _attach_early_stopping(client: Any, spec: StudySpec) -> None:
             metric_signatures=[metric], min_progression=es.min_step))
 
 
-def _ax_raw_data(client: Any, values: Mapping[str, float]) -> dict[str, float]:
-    """The values Ax can use: metrics it knows, finite numbers."""
+def _ax_raw_data(client: Any, values: Mapping[str, float],
+                 sems: Mapping[str, float] | None = None) -> dict[str, float | tuple[float, float]]:
+    """The values Ax can use: metrics it knows, finite numbers; (mean, SEM) where a finite
+    standard error is known (a trial's replicates), so Ax models the noise from it."""
     known = set(client._experiment.metrics)
-    out = {}
+    out: dict[str, float | tuple[float, float]] = {}
     for k, v in values.items():
         if k not in known or isinstance(v, bool):
             continue
@@ -458,7 +461,8 @@ def _ax_raw_data(client: Any, values: Mapping[str, float]) -> dict[str, float]:
         except (TypeError, ValueError):
             continue
         if math.isfinite(f):
-            out[k] = f
+            sem = (sems or {}).get(k)
+            out[k] = (f, float(sem)) if sem is not None and math.isfinite(sem) else f
     return out
 
 
@@ -680,10 +684,10 @@ class AxSuggester(Suggester):
             if data:
                 self._client.attach_data(trial_index=trial, raw_data=data, progression=int(step))
 
-    def complete(self, trial: int, values: Mapping[str, float]) -> None:
+    def complete(self, trial: int, values: Mapping[str, float], sems: Mapping[str, float] | None = None) -> None:
         with self._session():
             status = self._trial(trial).status
-            data = _ax_raw_data(self._client, values)
+            data = _ax_raw_data(self._client, values, sems)
             if status.is_early_stopped:
                 if data:  # its final values, where its curve ended
                     self._client.attach_data(trial_index=trial, raw_data=data,

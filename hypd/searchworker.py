@@ -144,8 +144,8 @@ class RemoteSuggester(Suggester):
     def report(self, trial: int, step: int, values: Mapping[str, float]) -> None:
         self._call("report", trial, step, dict(values))
 
-    def complete(self, trial: int, values: Mapping[str, float]) -> None:
-        self._call("complete", trial, dict(values))
+    def complete(self, trial: int, values: Mapping[str, float], sems: Mapping[str, float] | None = None) -> None:
+        self._call("complete", trial, dict(values), dict(sems or {}))
 
     def fail(self, trial: int) -> None:
         self._call("fail", trial)

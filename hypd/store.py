@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from hypd.ipc import RUN_FIELDS
+from hypd.replicates import standard_error
 from hypd.runstate import RunState, check_transition
 from hypd.storecheck import (
     HIGHWATER_SQL,
@@ -74,7 +75,8 @@ CREATE TABLE IF NOT EXISTS runs (
     study TEXT NOT NULL REFERENCES studies(name),
     run_no INTEGER NOT NULL,
     trial INTEGER NOT NULL,
-    attempt INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,      -- 1, 2, ... within its replicate
+    replicate INTEGER NOT NULL DEFAULT 1,   -- 1..N: the trial's runs with `replicates = N`
     state TEXT NOT NULL,
     reason TEXT NOT NULL DEFAULT '',
     params TEXT NOT NULL,
@@ -197,7 +199,9 @@ def unavailable_reason(exc: BaseException, path: Path, busy_timeout_ms: int = DE
 # Columns added after a store was first written (CREATE TABLE IF NOT EXISTS keeps an old
 # table as it is): table -> column -> its declaration. Additive only, so an older hypd
 # still reads the store.
-_ADDED_COLUMNS = {"studies": {"pause_reason": "TEXT NOT NULL DEFAULT ''"}, "runs": {"exit_stage": "TEXT", "stop_reason": "TEXT NOT NULL DEFAULT ''"}}
+_ADDED_COLUMNS = {"studies": {"pause_reason": "TEXT NOT NULL DEFAULT ''"},
+                  "runs": {"exit_stage": "TEXT", "stop_reason": "TEXT NOT NULL DEFAULT ''",
+                           "replicate": "INTEGER NOT NULL DEFAULT 1"}}
 
 
 def _add_columns(db: sqlite3.Connection) -> None:
@@ -355,17 +359,34 @@ class Queries:
     async def trial_counts(self) -> dict[str, int]:
         return dict(await self.reader.execute_fetchall("SELECT study, COUNT(*) FROM trials GROUP BY study"))
 
-    async def best_runs(self, study: str, minimize: bool, limit: int | None = None) -> list[dict[str, Any]]:
-        """The best run of each trial with a result, best first."""
+    async def best_runs(self, study: str, minimize: bool, limit: int | None = None, *,
+                        by_mean: bool = False) -> list[dict[str, Any]]:
+        """The best run of each trial with a result, best first. by_mean (a study with
+        replicates): trials ranked by the mean of their runs' results, each row with
+        `mean`, `sem` (None below two runs), `low`, `high` and `n` (runs with a result)."""
         agg = "MIN" if minimize else "MAX"
         order = "ASC" if minimize else "DESC"
-        sql = (f"SELECT {', '.join('r.' + c for c in RUN_COLUMNS)} FROM runs r JOIN ("
-               f"  SELECT trial, {agg}(objective) AS best FROM runs"
+        sql = (f"SELECT {', '.join('r.' + c for c in RUN_COLUMNS)}, b.mean, b.low, b.high, b.n, b.squares "
+               f"FROM runs r JOIN ("
+               f"  SELECT trial, {agg}(objective) AS best, AVG(objective) AS mean, MIN(objective) AS low,"
+               f"         MAX(objective) AS high, COUNT(*) AS n, SUM(objective * objective) AS squares FROM runs"
                f"  WHERE study=? AND objective IS NOT NULL AND state IN ('completed','stopped')"
                f"  GROUP BY trial) b ON r.trial=b.trial AND r.objective=b.best "
                f"WHERE r.study=? AND r.state IN ('completed','stopped') "
-               f"GROUP BY r.trial ORDER BY r.objective {order}, r.id")
-        return await self._fetch_runs(sql, [study, study], RUN_COLUMNS, limit)
+               f"GROUP BY r.trial ORDER BY {'b.mean' if by_mean else 'r.objective'} {order}, r.id")
+        args: list[Any] = [study, study]
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        n_cols = len(RUN_COLUMNS)
+        out = []
+        for row in await self.reader.execute_fetchall(sql, args):
+            run = _run_dict(row[:n_cols], RUN_COLUMNS)
+            if by_mean:
+                mean, low, high, n, squares = row[n_cols:]
+                run.update(mean=mean, sem=standard_error(mean, squares, n), low=low, high=high, n=n)
+            out.append(run)
+        return out
 
 
 _STUDY_COLUMNS = "name, source, text, base_dir, created, paused, search_state, next_run_no, last_served, pause_reason"
@@ -550,14 +571,15 @@ class Store(Queries):
     # ------------------------------------------------------------ studies
 
     async def add_study(self, name: str, source: str, text: str, base_dir: str, search_state: str | None,
-                        trials: Sequence[tuple[int, Mapping[str, Any]]] = ()) -> list[dict[str, Any]]:
-        """A new study with its first trials (each with a pending run), in one transaction:
-        the whole study is stored or none of it. Returns the new runs."""
+                        trials: Sequence[tuple[int, Mapping[str, Any]]] = (), replicates: int = 1
+                        ) -> list[dict[str, Any]]:
+        """A new study with its first trials (each with a pending run per replicate), in
+        one transaction: the whole study is stored or none of it. Returns the new runs."""
 
         def add(db: sqlite3.Connection) -> list[dict[str, Any]]:
             db.execute("INSERT INTO studies (name, source, text, base_dir, created, search_state) VALUES (?,?,?,?,?,?)",
                        (name, source, text, base_dir, time.time(), search_state))
-            return _insert_trials(db, name, trials, "search")
+            return _insert_trials(db, name, trials, "search", replicates)
 
         return await self.writer.transaction(add)
 
@@ -587,29 +609,32 @@ class Store(Queries):
     # ------------------------------------------------------------ trials and runs
 
     async def add_trials(self, study: str, trials: Iterable[tuple[int, Mapping[str, Any]]],
-                         search_state: str | None, source: str = "search") -> list[dict[str, Any]]:
-        """New trials, each with its first run (pending), and the search's new state, in
-        one transaction. Returns the new runs."""
+                         search_state: str | None, source: str = "search", replicates: int = 1
+                         ) -> list[dict[str, Any]]:
+        """New trials, each with its first run (pending) of each of its `replicates`, and
+        the search's new state, in one transaction. Returns the new runs, a trial's
+        replicates one after the other."""
         trials = list(trials)
 
         def add(db: sqlite3.Connection) -> list[dict[str, Any]]:
-            runs = _insert_trials(db, study, trials, source)
+            runs = _insert_trials(db, study, trials, source, replicates)
             if search_state is not None:
                 db.execute("UPDATE studies SET search_state=? WHERE name=?", (search_state, study))
             return runs
 
         return await self.writer.transaction(add)
 
-    async def add_retry(self, study: str, trial: int, reason: str) -> dict[str, Any]:
-        """A new attempt (pending run) of an existing trial."""
+    async def add_retry(self, study: str, trial: int, reason: str, replicate: int = 1) -> dict[str, Any]:
+        """A new attempt (pending run) of a replicate of an existing trial."""
 
         def add(db: sqlite3.Connection) -> dict[str, Any]:
             row = db.execute("SELECT params FROM trials WHERE study=? AND trial=?", (study, trial)).fetchone()
             if row is None:
                 raise StoreError(f"no trial {trial} in study {study}")
-            (attempts,) = db.execute("SELECT COALESCE(MAX(attempt), 0) FROM runs WHERE study=? AND trial=?",
-                                     (study, trial)).fetchone()
-            return _insert_run(db, study, trial, attempts + 1, json.loads(row[0]), time.time(), reason)
+            (attempts,) = db.execute(
+                "SELECT COALESCE(MAX(attempt), 0) FROM runs WHERE study=? AND trial=? AND replicate=?",
+                (study, trial, replicate)).fetchone()
+            return _insert_run(db, study, trial, attempts + 1, json.loads(row[0]), time.time(), reason, replicate)
 
         return await self.writer.transaction(add)
 
@@ -674,16 +699,23 @@ class Store(Queries):
         """The study's trials the search has not been told about (told IS NULL) whose
         every attempt has ended (none pending, running or lost), in trial order; each with
         its last attempt: {trial, params, run_id, name, attempt, state, reason, metrics,
-        objective, attempts, failures} (failures: attempts that failed).
+        objective, attempts, failures, replicates} (failures: attempts that failed;
+        replicates: the last attempt of each replicate, {replicate, run_id, name, attempt,
+        state, reason, metrics, objective}, in replicate order; the trial's own fields are
+        its last replicate's).
 
         With record_told, telling the search is done exactly once across crashes: tell it
         about each of these, then record its new state and the told marks together."""
         rows = await self.writer.call(lambda db: db.execute(_UNTOLD_TRIALS, (study,)).fetchall())
-        return [{"trial": trial, "params": json.loads(params), "run_id": run_id, "name": f"{study}:{run_no}",
-                 "attempt": attempt, "state": state, "reason": reason, "metrics": json.loads(metrics),
-                 "objective": objective, "attempts": attempts, "failures": failures}
-                for (trial, params, run_id, run_no, attempt, state, reason, metrics, objective,
-                     attempts, failures) in rows]
+        trials: dict[int, dict[str, Any]] = {}
+        for (trial, params, run_id, run_no, attempt, state, reason, metrics, objective,
+             attempts, failures, replicate) in rows:
+            last = {"run_id": run_id, "name": f"{study}:{run_no}", "attempt": attempt, "state": state,
+                    "reason": reason, "metrics": json.loads(metrics), "objective": objective}
+            entry = trials.setdefault(trial, {"trial": trial, "params": json.loads(params), "replicates": []})
+            entry.update(last, attempts=attempts, failures=failures)
+            entry["replicates"].append({"replicate": replicate, **last})
+        return list(trials.values())
 
     async def record_told(self, study: str, search_state: str | None,
                           told: Sequence[tuple[int, str]]) -> None:
@@ -710,13 +742,15 @@ _UNTOLD_TRIALS = """
            r.objective,
            (SELECT COUNT(*) FROM runs a WHERE a.study=t.study AND a.trial=t.trial),
            (SELECT COUNT(*) FROM runs a WHERE a.study=t.study AND a.trial=t.trial
-                                          AND a.state IN ('failed', 'lost'))
+                                          AND a.state IN ('failed', 'lost')),
+           r.replicate
     FROM trials t JOIN runs r ON r.study=t.study AND r.trial=t.trial
     WHERE t.study=? AND t.told IS NULL
-      AND r.attempt=(SELECT MAX(attempt) FROM runs a WHERE a.study=t.study AND a.trial=t.trial)
+      AND r.attempt=(SELECT MAX(attempt) FROM runs a WHERE a.study=t.study AND a.trial=t.trial
+                                                       AND a.replicate=r.replicate)
       AND NOT EXISTS (SELECT 1 FROM runs a WHERE a.study=t.study AND a.trial=t.trial
                                             AND a.state IN ('pending', 'running', 'lost'))
-    ORDER BY t.trial"""
+    ORDER BY t.trial, r.replicate"""
 
 
 def _fold_stats(stats: dict[str, list[Any]], seq: int, step: int, values: Mapping[str, float]) -> None:
@@ -772,46 +806,49 @@ def _build_metric_stats(db: sqlite3.Connection) -> None:
 
 
 def _insert_trials(db: sqlite3.Connection, study: str, trials: Sequence[tuple[int, Mapping[str, Any]]],
-                   source: str) -> list[dict[str, Any]]:
-    """(In a transaction.) Trials and their first runs, a statement per table rather than
-    per row: a grid of thousands of points is stored in well under a second."""
+                   source: str, replicates: int = 1) -> list[dict[str, Any]]:
+    """(In a transaction.) Trials and the first run of each of their replicates (a
+    trial's replicates one after the other), a statement per table rather than per row: a
+    grid of thousands of points is stored in well under a second."""
     if not trials:
         return []
     now, reason, pending = time.time(), "new trial", RunState.PENDING.value
+    params = [json.dumps(p) for _, p in trials]
+    runs = [(t, r, text, p) for (t, p), text in zip(trials, params) for r in range(1, replicates + 1)]
     row = db.execute("UPDATE studies SET next_run_no = next_run_no + ? WHERE name=? RETURNING next_run_no - ?",
-                     (len(trials), study, len(trials))).fetchall()  # all: see _insert_run
+                     (len(runs), study, len(runs))).fetchall()  # all: see _insert_run
     if not row:
         raise StoreError(f"no study {study}")
     first = row[0][0]
-    params = [json.dumps(p) for _, p in trials]
     db.executemany("INSERT INTO trials (study, trial, params, created, source) VALUES (?,?,?,?,?)",
                    [(study, t, p, now, source) for (t, _), p in zip(trials, params)])
-    db.executemany("INSERT INTO runs (study, run_no, trial, attempt, state, reason, params, created) "
-                   "VALUES (?,?,?,?,?,?,?,?)",
-                   [(study, first + i, t, 1, pending, reason, p, now) for i, ((t, _), p) in enumerate(zip(trials, params))])
+    db.executemany("INSERT INTO runs (study, run_no, trial, attempt, replicate, state, reason, params, created) "
+                   "VALUES (?,?,?,?,?,?,?,?,?)",
+                   [(study, first + i, t, 1, r, pending, reason, text, now) for i, (t, r, text, _) in enumerate(runs)])
     ids = [r[0] for r in db.execute("SELECT id FROM runs WHERE study=? AND run_no>=? AND run_no<? ORDER BY run_no",
-                                    (study, first, first + len(trials)))]
+                                    (study, first, first + len(runs)))]
     db.executemany("INSERT INTO transitions (run_id, at, from_state, to_state, reason) VALUES (?,?,?,?,?)",
                    [(run_id, now, None, pending, reason) for run_id in ids])
-    return [{"id": run_id, "study": study, "run_no": first + i, "trial": t, "attempt": 1, "params": dict(p),
-             "name": f"{study}:{first + i}"} for i, (run_id, (t, p)) in enumerate(zip(ids, trials))]
+    return [{"id": run_id, "study": study, "run_no": first + i, "trial": t, "attempt": 1, "replicate": r,
+             "params": dict(p), "name": f"{study}:{first + i}"} for i, (run_id, (t, r, _, p)) in enumerate(zip(ids, runs))]
 
 
 def _insert_run(db: sqlite3.Connection, study: str, trial: int, attempt: int, params: Mapping[str, Any],
-                now: float, reason: str) -> dict[str, Any]:
+                now: float, reason: str, replicate: int = 1) -> dict[str, Any]:
     row = db.execute("UPDATE studies SET next_run_no = next_run_no + 1 WHERE name=? RETURNING next_run_no - 1",
                      (study,)).fetchall()  # all: a RETURNING statement left unfinished blocks COMMIT
     if not row:
         raise StoreError(f"no study {study}")
     run_no = row[0][0]
     ((run_id,),) = db.execute(
-        "INSERT INTO runs (study, run_no, trial, attempt, state, reason, params, created) "
-        "VALUES (?,?,?,?,?,?,?,?) RETURNING id",
-        (study, run_no, trial, attempt, RunState.PENDING.value, reason, json.dumps(params), now)).fetchall()
+        "INSERT INTO runs (study, run_no, trial, attempt, replicate, state, reason, params, created) "
+        "VALUES (?,?,?,?,?,?,?,?,?) RETURNING id",
+        (study, run_no, trial, attempt, replicate, RunState.PENDING.value, reason, json.dumps(params), now)
+    ).fetchall()
     db.execute("INSERT INTO transitions (run_id, at, from_state, to_state, reason) VALUES (?,?,?,?,?)",
                (run_id, now, None, RunState.PENDING.value, reason))
     return {"id": run_id, "study": study, "run_no": run_no, "trial": trial, "attempt": attempt,
-            "params": dict(params), "name": f"{study}:{run_no}"}
+            "replicate": replicate, "params": dict(params), "name": f"{study}:{run_no}"}
 
 
 def _update(db: sqlite3.Connection, run_id: int, fields: Mapping[str, Any]) -> None:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from hypd.asha import Asha, Ledger
+from hypd.replicates import combine
 from hypd.runstate import RunState
 from hypd.search import SearchError, Suggester
 from hypd.searchworker import SearchWorker, open_suggester
@@ -92,7 +92,7 @@ class Studies:
         if not suggester.adaptive:
             trials = await asyncio.to_thread(suggester.ask, suggester.budget())
         state = await asyncio.to_thread(suggester.dump)
-        runs = await self.store.add_study(spec.name, path, text, base_dir, state, trials)
+        runs = await self.store.add_study(spec.name, path, text, base_dir, state, trials, spec.replicates)
         rt = StudyRuntime(spec, suggester, False, 0.0)
         rt.trials = len(trials)
         rt.exhausted = not suggester.adaptive
@@ -147,7 +147,8 @@ class Studies:
                 trials = [(await asyncio.to_thread(rt.suggester.attach, params), params)]
             state = await asyncio.to_thread(rt.suggester.dump)
             runs = await self.store.add_trials(rt.spec.name, trials, state,
-                                               source="search" if params is None else "user")
+                                               source="search" if params is None else "user",
+                                               replicates=rt.spec.replicates)
             rt.dirty_since = None
             rt.trials += len(trials)
             return runs
@@ -196,12 +197,11 @@ class Studies:
 
     @staticmethod
     def _tell_one(rt: StudyRuntime, row: dict[str, Any]) -> str:
-        state = RunState(row["state"])
+        # One result per trial, however many replicates it ran: their mean, with its SEM.
+        outcome = combine(row["replicates"], rt.spec.objective.metric)
+        state = outcome.state
         if state is RunState.COMPLETED:
-            values = {k: v for k, v in (row["metrics"] or {}).items() if math.isfinite(v)}
-            if row["objective"] is not None and math.isfinite(row["objective"]):
-                values[rt.spec.objective.metric] = row["objective"]
-            rt.suggester.complete(row["trial"], values)
+            rt.suggester.complete(row["trial"], outcome.means, outcome.sems)
             return "completed"
         if state is RunState.FAILED:
             rt.suggester.fail(row["trial"])

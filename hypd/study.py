@@ -803,6 +803,9 @@ class _Parser(_Reader):
         param_constraints = self.study_parser.string_list(study, "param_constraints")
         early_stop = self.study_parser.early_stop(study, settings.objectives)
         self.run_parser.check_objectives(settings.objectives, metrics_regex, run.stages)
+        if early_stop is not None and settings.replicates > 1:
+            raise self.fail("study.early_stop", "cannot go with replicates (the search judges one run per trial); "
+                                                "drop one of the two")
 
         return StudySpec(
             name=settings.name, objectives=settings.objectives, algorithm=settings.algorithm,

@@ -70,7 +70,9 @@ def test_grid_study_runs_to_completion_and_the_cli_reports_it(daemon: DaemonProc
     assert tsv[0].split("\t")[:4] == ["id", "study", "trial", "state"] and len(tsv) == 10
 
     board = daemon.cli("leaderboard", "quadratic").stdout.splitlines()
-    values = [float(line.split()[2]) for line in board[1:]]
+    assert board[0] == "same in every row: epochs=20"  # named once, not a column
+    assert board[1].split() == ["#", "RUN", "LOSS", "(min)", "STATE", "TIME", "lr", "momentum"]
+    values = [float(line.split()[2]) for line in board[2:]]
     assert values == sorted(values) and len(values) == 9
 
     metrics = daemon.cli("metrics", "quadratic:1").stdout.splitlines()

@@ -4,9 +4,14 @@ real processes, the real CLI."""
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
 from conftest import DaemonProc
+from hypd.replicates import mean_and_sem
+from hypd.search import load_suggester
+from hypd.study import parse_study
 
 pytestmark = pytest.mark.slow
 
@@ -43,3 +48,84 @@ def test_a_silent_run_is_ended_as_hung_and_retried_and_a_run_may_widen_its_windo
     widened = daemon.wait_state("hang:2", "completed", timeout=30)
     assert widened["objective"] == 0.5
     assert "keepalive window set to 30s by the run" in (daemon.home / "daemon.log").read_text()
+
+
+REPLICATED = """
+    [study]
+    name = "{name}"
+    objective = {{ metric = "loss" }}
+    algorithm = "{algorithm}"
+    {max_trials}
+    replicates = 3
+    retries = 1
+    parallel = 3
+    [params]
+    x = {space}
+    [run]
+    command = '''python3 -u -c "
+    import os, sys, time
+    r = {{replicate}}
+    assert os.environ['HYPD_REPLICATE'] == str(r)
+    marker = os.path.join('{marker}', 't{{trial}}r{{replicate}}')
+    if r == 2 and not os.path.exists(marker):  # replicate 2 of each trial fails once
+        open(marker, 'w').close()
+        sys.exit(1)
+    time.sleep(1)
+    print('METRICS: loss=%g' % (float({{x}}) * 10 + r))
+    "'''
+"""
+
+
+def test_replicates_run_each_trial_n_times_and_rank_it_by_their_mean(daemon: DaemonProc) -> None:
+    marker = daemon.home / "markers"
+    marker.mkdir()
+    path = daemon.write_study("rep", REPLICATED.format(name="rep", algorithm="grid", max_trials="",
+                                                       space="{ values = [2, 1] }", marker=marker))
+    assert "2 trials queued" in daemon.cli("submit", str(path)).stdout
+    daemon.wait_finished("rep", timeout=90)
+    runs = daemon.runs(study="rep")
+    t0 = min(r["trial"] for r in runs)  # the first trial's number (x = 2), the second's is t0 + 1
+    done = sorted((r["trial"] - t0, r["replicate"], r["objective"]) for r in runs if r["state"] == "completed")
+    assert done == [(0, 1, 21.0), (0, 2, 22.0), (0, 3, 23.0), (1, 1, 11.0), (1, 2, 12.0), (1, 3, 13.0)]
+    failed = [(r["trial"] - t0, r["replicate"], r["attempt"]) for r in runs if r["state"] == "failed"]
+    assert sorted(failed) == [(0, 2, 1), (1, 2, 1)]  # each retried, as its own replicate's attempt 2
+    # The replicates of a trial ran side by side.
+    first = [r for r in runs if r["trial"] == t0 and r["attempt"] == 1]
+    assert max(r["started"] for r in first) < min(r["ended"] for r in first)
+
+    board = daemon.cli_json("leaderboard", "rep")
+    assert [(r["trial"] - t0, r["mean"], r["low"], r["high"], r["n"]) for r in board["runs"]] == \
+        [(1, 12.0, 11.0, 13.0, 3), (0, 22.0, 21.0, 23.0, 3)]
+    assert board["runs"][0]["sem"] == pytest.approx(1 / 3 ** 0.5)
+    text = daemon.cli("leaderboard", "rep").stdout
+    assert "12 [11–13] (3)" in text and "22 [21–23] (3)" in text
+    every = daemon.cli_json("leaderboard", "rep", "--runs")["runs"]
+    assert [r["objective"] for r in every] == [11.0, 12.0, 13.0, 21.0, 22.0, 23.0]
+    assert "REP" in daemon.cli("leaderboard", "rep", "--runs").stdout
+    studies = {s["name"]: s for s in daemon.call("studies")}
+    assert studies["rep"]["best"] == 12.0 and studies["rep"]["trials"] == 2
+    with sqlite3.connect(daemon.home / "hypd.db") as db:
+        told = db.execute("SELECT told FROM trials WHERE study='rep' ORDER BY trial").fetchall()
+    assert told == [("completed",), ("completed",)]
+
+
+def test_the_search_is_told_each_trial_once_as_its_replicates_mean_and_sem(daemon: DaemonProc) -> None:
+    marker = daemon.home / "markers"
+    marker.mkdir()
+    path = daemon.write_study("srep", REPLICATED.format(
+        name="srep", algorithm="sobol", max_trials="max_trials = 2", marker=marker,
+        space='{ type = "float", low = 0.0, high = 1.0 }'))
+    daemon.cli("submit", str(path))
+    daemon.wait_finished("srep", timeout=120)
+    daemon.stop()
+    with sqlite3.connect(daemon.home / "hypd.db") as db:
+        state, text, source = db.execute("SELECT search_state, text, source FROM studies WHERE name='srep'").fetchone()
+        told = db.execute("SELECT told FROM trials WHERE study='srep'").fetchall()
+        results = db.execute("SELECT trial, objective FROM runs WHERE study='srep' AND state='completed'").fetchall()
+    assert told == [("completed",), ("completed",)]
+    suggester = load_suggester(parse_study(text, source), state)
+    data = suggester._client._experiment.lookup_data().df.set_index("trial_index")  # type: ignore[attr-defined]
+    assert len(data) == 2  # one row per trial, not one per replicate
+    expected = sorted(mean_and_sem([o for t, o in results if t == trial]) for trial in {t for t, _ in results})
+    told_ax = sorted(zip(data["mean"], data["sem"]))
+    assert [x for pair in told_ax for x in pair] == pytest.approx([x for pair in expected for x in pair])

@@ -63,7 +63,7 @@ VALID: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "retry": ({"target": "a:3"}, {"target": "a:3", "state": None}),
     "pause": ({"study": "a"}, {"study": "a"}),
     "resume": ({"study": "a"}, {"study": "a"}),
-    "leaderboard": ({"study": "a"}, {"study": "a", "limit": None}),
+    "leaderboard": ({"study": "a"}, {"study": "a", "limit": None, "runs": False}),
     "best": ({"study": "a"}, {"study": "a"}),
     "suggest": ({"study": "a", "params": {"lr": 0.1}}, {"study": "a", "params": {"lr": 0.1}}),
     "studies": ({}, {}),
@@ -83,7 +83,7 @@ FULL: dict[str, dict[str, Any]] = {
     "logs": {"run": "a:1", "offset": 100, "limit": 10, "tail": 50},
     "metrics": {"run": "a:1", "since": 4, "limit": 100},
     "retry": {"target": "a", "state": "failed"},
-    "leaderboard": {"study": "a", "limit": 3},
+    "leaderboard": {"study": "a", "limit": 3, "runs": True},
     "stop": {"kill_runs": True},
     "subscribe": {"topics": ["log"], "run": "a:2"},
 }

@@ -402,7 +402,7 @@ def test_a_launch_that_never_reached_its_host_is_pending_again_not_failed() -> N
     start(lc, launched=False)
     out = lc.handle(LaunchFailed(1, "host h is down: connection lost", reached_host=False))
     assert out == [Requeue(1, "back to pending: host h is down: connection lost"), Release(1, "h", (0,))]
-    assert lc.held("h") == [] and lc.trials[("s", 1)].live == {1}  # still the trial's attempt
+    assert lc.held("h") == [] and lc.book("s", 1).live == {1}  # still the trial's attempt
     start_again = lc.adopt(Attempt(1, "s-1", "s", 1, "h", (1,), phase=Phase.LAUNCHING))
     assert start_again == []
     assert lc.handle(Launched(1, 7, "t7")) == [Persist(1, (("pid", 7), ("proc_start", "t7")))]
@@ -415,6 +415,23 @@ def test_failure_of_an_attempt_beside_a_pending_one_waits_for_it() -> None:
     out = lc.handle(Exited(1, 1, None, 0))
     assert of(out, Retry) == [] and of(out, Tell) == []
     assert lc.dropped("s", 1, 2, RunState.KILLED) == [Tell("s", 1)]
+
+
+def test_replicates_are_retried_each_and_their_trial_told_once_the_last_ends() -> None:
+    lc = Lifecycle({"s": StudyRules(retries=1)})
+    for run, replicate in ((1, 1), (2, 2)):
+        lc.queued("s", 1, run, replicate=replicate)
+        lc.adopt(Attempt(run, f"s-{run}", "s", 1, "h", (run,), replicate=replicate))
+        lc.handle(Launched(run, run * 10, "t"))
+    out = lc.handle(Exited(1, 1, None, 0))  # replicate 1 fails: its own retry, no tell
+    assert of(out, Retry) == [Retry("s", 1, "retry 1 of 1 after a failed attempt", 1)] and of(out, Tell) == []
+    out = lc.handle(Exited(2, 0, None, 0))  # replicate 2 completes while the retry is not queued yet
+    assert of(out, Tell) == []
+    lc.queued("s", 1, 3, replicate=1)
+    lc.adopt(Attempt(3, "s-3", "s", 1, "h", (1,), replicate=1))
+    lc.handle(Launched(3, 30, "t"))
+    out = lc.handle(Exited(3, 1, None, 0))  # its budget is spent: the trial is told, once
+    assert of(out, Retry) == [] and of(out, Tell) == [Tell("s", 1)]
 
 
 # ------------------------------------------------------------------ hosts that go away
@@ -684,6 +701,7 @@ MAX_PER_GPU = {"h0": 1, "h1": 2}
 RULES = {"a": StudyRules(retries=1, timeout_text="1m"), "b": StudyRules(retries=2, keepalive=45.0),
          "c": StudyRules(retries=0)}
 TIMEOUT = {"a": 150.0, "b": None, "c": 60.0}
+REPLICATES = {"a": 1, "b": 2, "c": 1}  # b's trials run twice (its replicates have their own retries)
 LOST_AFTER = {h: 30.0 for h in HOSTS}
 MAX_TRIALS = 7
 MIB_PER_RUN = 2000
@@ -696,6 +714,7 @@ class Run:
     id: int
     study: str
     trial: int
+    replicate: int = 1
     # -- the store (survives a restart)
     state: RunState = RunState.PENDING
     host: str = ""
@@ -754,9 +773,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.runs: dict[int, Run] = {}
         self.next_run = 1
         self.next_trial = 1
-        self.retries: Counter[tuple[str, int]] = Counter()
+        self.retries: Counter[tuple[str, int, int]] = Counter()  # per replicate of a trial
         self.told: set[tuple[str, int]] = set()
-        self.last_end: dict[tuple[str, int], Run] = {}  # the attempt of each trial recorded ended (or lost) last
+        self.last_end: dict[tuple[str, int, int], Run] = {}  # the attempt of each replicate recorded ended last
         self.up = {h: True for h in HOSTS}
         self.store_down = False
         self.ingests: dict[int, Ingest] = {}  # out, not yet answered
@@ -770,8 +789,9 @@ class LifecycleMachine(RuleBasedStateMachine):
         for action in actions:
             self.carry_one(action)
 
-    def trial_runs(self, study: str, trial: int) -> list[Run]:
-        return [r for r in self.runs.values() if (r.study, r.trial) == (study, trial)]
+    def trial_runs(self, study: str, trial: int, replicate: int | None = None) -> list[Run]:
+        return [r for r in self.runs.values() if (r.study, r.trial) == (study, trial)
+                and replicate in (None, r.replicate)]
 
     def carry_one(self, a: Action) -> None:
         if isinstance(a, Ingest):
@@ -814,26 +834,27 @@ class LifecycleMachine(RuleBasedStateMachine):
             if a.state in (RunState.FAILED, RunState.LOST):
                 run.failures += 1
             if a.state is not RunState.RUNNING:
-                self.last_end[(run.study, run.trial)] = run
+                self.last_end[(run.study, run.trial, run.replicate)] = run
             run.state = a.state
         elif isinstance(a, Retry):
-            others = self.trial_runs(a.study, a.trial)
+            others = self.trial_runs(a.study, a.trial, a.replicate)
             assert not any(r.state in (RunState.PENDING, RunState.RUNNING) for r in others), a
-            assert not any(r.state is RunState.COMPLETED for r in others), f"retry of a completed trial: {a}"
-            self.retries[(a.study, a.trial)] += 1
-            assert self.retries[(a.study, a.trial)] <= RULES[a.study].retries, f"over the budget: {a}"
-            cause = self.last_end[(a.study, a.trial)]  # the attempt whose end the Retry answers
+            assert not any(r.state is RunState.COMPLETED for r in others), f"retry of a completed replicate: {a}"
+            key = (a.study, a.trial, a.replicate)
+            self.retries[key] += 1
+            assert self.retries[key] <= RULES[a.study].retries, f"over the budget: {a}"
+            cause = self.last_end[key]  # the attempt whose end the Retry answers
             assert cause.state in (RunState.FAILED, RunState.LOST), f"{a} after {cause.name} {cause.state}"
             assert cause.stop_intent not in (StopIntent.KILL, StopIntent.EARLY_STOP), \
                 f"{a} after {cause.name} was asked to end ({cause.stop_intent})"
-            run = self.new_run(a.study, a.trial)
-            self.core.queued(a.study, a.trial, run.id)
+            run = self.new_run(a.study, a.trial, a.replicate)
+            self.core.queued(a.study, a.trial, run.id, replicate=a.replicate)
         elif isinstance(a, Supersede):
-            assert self.runs[a.keep].state is RunState.COMPLETED
-            for run in self.trial_runs(a.study, a.trial):
+            assert self.runs[a.keep].state is RunState.COMPLETED and self.runs[a.keep].replicate == a.replicate
+            for run in self.trial_runs(a.study, a.trial, a.replicate):
                 if run.state is RunState.PENDING:
                     run.state, run.released = RunState.KILLED, True  # it held nothing
-                    self.carry(self.core.dropped(run.study, run.trial, run.id, RunState.KILLED))
+                    self.carry(self.core.dropped(run.study, run.trial, run.id, RunState.KILLED, run.replicate))
                 elif run.state is RunState.RUNNING and run.id != a.keep:
                     self.carry(self.core.handle(StopRequested(run.id, StopIntent.KILL, a.reason, self.now)))
         elif isinstance(a, Tell):
@@ -856,8 +877,8 @@ class LifecycleMachine(RuleBasedStateMachine):
         else:
             raise AssertionError(f"unknown action {a!r}")
 
-    def new_run(self, study: str, trial: int) -> Run:
-        run = Run(self.next_run, study, trial)
+    def new_run(self, study: str, trial: int, replicate: int = 1) -> Run:
+        run = Run(self.next_run, study, trial, replicate)
         self.next_run += 1
         self.runs[run.id] = run
         return run
@@ -902,9 +923,12 @@ class LifecycleMachine(RuleBasedStateMachine):
         if new or not pending:
             if self.next_trial > MAX_TRIALS:
                 return
-            run = self.new_run(study, self.next_trial)
+            # Every replicate of a new trial is queued at once (as the store adds them).
+            replicates = [self.new_run(study, self.next_trial, r) for r in range(1, REPLICATES[study] + 1)]
             self.next_trial += 1
-            self.core.queued(run.study, run.trial, run.id)
+            for r in replicates:
+                self.core.queued(r.study, r.trial, r.id, replicate=r.replicate)
+            run = replicates[0]
         else:
             run = pending[i % len(pending)]
         run.state, run.host, run.gpus, run.launch = RunState.RUNNING, host, (slots[i % len(slots)],), "pending"
@@ -912,7 +936,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         timeout = TIMEOUT[run.study]
         run.deadline = self.now + timeout if timeout else None
         self.carry(self.core.adopt(Attempt(run.id, run.name, run.study, run.trial, run.host, run.gpus,
-                                           phase=Phase.LAUNCHING, deadline=run.deadline)))
+                                           phase=Phase.LAUNCHING, deadline=run.deadline, replicate=run.replicate)))
         if at_once:  # the host says at once that it started
             self.resolve_launch(self.can("resolve_launch").index(run), True)
 
@@ -1078,7 +1102,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             return
         if run.state is RunState.PENDING:
             run.state, run.released = RunState.KILLED, True  # it held nothing
-            self.carry(self.core.dropped(run.study, run.trial, run.id, RunState.KILLED))
+            self.carry(self.core.dropped(run.study, run.trial, run.id, RunState.KILLED, run.replicate))
         else:
             self.carry(self.core.handle(StopRequested(run.id, intent, at=self.now)))
 
@@ -1106,15 +1130,15 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.core = Lifecycle(RULES, LOST_AFTER)
         phases = {RunState.RUNNING: Phase.RUNNING, RunState.LOST: Phase.LOST}
         for run in sorted(self.runs.values(), key=lambda r: r.id):
-            trial = self.trial_runs(run.study, run.trial)
+            trial = self.trial_runs(run.study, run.trial, run.replicate)
             failures = sum(r.failures for r in trial)
             if run.state is RunState.PENDING:
-                self.core.queued(run.study, run.trial, run.id, failures)
+                self.core.queued(run.study, run.trial, run.id, failures, run.replicate)
             elif run.state in phases or (run.state in TERMINAL and not run.released):
                 attempt = Attempt(run.id, run.name, run.study, run.trial, run.host, run.gpus,
                                   phase=phases.get(run.state, Phase.ENDED), pid=run.pid, start=run.start,
                                   deadline=run.deadline, stop_intent=run.stop_intent, log_size=len(run.local),
-                                  stored=run.stored)
+                                  stored=run.stored, replicate=run.replicate)
                 self.carry(self.core.adopt(attempt, failures=failures,
                                            settled=any(r.state is RunState.COMPLETED for r in trial)))
         for host in HOSTS:
@@ -1132,7 +1156,7 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     @invariant()
     def new_attempts_only_through_retries(self) -> None:
-        per_trial = Counter((r.study, r.trial) for r in self.runs.values())
+        per_trial = Counter((r.study, r.trial, r.replicate) for r in self.runs.values())
         for trial, n in per_trial.items():
             assert n == 1 + self.retries[trial], f"{trial}: {n} attempts, {self.retries[trial]} retries"
 
@@ -1165,7 +1189,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             for run in self.runs.values():
                 if run.state is RunState.PENDING:
                     run.state, run.released = RunState.KILLED, True  # it held nothing
-                    self.carry(self.core.dropped(run.study, run.trial, run.id, RunState.KILLED))
+                    self.carry(self.core.dropped(run.study, run.trial, run.id, RunState.KILLED, run.replicate))
             for run in self.can("exit"):
                 self.end_process(run, 0, None, False)
             for _ in range(len(self.runs)):

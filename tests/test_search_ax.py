@@ -392,3 +392,15 @@ def test_what_ax_refuses_is_a_one_line_search_error():
             make_suggester(study(BRANIN_PARAMS, objective=objective))
     with pytest.raises(SearchError, match="objective"):  # a constraint on the objective itself
         make_suggester(study(BRANIN_PARAMS, extra='constraints = ["loss <= 3.0"]'))
+
+
+def test_a_trial_told_with_its_replicates_sem_gives_ax_that_noise():
+    s = AxSuggester(study(BRANIN_PARAMS, extra="replicates = 3"))
+    (a, _), (b, _) = s.ask(2)
+    s.complete(a, {"loss": 4.0}, {"loss": 0.5})  # a mean over replicates, with its standard error
+    s.complete(b, {"loss": 3.0})  # one replicate completed: no SEM known
+    df = s._client._experiment.lookup_data().df.set_index("trial_index")
+    assert (df.loc[a, "mean"], df.loc[a, "sem"]) == (4.0, 0.5)
+    assert df.loc[b, "mean"] == 3.0 and math.isnan(df.loc[b, "sem"])
+    restored = load_suggester(s.spec, s.dump())  # kept across a restart
+    assert restored._client._experiment.lookup_data().df.set_index("trial_index").loc[a, "sem"] == 0.5

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from hypd.runstate import TERMINAL, TRANSITIONS, InvalidTransition, RunState
-from hypd.store import RUN_COLUMNS, SCHEMA_VERSION, Store, StoreError, StudyRow
+from hypd.store import RUN_COLUMNS, SCHEMA, SCHEMA_VERSION, Store, StoreError, StudyRow
 
 P, R, C, F, K, S, L = (RunState.PENDING, RunState.RUNNING, RunState.COMPLETED, RunState.FAILED,
                        RunState.KILLED, RunState.STOPPED, RunState.LOST)
@@ -496,9 +496,10 @@ async def test_untold_trials_are_the_ended_ones_not_yet_told(store: Store) -> No
     assert await untold(store) == [(1, "completed", "a:1", 1), (2, "failed", "a:2", 1),
                                    (4, "killed", "a:4", 1), (5, "stopped", "a:5", 1)]
     (first,) = [t for t in await store.untold_trials("a") if t["trial"] == 1]
-    assert first == {"trial": 1, "params": {"x": 1}, "run_id": ids[1], "name": "a:1", "attempt": 1,
-                     "state": "completed", "reason": "to completed", "metrics": {"loss": 0.5, "acc": 0.9},
-                     "objective": 0.5, "attempts": 1, "failures": 0}
+    last = {"run_id": ids[1], "name": "a:1", "attempt": 1, "state": "completed", "reason": "to completed",
+            "metrics": {"loss": 0.5, "acc": 0.9}, "objective": 0.5}
+    assert first == {"trial": 1, "params": {"x": 1}, **last, "attempts": 1, "failures": 0,
+                     "replicates": [{"replicate": 1, **last}]}
     await to(store, ids[3], F)  # the lost one ended after all
     assert [t for t, *_ in await untold(store)] == [1, 2, 3, 4, 5]
     assert await untold(store, "b") == [(1, "completed", "b:1", 1)]
@@ -519,6 +520,61 @@ async def test_a_trial_with_an_attempt_to_come_is_not_untold(store: Store) -> No
     (t,) = await store.untold_trials("a")
     assert (t["state"], t["attempt"], t["name"], t["run_id"]) == ("completed", 2, retry["name"], retry["id"])
     assert (t["attempts"], t["failures"]) == (2, 1)
+
+
+async def test_a_trial_with_replicates_is_untold_once_every_replicate_has_ended(store: Store) -> None:
+    await store.add_study("r", "r.toml", "", "/", None)
+    runs = await store.add_trials("r", [(1, {"x": 1}), (2, {"x": 2})], None, replicates=3)
+    assert [(r["trial"], r["replicate"], r["attempt"], r["run_no"]) for r in runs] == \
+        [(1, 1, 1, 1), (1, 2, 1, 2), (1, 3, 1, 3), (2, 1, 1, 4), (2, 2, 1, 5), (2, 3, 1, 6)]
+    await to(store, runs[0]["id"], R, C)
+    await to(store, runs[1]["id"], R, F)
+    retry = await store.add_retry("r", 1, "retry 1", replicate=2)
+    assert (retry["replicate"], retry["attempt"]) == (2, 2)  # attempts count within the replicate
+    await to(store, runs[2]["id"], R, C)
+    assert await store.untold_trials("r") == []  # replicate 2's retry is pending
+    await to(store, retry["id"], R, F)
+    (t,) = await store.untold_trials("r")
+    assert [(r["replicate"], r["attempt"], r["state"]) for r in t["replicates"]] == \
+        [(1, 1, "completed"), (2, 2, "failed"), (3, 1, "completed")]
+    assert (t["attempts"], t["failures"]) == (4, 2)
+
+
+async def test_best_runs_by_mean_ranks_trials_by_their_replicates_mean(store: Store) -> None:
+    await store.add_study("r", "r.toml", "", "/", None)
+    runs = await store.add_trials("r", [(1, {"x": 1}), (2, {"x": 2})], None, replicates=3)
+    results = [1.0, 2.0, 6.0, 2.5, 2.5, None]  # trial 1: mean 3, best 1; trial 2: mean 2.5 (n=2)
+    for run, value in zip(runs, results):
+        await to(store, run["id"], R)
+        if value is not None:
+            await store.add_reports(run["id"], [(0, 1.0, {"loss": value})], log_offset=1,
+                                    metrics={"loss": value}, objective=value, last_line="")
+        await to(store, run["id"], C if value is not None else F)
+    by_best = await store.best_runs("r", minimize=True)
+    assert [r["trial"] for r in by_best] == [1, 2] and "mean" not in by_best[0]
+    by_mean = await store.best_runs("r", minimize=True, by_mean=True)
+    assert [(r["trial"], r["mean"], r["low"], r["high"], r["n"]) for r in by_mean] == \
+        [(2, 2.5, 2.5, 2.5, 2), (1, 3.0, 1.0, 6.0, 3)]
+    assert by_mean[0]["sem"] == 0.0 and by_mean[1]["sem"] == pytest.approx((7 / 3) ** 0.5)
+
+
+async def test_a_store_from_before_replicates_gains_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(SCHEMA.replace("    replicate INTEGER NOT NULL DEFAULT 1,   -- 1..N: the trial's runs with "
+                                     "`replicates = N`\n", ""))
+    old.execute("INSERT INTO studies (name, source, text, base_dir, created) VALUES ('a', 'a', '', '/', 0)")
+    old.execute("INSERT INTO runs (study, run_no, trial, attempt, state, params, created) "
+                "VALUES ('a', 1, 1, 1, 'pending', '{}', 0)")
+    old.commit()
+    assert "replicate" not in {r[1] for r in old.execute("PRAGMA table_info(runs)")}
+    old.close()
+    store = await Store.open(path)
+    try:
+        (run,) = await store.runs(study="a")
+        assert run["replicate"] == 1
+    finally:
+        await store.close()
 
 
 async def test_record_told_writes_the_search_state_and_the_marks_together(store: Store) -> None:
