@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from hypd.display import fmt_number, fmt_seconds, runtime, trial_no
 
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # the CLI imports this module: no typing at run time
     from collections.abc import Mapping, Sequence
