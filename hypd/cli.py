@@ -111,7 +111,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     limit = None if args.all else (args.limit if args.limit is not None else LS_PAGE)
     with connect() as c:
         runs = c.call("ls", state=args.state, study=args.study, limit=None if limit is None else limit + 1,
-                      newest_first=True, fields=None if args.json or args.tsv else TABLE_FIELDS)
+                      newest_first=True, fields=None if args.json or args.tsv else TABLE_FIELDS,
+                      archived=args.archived)
     if limit is not None and len(runs) > limit:
         runs = runs[:limit]
         print(f"hypd: the newest {limit} runs shown; --all or --limit N for more", file=sys.stderr)
@@ -390,7 +391,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 
 def cmd_studies(args: argparse.Namespace) -> int:
     with connect() as c:
-        studies = c.call("studies")
+        studies = c.call("studies", archived=args.archived)
     if args.json:
         print(json.dumps(studies))
         return 0
@@ -423,7 +424,37 @@ def cmd_studies(args: argparse.Namespace) -> int:
 
 
 def study_state(s: dict[str, Any]) -> str:
-    return "paused" if s["paused"] else ("finished" if s["finished"] else "active")
+    state = "paused" if s["paused"] else ("finished" if s["finished"] else "active")
+    return f"{state} (archived)" if s.get("archived") else state
+
+
+def cmd_extend(args: argparse.Namespace) -> int:
+    with connect() as c:
+        result = c.call("extend", study=args.study, trials=args.trials)
+    queued = f"; {result['queued']} trials queued" if result["queued"] else ""
+    paused = f" (paused: `hypd resume {args.study}` starts them)" if result["paused"] else ""
+    print(f"study {args.study} extended to {result['max_trials']} trials{queued}{paused}")
+    return 0
+
+
+def cmd_archive(args: argparse.Namespace) -> int:
+    with connect() as c:
+        c.call("archive", study=args.study, undo=args.undo)
+    print(f"study {args.study} " + ("back in `hypd studies`" if args.undo else
+                                    "archived: hidden from `hypd studies` and `hypd ls` (--archived shows it)"))
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    with connect() as c:
+        result = c.call("rm", study=args.study, files=args.files)
+    print(f"study {args.study} removed ({result['runs']} runs)" + ("" if args.files else
+          "; its logs and outputs are kept (--files removes them)"))
+    for path in result["files"]:
+        print(f"  removed {path}")
+    if result["left_on_hosts"]:
+        print(f"  run folders on {', '.join(result['left_on_hosts'])} are left there")
+    return 0
 
 
 def progress_line(s: dict[str, Any], eta: float | None) -> str:
@@ -461,7 +492,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
     try:
         with connect() as c:
             while True:
-                study = next((s for s in c.call("studies") if s["name"] == args.study), None)
+                study = next((s for s in c.call("studies", archived=True) if s["name"] == args.study), None)
                 seen = True
                 if study is None:
                     raise CliError(f"no study {args.study!r}", ExitCode.NOT_FOUND)
@@ -713,6 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
     pages = sp.add_mutually_exclusive_group()
     pages.add_argument("--limit", type=int, metavar="N", help=f"the newest N runs (default {LS_PAGE})")
     pages.add_argument("--all", action="store_true", help="every run that matches")
+    sp.add_argument("--archived", action="store_true", help="runs of archived studies too")
     fmt = sp.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="one JSON array of runs")
     fmt.add_argument("--tsv", action="store_true", help="tab-separated, with a header line")
@@ -751,7 +783,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("study")
     sp.add_argument("values", nargs="+", metavar="NAME=VALUE")
     sp = add("studies", cmd_studies, "progress of each study")
+    sp.add_argument("--archived", action="store_true", help="archived studies too")
     sp.add_argument("--json", action="store_true")
+    sp = add("extend", cmd_extend, "add trials to a study (finished or not); its search carries on")
+    sp.add_argument("study")
+    sp.add_argument("trials", type=int, metavar="N", help="trials to add to its max_trials")
+    sp = add("archive", cmd_archive, "hide a study (none of its runs going) from `studies` and `ls`")
+    sp.add_argument("study")
+    sp.add_argument("--undo", action="store_true", help="show it again")
+    sp = add("rm", cmd_rm, "remove a study (none of its runs going) and its runs from the daemon")
+    sp.add_argument("study")
+    sp.add_argument("--files", action="store_true", help="also its logs and the run folders on this machine")
     sp = add("wait", cmd_wait, "wait until a study has finished, showing its progress (for scripts)")
     sp.epilog = WAIT_EPILOG
     sp.add_argument("study")

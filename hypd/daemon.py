@@ -26,6 +26,7 @@ from typing import Any
 
 from hypd import __version__, ipc
 from hypd import lifecycle as lc
+from hypd.budget import StudyBudget
 from hypd.config import Config, load_config
 from hypd.dispatch import Dispatcher
 from hypd.hosts import GpusRead
@@ -118,6 +119,7 @@ class Daemon:
                            self._publish_study, self._max_gpus,
                            lambda: sorted(n for n, h in self.registry.all().items() if h.in_inventory),
                            self._host_labels)
+            self.budget = StudyBudget(self.ops)
             self.studies = studies
             server = Server(self.socket_path, self.home, self.bus, self._handler)
             # The socket answers at once; studies load behind it (see _handler).
@@ -222,7 +224,7 @@ class Daemon:
         return await self.ops.op_ping()
 
     def _handler(self, op: str) -> Callable[..., Any]:
-        for part in (self, self.ops, self.registry):
+        for part in (self, self.ops, self.budget, self.registry):
             method = getattr(part, f"op_{op}", None)
             if method is not None:
                 break
@@ -265,8 +267,8 @@ class Daemon:
         if not self.bus.subscribers:
             return
         summaries = await self.ops.study_summaries(only=study)
-        if summaries:
-            self.bus.publish("study", summaries[0])
+        # A study no longer there was removed (`hypd rm`): said so, for the dashboard to drop it.
+        self.bus.publish("study", summaries[0] if summaries else {"name": study, "state": "removed"})
 
     def _publish_log(self, run: str, text: str) -> None:
         # A batch read from a log may be MiBs: sent in pieces of whole lines, so that a

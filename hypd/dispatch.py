@@ -25,7 +25,7 @@ from hypd.runstate import RunState, StopIntent
 from hypd.scheduler import HostCapacity, StudyDemand, place
 from hypd.store import Store
 from hypd.studies import Studies
-from hypd.study import render_commands, run_dir_name
+from hypd.study import render_commands, run_dir_path
 from hypd.wrapper import RunScript, gpu_env, script_text
 
 log = logging.getLogger("hypd.dispatch")
@@ -154,8 +154,7 @@ class Dispatcher:
         rt = self.studies.all[row["study"]]
         spec = rt.spec
         root = Path(host.root)
-        study_dir = Path(spec.output_dir) if spec.output_dir else root / "studies" / spec.name
-        run_dir = study_dir / run_dir_name(row["run_no"], row["params"], spec)
+        run_dir = run_dir_path(root, spec, row["run_no"], row["params"])
         ctl_dir = root / "runs" / spec.name / f"{row['run_no']:04d}"
         # The log is always on this machine: a remote host's watcher streams it here.
         log_path = self.home / "runs" / spec.name / f"{row['run_no']:04d}" / "log"

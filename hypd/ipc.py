@@ -68,9 +68,10 @@ OPS: dict[str, dict[str, Arg]] = {
     "ping": {},
     "submit": {"path": Arg(str), "text": Arg(str), "as_name": _opt_str},
     # newest_first: the newest runs first (`hypd ls` shows a page of them); fields: only
-    # these of a Run's fields in each row (a `name` comes with `study` and `run_no`).
+    # these of a Run's fields in each row (a `name` comes with `study` and `run_no`);
+    # archived: runs of archived studies too (a named study's runs are always listed).
     "ls": {"state": _opt_str, "study": _opt_str, "limit": _opt_int, "newest_first": Arg(bool, False),
-           "fields": Arg((list, type(None)), None)},
+           "fields": Arg((list, type(None)), None), "archived": Arg(bool, False)},
     # reports: how many of the run's latest reports come with it (at most MAX_REPORTS_PAGE);
     # its summary covers all of them.
     "info": {"run": Arg(str), "reports": Arg(int, 1000)},
@@ -86,7 +87,12 @@ OPS: dict[str, dict[str, Arg]] = {
     "leaderboard": {"study": Arg(str), "limit": _opt_int, "runs": Arg(bool, False)},
     "best": {"study": Arg(str)},
     "suggest": {"study": Arg(str), "params": Arg(dict)},
-    "studies": {},
+    "studies": {"archived": Arg(bool, False)},  # archived: those archived too
+    # trials: how many to add to max_trials; the search carries on from where it was
+    "extend": {"study": Arg(str), "trials": Arg(int)},
+    "archive": {"study": Arg(str), "undo": Arg(bool, False)},
+    # files: its logs and the run folders on this machine too
+    "rm": {"study": Arg(str), "files": Arg(bool, False)},
     "hosts": {},
     # options: any hosts.toml key (gpus, max_per_gpu, key, workdir, setup, known_hosts, labels, ...)
     "hosts_add": {"name": Arg(str), "target": Arg(str), "options": Arg(dict, {})},
@@ -208,6 +214,7 @@ class StudySummary(TypedDict, total=False):
     best_run: str | None
     finished: bool
     source: str
+    archived: bool  # hidden from `studies` and `ls` unless asked for
     hosts: str  # where its runs may go, as the study file says it ("any host" without a choice)
     hosts_note: str  # "" when some host matches that choice, else why its runs wait
 
@@ -300,6 +307,25 @@ class Removed(TypedDict):
     removed: str
 
 
+class Extended(TypedDict):
+    study: str
+    max_trials: int
+    queued: int  # runs queued now (a search that is not adaptive); an adaptive one proposes as slots free
+    paused: bool
+
+
+class Archived(TypedDict):
+    study: str
+    archived: bool
+
+
+class StudyRemoved(TypedDict):
+    removed: str
+    runs: int
+    files: list[str]  # folders removed on this machine (with files)
+    left_on_hosts: list[str]  # SSH hosts whose run folders were left there (with files)
+
+
 class Stopping(TypedDict):
     stopping: bool
     killed: list[str]
@@ -329,7 +355,7 @@ REPLIES: dict[str, Any] = {
     "metrics": MetricsPage, "kill": Killed, "retry": Retried, "pause": Paused, "resume": Paused,
     "leaderboard": Leaderboard, "best": Best, "suggest": Suggested, "studies": list[StudySummary],
     "hosts": list[HostSummary], "hosts_add": HostSummary, "hosts_rm": Removed, "hosts_drain": HostSummary,
-    "stop": Stopping, "subscribe": Subscribed,
+    "stop": Stopping, "subscribe": Subscribed, "extend": Extended, "archive": Archived, "rm": StudyRemoved,
 }
 # "dropped": the last event before the daemon cuts a subscriber that fell too far behind.
 EVENTS: dict[str, Any] = {"run": Run, "study": StudySummary, "host": HostSummary, "log": LogText,

@@ -375,6 +375,14 @@ class Lifecycle:
         """A user resumed (or resubmitted) the study: its failures in a row count from 0."""
         self.failed_in_row.pop(study, None)
 
+    def forget_study(self, study: str) -> None:
+        """A study removed (none of its runs live): its rules and trial books go. Attempts
+        whose processes are not confirmed gone stay: they still hold their GPUs."""
+        self.rules.pop(study, None)
+        self.failed_in_row.pop(study, None)
+        for key in [k for k in self.trials if k[0] == study]:
+            del self.trials[key]
+
     def held(self, host: str) -> list[Attempt]:
         """Attempts whose GPUs or CPU slot on `host` are taken: every one whose processes
         are not confirmed gone, lost ones included (a lost run may still be there, and

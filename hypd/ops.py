@@ -117,10 +117,9 @@ class Ops:
             await self.store.update_study_source(spec.name, path, stored_text, base_dir)
             await self.studies.set_paused(existing, False)
             self.runs.core.resumed(spec.name)
-            rows: list[dict[str, Any]] = []
-            if not existing.suggester.adaptive and existing.trials == 0:
-                # Stored by an older hypd without its trials (killed mid-submit): queue them now.
-                rows = await self.studies.new_trials(existing, existing.suggester.budget())
+            # A larger max_trials, or a study stored by an older hypd without its trials
+            # (killed mid-submit): what the search has not queued yet, now.
+            rows = await self.studies.top_up(existing)
             self._queue(spec.name, rows)
             await self.publish_study(spec.name)
             return {"study": spec.name, "continued": True, "queued": _trials(rows), "warnings": warnings}
@@ -152,7 +151,7 @@ class Ops:
                 f"does not exist either (SSH hosts: {', '.join(remote)})"]
 
     async def op_ls(self, state: str | None, study: str | None, limit: int | None, newest_first: bool,
-                    fields: list[str] | None) -> list[dict[str, Any]]:
+                    fields: list[str] | None, archived: bool = False) -> list[dict[str, Any]]:
         if state is not None and state not in STATES:
             raise Refusal("invalid", f"unknown state {state!r}; use one of {', '.join(STATES)}")
         if study is not None and study not in self.studies.loading:  # (the store has a loading study's runs)
@@ -167,8 +166,10 @@ class Ops:
                                          f"{', '.join(RUN_FIELDS)}")
             wanted = set(fields) | ({"study", "run_no"} if "name" in fields else set())
             columns = tuple(c for c in RUN_COLUMNS if c in wanted)
+        # Archived studies' runs only when asked for (or their study is named).
+        hidden = [] if archived or study is not None else [n for n, rt in self.studies.all.items() if rt.archived]
         return await self.store.runs(state=state, study=study, limit=limit, columns=columns,
-                                     order="id DESC" if newest_first else "id")
+                                     order="id DESC" if newest_first else "id", exclude_studies=hidden)
 
     async def op_info(self, run: str, reports: int) -> dict[str, Any]:
         row = await self._run(run)
@@ -353,14 +354,15 @@ class Ops:
         await self.publish_run(runs[0]["id"])
         return {"run": runs[0]["name"], "trial": runs[0]["trial"], "params": full}
 
-    async def study_summaries(self, only: str | None = None) -> list[dict[str, Any]]:
+    async def study_summaries(self, only: str | None = None, archived: bool = True) -> list[dict[str, Any]]:
+        """Each study's progress; archived ones too unless `archived` is False."""
         counts = await self.store.state_counts()
         trials = await self.store.trial_counts()
         outcomes = await self.store.trial_outcomes()
         out = []
         host_labels = self.host_labels()
         for name, rt in self.studies.all.items():
-            if only is not None and name != only:
+            if (only is not None and name != only) or (rt.archived and not archived):
                 continue
             spec = rt.spec
             c = counts.get(name, {})
@@ -381,6 +383,7 @@ class Ops:
                 "best": (best[0]["mean"] if spec.replicates > 1 else best[0]["objective"]) if best else None,
                 "best_run": best[0]["name"] if best else None, "finished": done, "source": spec.source,
                 "hosts": spec.hosts.describe(), "hosts_note": no_host_note(spec.hosts, host_labels),
+                "archived": rt.archived,
             })
         for name, why in self.studies.broken.items():
             if only is None or name == only:
@@ -390,8 +393,8 @@ class Ops:
                 out.append({"name": name, "state": "loading"})
         return out
 
-    async def op_studies(self) -> list[dict[str, Any]]:
-        return await self.study_summaries()
+    async def op_studies(self, archived: bool = False) -> list[dict[str, Any]]:
+        return await self.study_summaries(archived=archived)
 
 def _log_tail(path: str | None, lines: int) -> list[str]:
     """The last lines of a run's log (stdout and stderr both go there)."""

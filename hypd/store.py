@@ -199,7 +199,7 @@ def unavailable_reason(exc: BaseException, path: Path, busy_timeout_ms: int = DE
 # Columns added after a store was first written (CREATE TABLE IF NOT EXISTS keeps an old
 # table as it is): table -> column -> its declaration. Additive only, so an older hypd
 # still reads the store.
-_ADDED_COLUMNS = {"studies": {"pause_reason": "TEXT NOT NULL DEFAULT ''"},
+_ADDED_COLUMNS = {"studies": {"pause_reason": "TEXT NOT NULL DEFAULT ''", "archived": "INTEGER NOT NULL DEFAULT 0"},
                   "runs": {"exit_stage": "TEXT", "stop_reason": "TEXT NOT NULL DEFAULT ''",
                            "replicate": "INTEGER NOT NULL DEFAULT 1"}}
 
@@ -224,6 +224,7 @@ class StudyRow:
     next_run_no: int
     last_served: float
     pause_reason: str = ""
+    archived: bool = False  # hidden from `studies` and `ls` unless asked for
 
 
 def _run_dict(row: Sequence[Any], columns: Sequence[str]) -> dict[str, Any]:
@@ -247,8 +248,11 @@ class Queries:
     async def runs(self, *, state: str | None = None, study: str | None = None,
                    states: Sequence[str] | None = None, trial: int | None = None,
                    limit: int | None = None, columns: Sequence[str] = RUN_COLUMNS,
-                   order: str = "id") -> list[dict[str, Any]]:
+                   order: str = "id", exclude_studies: Sequence[str] = ()) -> list[dict[str, Any]]:
         where, args = [], []
+        if exclude_studies:
+            where.append(f"study NOT IN ({','.join('?' * len(exclude_studies))})")
+            args.extend(exclude_studies)
         if state is not None:
             where.append("state=?")
             args.append(state)
@@ -389,11 +393,12 @@ class Queries:
         return out
 
 
-_STUDY_COLUMNS = "name, source, text, base_dir, created, paused, search_state, next_run_no, last_served, pause_reason"
+_STUDY_COLUMNS = ("name, source, text, base_dir, created, paused, search_state, next_run_no, last_served, "
+                  "pause_reason, archived")
 
 
 def _study_row(row: Sequence[Any]) -> StudyRow:
-    return StudyRow(*row[:5], bool(row[5]), *row[6:])
+    return StudyRow(*row[:5], bool(row[5]), *row[6:10], bool(row[10]))
 
 
 class Writer:
@@ -599,6 +604,22 @@ class Store(Queries):
 
     async def set_paused(self, name: str, paused: bool, reason: str = "") -> None:
         await self.write("UPDATE studies SET paused=?, pause_reason=? WHERE name=?", (int(paused), reason, name))
+
+    async def set_archived(self, name: str, archived: bool) -> None:
+        await self.write("UPDATE studies SET archived=? WHERE name=?", (int(archived), name))
+
+    async def remove_study(self, name: str) -> None:
+        """The study, its trials, runs, reports and state changes, in one transaction; the
+        high-water mark follows at once (the store holding less is no loss of data)."""
+        def remove(db: sqlite3.Connection) -> None:
+            ids = "SELECT id FROM runs WHERE study=?"
+            db.execute(f"DELETE FROM reports WHERE run_id IN ({ids})", (name,))
+            db.execute(f"DELETE FROM transitions WHERE run_id IN ({ids})", (name,))
+            for table in ("runs", "trials"):
+                db.execute(f"DELETE FROM {table} WHERE study=?", (name,))
+            db.execute("DELETE FROM studies WHERE name=?", (name,))
+        await self.writer.transaction(remove)
+        await self.save_highwater()
 
     async def set_search_state(self, name: str, state: str) -> None:
         await self.write("UPDATE studies SET search_state=? WHERE name=?", (state, name))

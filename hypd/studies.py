@@ -22,7 +22,7 @@ from hypd.runstate import RunState
 from hypd.search import SearchError, Suggester
 from hypd.searchworker import SearchWorker, open_suggester
 from hypd.store import Store, StudyRow
-from hypd.study import StudyError, StudySpec, parse_study
+from hypd.study import MAX_TRIALS, StudyError, StudySpec, parse_study
 
 log = logging.getLogger("hypd.studies")
 
@@ -43,6 +43,7 @@ class StudyRuntime:
     served_stored: float = 0.0  # last_served as the store has it (stored by `flush`)
     tell_queued: bool = False  # a tell waits for the lock: it will tell every trial ended by then
     pause_reason: str = ""  # why hypd paused it itself ("" when a user did, or it is not paused)
+    archived: bool = False  # hidden from `studies` and `ls` unless asked for
     asha: Ledger | None = None  # early_stop rule "asha": the runs' arrivals at the rungs (read at first use)
 
 
@@ -77,7 +78,7 @@ class Studies:
             log.error("study %s cannot be loaded: %s", row.name, exc)
             return
         rt = StudyRuntime(spec, suggester, row.paused, row.last_served, served_stored=row.last_served,
-                          pause_reason=row.pause_reason)
+                          pause_reason=row.pause_reason, archived=row.archived)
         rt.trials = await self.store.trial_count(row.name)
         rt.exhausted = not suggester.adaptive  # a search that is not adaptive queued every trial at submit
         self.all[row.name] = rt
@@ -98,6 +99,20 @@ class Studies:
         rt.exhausted = not suggester.adaptive
         self.all[spec.name] = rt
         return rt, runs
+
+    async def top_up(self, rt: StudyRuntime) -> list[dict[str, Any]]:
+        """A search that is not adaptive has every trial up to its budget queued: the
+        missing ones now (after a larger max_trials, or for a study stored without its
+        trials). Returns the new runs."""
+        missing = rt.suggester.budget() - rt.trials
+        if rt.suggester.adaptive or missing <= 0:
+            return []
+        return await self.new_trials(rt, min(missing, MAX_TRIALS))
+
+    def forget(self, name: str) -> None:
+        """A study removed from the store (`hypd rm`)."""
+        self.all.pop(name, None)
+        self.broken.pop(name, None)
 
     async def set_paused(self, rt: StudyRuntime, paused: bool, reason: str = "") -> None:
         """Pause (start nothing new) or resume a study; `reason` when hypd pauses it itself."""

@@ -838,6 +838,31 @@ def parse_study(text: str, source: str = "<study>", base_dir: str | Path | None 
     return _Parser(source, Path(base_dir), name).parse(doc)
 
 
+def with_max_trials(text: str, max_trials: int) -> str:
+    """The study file's text with [study] max_trials set (the line replaced, or added under
+    the [study] header), so the stored file says what the study now is (`hypd extend`).
+    ValueError when the text cannot be edited so (the caller parses the result to check)."""
+    lines = text.splitlines(keepends=True)
+    section = ""
+    header = None
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            section = stripped.split("#", 1)[0].strip()
+            if section == "[study]":
+                header = i
+            continue
+        if section == "[study]" and re.match(r"max_trials\s*=", stripped):
+            indent = line[:len(line) - len(line.lstrip())]
+            comment = re.search(r"\s+#.*$", line.rstrip("\r\n"))
+            lines[i] = f"{indent}max_trials = {max_trials}{comment.group(0) if comment else ''}\n"
+            return "".join(lines)
+    if header is None:
+        raise ValueError("no [study] header line to put max_trials under")
+    lines.insert(header + 1, f"max_trials = {max_trials}\n")
+    return "".join(lines)
+
+
 def check_size(size: int, source: str) -> None:
     """A study file of `size` bytes is refused past MAX_STUDY_BYTES (before it is read whole,
     where the reader can tell the size first)."""
@@ -1033,6 +1058,14 @@ def run_dir_name(run_no: int, params: Mapping[str, Any], spec: StudySpec) -> str
             value = _UNSAFE_DIR_CHARS.sub("_", format_value(params[p.name]))[:24]
             parts.append(f"{p.name}={value}")
     return "_".join(parts)[:200]
+
+
+def run_dir_path(root: str | Path, spec: StudySpec, run_no: int, params: Mapping[str, Any]) -> Path:
+    """A run's folder ({run_dir}) under a host's root: the study's output_dir, else
+    ROOT/studies/STUDY, then the run's folder name. With the daemon's home as the root,
+    the run's local folder (where a remote run's artifacts are fetched to)."""
+    study_dir = Path(spec.output_dir) if spec.output_dir else Path(root) / "studies" / spec.name
+    return study_dir / run_dir_name(run_no, params, spec)
 
 
 def render_stage(command: str, values: Mapping[str, Any]) -> str:

@@ -5,6 +5,7 @@ removing studies, and the Python client."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +90,82 @@ def test_a_study_file_refuses_a_bad_host_choice(daemon: DaemonProc) -> None:
     daemon.cli("submit", study_file(daemon, "onlocal", n=2, extra='hosts = ["local"]'))
     daemon.wait_finished("onlocal")
     assert {r["host"] for r in daemon.runs(study="onlocal")} == {"local"}
+
+
+# ------------------------------------------------------------------ budget: extend, archive, rm
+
+def test_extend_a_finished_study_carries_its_search_on(daemon: DaemonProc) -> None:
+    d = daemon
+    d.cli("submit", study_file(d, "more", n=3, parallel=3, algorithm="sobol"))
+    d.wait_finished("more")
+    first = sorted((r["trial"], r["params"]["x"]) for r in d.runs(study="more"))
+    out = d.cli("extend", "more", "2").stdout
+    assert "study more extended to 5 trials" in out
+    done = d.wait_finished("more")
+    assert (done["done"], done["total"]) == (5, 5)
+    runs = sorted((r["trial"], r["params"]["x"]) for r in d.runs(study="more"))
+    # The same search went on: the first trials are as they were, the new ones come after
+    # them in its sequence (a new search would propose the first points again).
+    assert runs[:3] == first and [t for t, _ in runs] == [0, 1, 2, 3, 4]
+    assert len({x for _, x in runs}) == 5
+    # It stays so after a restart (the stored file says max_trials = 5).
+    d.stop()
+    d.start()
+    assert d.wait_finished("more")["total"] == 5
+    # A random search (every trial queued at submit): extend queues the new ones at once;
+    # resubmitting the file with a larger max_trials does the same.
+    d.cli("submit", study_file(d, "rnd", n=2))
+    d.wait_finished("rnd")
+    assert "2 trials queued" in d.cli("extend", "rnd", "2").stdout
+    d.wait_finished("rnd")
+    out = d.cli("submit", study_file(d, "rnd", n=6))
+    assert "continues" in out.stdout
+    assert d.wait_finished("rnd")["done"] == 6
+    # Refusals: nothing to add; a grid of all its points; no such study.
+    assert d.cli("extend", "rnd", "0", check=False).returncode == 5
+    grid = STUDY.format(name="g", n=2, parallel=2, algorithm="grid", extra="", body="true", run_extra="")
+    d.cli("submit", str(d.write_study("g", grid.replace("max_trials = 2\n", "").replace(
+        'x = { type = "int", low = 0, high = 1000 }', 'x = { type = "choice", values = [1, 2] }'))))
+    refused = d.cli("extend", "g", "3", check=False)
+    assert refused.returncode == 5 and "grid of all its points" in refused.stderr
+    assert d.cli("extend", "nope", "3", check=False).returncode == 4
+
+
+def test_archive_hides_a_study_and_rm_removes_it(daemon: DaemonProc) -> None:
+    d = daemon
+    d.cli("submit", study_file(d, "old", n=2, body="echo out > $HYPD_RUN_DIR/out.txt"))
+    d.cli("submit", study_file(d, "slow", n=1, body="sleep 30"))
+    d.wait_finished("old")
+    d.wait_state("slow:1", "running")
+    # Refused while runs are going, for both.
+    for args in (("archive", "slow"), ("rm", "slow")):
+        out = d.cli(*args, check=False)
+        assert out.returncode == 6 and "slow:1 (running)" in out.stderr and "hypd kill slow" in out.stderr
+    d.cli("archive", "old")
+    assert "old" not in d.cli("studies").stdout
+    assert "old" not in d.cli("ls").stdout
+    assert "finished (archived)" in d.cli("studies", "--archived").stdout
+    assert {r["study"] for r in d.cli_json("ls", "--archived")} == {"old", "slow"}
+    assert len(d.cli_json("ls", "--study", "old")) == 2  # a named study is always listed
+    d.cli("archive", "old", "--undo")
+    assert "old" in d.cli("studies").stdout
+
+    run_dirs = [r["run_dir"] for r in d.runs(study="old")]
+    log_dir = d.home / "runs" / "old"
+    assert log_dir.is_dir() and all(Path(x).is_dir() for x in run_dirs)
+    out = d.cli("rm", "old").stdout
+    assert "removed (2 runs); its logs and outputs are kept" in out
+    assert log_dir.is_dir()
+    assert "old" not in d.cli("studies", "--archived").stdout and d.cli("info", "old:1", check=False).returncode == 4
+    # The name is free again; rm --files removes the logs and outputs too.
+    d.cli("submit", study_file(d, "old", n=1, body="echo out > $HYPD_RUN_DIR/out.txt"))
+    d.wait_finished("old")
+    run_dir = d.run("old:1")["run_dir"]
+    out = d.cli("rm", "old", "--files").stdout
+    assert str(log_dir) in out and not log_dir.exists()
+    assert not Path(run_dir).exists()
+    # The daemon starts again with no word of lost data.
+    d.cli("kill", "slow")
+    d.stop()
+    d.start()
+    assert "lost data" not in d.output()

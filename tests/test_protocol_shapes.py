@@ -65,10 +65,25 @@ def test_every_reply_and_event_has_its_declared_shape(daemon: DaemonProc) -> Non
     checked("pause", daemon.call("pause", study="shapes"))
     checked("resume", daemon.call("resume", study="shapes"))
     checked("suggest", daemon.call("suggest", study="shapes", params={"x": 0.5}))
+    checked("extend", daemon.call("extend", study="shapes", trials=1))
+    checked("studies", daemon.call("studies", archived=True))
+    checked("ls", daemon.call("ls", state=None, study=None, limit=None, archived=True))
     checked("hosts_drain", daemon.call("hosts_drain", name="local", undo=False))
     checked("hosts_drain", daemon.call("hosts_drain", name="local", undo=True))
     wait_for(lambda: {e["event"] for e in events} >= {"run", "study", "host", "log"}, 30, what="every topic")
     for event in events:
+        why = mismatch(EVENTS[event["event"]], event["data"], f"event {event['event']}")
+        assert why is None, why
+    # A study of its own to archive and remove (none of its runs going).
+    path = daemon.write_study("gone", STUDY.format(name="gone", algorithm="random", extra=""))
+    daemon.call("submit", path=str(path), text=path.read_text(), as_name=None)
+    daemon.wait_finished("gone")
+    checked("archive", daemon.call("archive", study="gone", undo=False))
+    checked("archive", daemon.call("archive", study="gone", undo=True))
+    checked("rm", daemon.call("rm", study="gone", files=True))
+    wait_for(lambda: any(e["event"] == "study" and e["data"].get("state") == "removed" for e in list(events)), 30,
+             what="the removed study's event")
+    for event in list(events):
         why = mismatch(EVENTS[event["event"]], event["data"], f"event {event['event']}")
         assert why is None, why
     checked("stop", daemon.call("stop", kill_runs=True))

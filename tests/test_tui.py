@@ -503,3 +503,25 @@ async def test_a_study_no_host_matches_says_so_and_labels_show_on_hosts(daemon: 
     # A labelled host shows its labels in the hosts panel.
     lines = host_lines({"name": "gpu1", "state": "up", "labels": ["a100", "fast"], "cpu_slots": 1, "gpus": []}, 80)
     assert "#a100 #fast" in lines[0].plain
+
+
+async def test_an_archived_or_removed_study_leaves_the_dashboard(daemon: DaemonProc) -> None:
+    await submit(daemon, "kept", study("kept", "echo METRICS: loss=1"))
+    await submit(daemon, "shelved", study("shelved", "echo METRICS: loss=2"))
+    await asyncio.to_thread(daemon.wait_finished, "shelved")
+    await asyncio.to_thread(daemon.wait_finished, "kept")
+    app = app_for(daemon)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.loaded and app.events_received, what="the load and the first event")
+        assert {"kept", "shelved"} <= set(app.studies) and "shelved:1" in table_of(app).rows
+        await asyncio.to_thread(daemon.cli, "archive", "shelved")
+        await until(pilot, lambda: "shelved" not in app.studies and "shelved:1" not in table_of(app).rows,
+                    what="the archived study gone")
+        await asyncio.to_thread(daemon.cli, "rm", "kept")
+        await until(pilot, lambda: "kept" not in app.studies and "kept:1" not in table_of(app).rows,
+                    what="the removed study gone")
+    # And a dashboard started afterwards does not show them either.
+    app = app_for(daemon)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.loaded, what="the load")
+        assert not {"kept", "shelved"} & set(app.studies) and not table_of(app).rows

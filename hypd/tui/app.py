@@ -162,6 +162,9 @@ class HypdApp(DaemonActions, App[int]):
             if self._flush_timer is None:
                 self._flush_timer = self.set_timer(FLUSH_DELAY, self._flush_runs)
         elif topic == "study":
+            if data.get("state") == "removed" or data.get("archived"):
+                self._drop_study(data["name"])  # `hypd rm`, or archived (`hypd studies --archived` lists it)
+                return
             old = self.studies.get(data["name"])
             if old is not None and "counts" not in data:
                 data = {**old, **data}  # a search error: a partial summary
@@ -177,6 +180,17 @@ class HypdApp(DaemonActions, App[int]):
             if self.hosts.get(data["name"]) != data:
                 self.hosts[data["name"]] = data
                 self.hosts_changed.publish([data])
+
+    def _drop_study(self, name: str) -> None:
+        """A study removed or archived: it and its runs leave the dashboard."""
+        self.studies.pop(name, None)
+        gone = [run for run, r in self.runs.items() if r.get("study") == name]
+        for run in gone:
+            del self.runs[run]
+            self._pending_runs.pop(run, None)
+        if gone:
+            self.reloaded.publish(None)
+        self.studies_changed.publish([])
 
     def _flush_runs(self) -> None:
         self._flush_timer = None

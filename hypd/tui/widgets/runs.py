@@ -209,6 +209,7 @@ class RunTable(ScrollView, can_focus=True):
     def replace_all(self, runs: Iterable[Mapping[str, Any]]) -> None:
         """Show exactly these runs (after a reload)."""
         self.rows, self.cells, self.hay = {}, {}, {}
+        self.view, self.position = [], {}  # (runs no longer there must not be sorted again)
         self.content_width = {"time": 6}
         self._columns_cache = None
         self.upsert(runs)
