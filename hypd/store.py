@@ -612,11 +612,16 @@ class Store(Queries):
         """The study, its trials, runs, reports and state changes, in one transaction; the
         high-water mark follows at once (the store holding less is no loss of data)."""
         def remove(db: sqlite3.Connection) -> None:
-            ids = "SELECT id FROM runs WHERE study=?"
-            db.execute(f"DELETE FROM reports WHERE run_id IN ({ids})", (name,))
-            db.execute(f"DELETE FROM transitions WHERE run_id IN ({ids})", (name,))
-            for table in ("runs", "trials"):
-                db.execute(f"DELETE FROM {table} WHERE study=?", (name,))
+            # Every table keyed by a run, then by the study (whatever tables a later hypd adds).
+            tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+            columns = {t: {c[1] for c in db.execute(f"PRAGMA table_info({t})")} for t in tables}
+            for table in tables:
+                if "run_id" in columns[table]:
+                    db.execute(f"DELETE FROM {table} WHERE run_id IN (SELECT id FROM runs WHERE study=?)", (name,))
+            for table in tables:
+                if "study" in columns[table] and table != "runs":
+                    db.execute(f"DELETE FROM {table} WHERE study=?", (name,))
+            db.execute("DELETE FROM runs WHERE study=?", (name,))
             db.execute("DELETE FROM studies WHERE name=?", (name,))
         await self.writer.transaction(remove)
         await self.save_highwater()
