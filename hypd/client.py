@@ -114,13 +114,56 @@ def _result(msg: Mapping[str, Any]) -> Any:
     raise DaemonError(err.get("code", "error"), err.get("message", "unknown error"))
 
 
+REPORTS_PAGE = 10_000  # reports asked for per request (`Client.reports`)
+
+
+class Rows(list):  # type: ignore[type-arg]
+    """Plain dicts in a list, as the daemon sent them; `.to_pandas()` makes a pandas
+    DataFrame of them, nested dicts (a run's params and metrics) as `params.lr`,
+    `metrics.loss` columns. pandas is imported only then."""
+
+    def to_pandas(self) -> Any:
+        try:
+            import pandas
+        except ImportError:
+            raise ImportError("to_pandas() needs pandas: pip install pandas") from None
+        return pandas.DataFrame([_flat(row) for row in self])
+
+
+def _flat(row: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 class Client:
-    """A blocking client (the CLI's): one request at a time."""
+    """A blocking client: one request at a time. The CLI's, and the one for notebooks and
+    scripts:
+
+        from hypd.client import Client
+        c = Client()                          # the daemon of $HYPD_HOME (or ~/.hypd)
+        c.studies()                           # each study's progress, as dicts
+        runs = c.runs(study="quadratic")      # every run, oldest first
+        runs.to_pandas()                      # a DataFrame (params.lr, metrics.loss, ...)
+        c.reports("quadratic:3").to_pandas()  # every report of a run: run, step, at, loss...
+        c.reports("quadratic")                # ... or of every run of a study
+
+    Reads reconnect once when the daemon was restarted meanwhile. Standard library only
+    (pandas on `to_pandas()`): it never imports Ax, torch or Textual.
+    """
 
     def __init__(self, path: Path | None = None, timeout: float | None = 30.0) -> None:
         self.path = path or socket_path()
+        self.timeout = timeout
+        self._connect()
+
+    def _connect(self) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
+        self.sock.settimeout(self.timeout)
         try:
             self.sock.connect(str(self.path))
         except (FileNotFoundError, ConnectionRefusedError) as exc:
@@ -173,6 +216,64 @@ class Client:
     def close(self) -> None:
         self.file.close()
         self.sock.close()
+
+    # ------------------------------------------------------------ reads, as plain dicts
+
+    def _read(self, op: str, **args: Any) -> Any:
+        """A read-only request; once more on a new connection if the old one was cut (a
+        daemon restarted since this client connected)."""
+        try:
+            return self.call(op, **args)
+        except (DaemonError, OSError) as exc:
+            if isinstance(exc, DaemonError) and "closed the connection" not in exc.message:
+                raise
+            self.close()
+            self._connect()
+            return self.call(op, **args)
+
+    def studies(self, archived: bool = False) -> Rows:
+        """Each study's progress (hypd.ipc.StudySummary); archived ones too if asked."""
+        return Rows(self._read("studies", archived=archived))
+
+    def study(self, name: str) -> dict[str, Any]:
+        for summary in self.studies(archived=True):
+            if summary["name"] == name:
+                return summary  # type: ignore[no-any-return]
+        raise DaemonError("not_found", f"no study {name!r}")
+
+    def runs(self, study: str | None = None, state: str | None = None, archived: bool = False,
+             limit: int | None = None) -> Rows:
+        """Runs (hypd.ipc.Run), oldest first; all of them unless `limit` (then the newest)."""
+        rows = self._read("ls", state=state, study=study, limit=limit, newest_first=limit is not None,
+                          archived=archived)
+        return Rows(reversed(rows) if limit is not None else rows)
+
+    def run(self, name: str) -> dict[str, Any]:
+        """One run (hypd.ipc.Run), e.g. run("quadratic:3")."""
+        return self._read("info", run=name, reports=0)["run"]  # type: ignore[no-any-return]
+
+    def reports(self, target: str) -> Rows:
+        """Every report of a run ("study:N") or of each run of a study, one dict each:
+        run, step, at (a Unix time), then a key per metric."""
+        names = [target] if ":" in target else [r["name"] for r in self.runs(study=target, archived=True)]
+        out = Rows()
+        for name in names:
+            since = 0
+            while True:
+                page = self._read("metrics", run=name, since=since, limit=REPORTS_PAGE)
+                if not page["reports"]:  # (a page may be shorter than asked for: the daemon caps it)
+                    break
+                out.extend({"run": name, "step": r["step"], "at": r["at"], **r["values"]} for r in page["reports"])
+                since = page["next"]
+        return out
+
+    def leaderboard(self, study: str, limit: int | None = None) -> Rows:
+        """The study's best run of each trial, best first."""
+        return Rows(self._read("leaderboard", study=study, limit=limit)["runs"])
+
+    def best(self, study: str) -> dict[str, Any]:
+        """The observed best run and the model's predicted best (Ax)."""
+        return self._read("best", study=study)  # type: ignore[no-any-return]
 
     def __enter__(self) -> Client:
         return self

@@ -169,3 +169,39 @@ def test_archive_hides_a_study_and_rm_removes_it(daemon: DaemonProc) -> None:
     d.stop()
     d.start()
     assert "lost data" not in d.output()
+
+
+# ------------------------------------------------------------------ the Python client
+
+def test_the_python_client_reads_studies_runs_and_reports(daemon: DaemonProc) -> None:
+    pandas = pytest.importorskip("pandas")
+    from hypd.client import Client, DaemonError, socket_path
+
+    d = daemon
+    body = "for i in 1 2 3; do echo METRICS: step=$i acc=0.$i; done"
+    d.cli("submit", study_file(d, "nb", n=3, algorithm="random", body=body))
+    d.wait_finished("nb")
+    c = Client(socket_path(d.home))
+    assert [s["name"] for s in c.studies()] == ["nb"] and c.study("nb")["done"] == 3
+    runs = c.runs(study="nb")
+    assert [r["name"] for r in runs] == ["nb:1", "nb:2", "nb:3"] and all(type(r) is dict for r in runs)
+    assert c.run("nb:2")["params"] == runs[1]["params"]
+    frame = runs.to_pandas()
+    assert list(frame["name"]) == ["nb:1", "nb:2", "nb:3"]
+    assert list(frame["params.x"]) == [r["params"]["x"] for r in runs]
+    assert list(frame["objective"]) == [float(r["params"]["x"]) for r in runs]
+    reports = c.reports("nb:1")
+    assert [(r["run"], r["step"], r["acc"]) for r in reports if "acc" in r] == [
+        ("nb:1", 1, 0.1), ("nb:1", 2, 0.2), ("nb:1", 3, 0.3)]
+    every = c.reports("nb").to_pandas()
+    assert set(every["run"]) == {"nb:1", "nb:2", "nb:3"} and {"step", "at", "acc", "loss"} <= set(every.columns)
+    assert c.leaderboard("nb")[0]["name"] == c.best("nb")["observed"]["name"]
+    with pytest.raises(DaemonError) as err:
+        c.study("nope")
+    assert err.value.code == "not_found"
+    # A notebook's client outlives a daemon restart: its next read reconnects.
+    d.stop()
+    d.start()
+    assert [r["name"] for r in c.runs(study="nb")] == ["nb:1", "nb:2", "nb:3"]
+    c.close()
+    assert pandas is not None

@@ -24,6 +24,11 @@ def test_cli_imports_nothing_heavy() -> None:
     assert "asyncio" not in mods  # `hypd ls` pays only for what it uses
 
 
+def test_python_client_imports_nothing_heavy() -> None:
+    mods = imported("from hypd.client import Client")
+    assert not mods & {*HEAVY, "pandas", "numpy", "asyncio"}, mods & {*HEAVY, "pandas", "numpy", "asyncio"}
+
+
 def test_report_helper_imports_only_the_standard_library() -> None:
     mods = imported("from hypd import report")
     assert not mods & set(HEAVY)
