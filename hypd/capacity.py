@@ -29,6 +29,8 @@ class HostRules:
     busy_memory_mib: int = 1024
     busy_utilization: int = 30
     labels: tuple[str, ...] = ()
+    max_jobs: int | None = None  # a batch host (Slurm): its jobs at once, queued ones included;
+    #                              it gives each job its GPUs itself
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,9 @@ class Released:
 
 def host_capacity(rules: HostRules, snapshot: GpuSnapshot | None, holding: list[Holding],
                   released: list[Released]) -> HostCapacity:
+    if rules.max_jobs is not None:  # every run there is a job, whatever GPUs it asks for
+        return HostCapacity(rules.name, accepting=rules.accepting, labels=rules.labels,
+                            job_slots=max(0, rules.max_jobs - len(holding)))
     cpu_used = sum(1 for h in holding if not h.gpus)
     return HostCapacity(rules.name, free_gpu_slots(rules, snapshot, holding, released),
                         max(0, rules.cpu_slots - cpu_used), rules.accepting,

@@ -16,14 +16,14 @@ from pathlib import Path
 
 from hypd import __version__
 from hypd.client import Client, DaemonError, ExitCode, hypd_home, socket_path
-from hypd.display import fmt_exit, fmt_number, fmt_seconds, fmt_time, runtime, trial_no, where
+from hypd.display import fmt_exit, fmt_number, fmt_seconds, fmt_time, runtime, state_text, trial_no, where
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any
 
-STATES = ("pending", "running", "completed", "failed", "killed", "stopped", "lost")
+STATES = ("pending", "queued", "running", "completed", "failed", "killed", "stopped", "lost")
 
 
 class CliError(Exception):
@@ -137,7 +137,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         out.buffer.write(("\n".join(lines) + "\n").encode("utf-8", errors="surrogateescape"))
         out.buffer.flush()
         return 0
-    rows = [[r["name"], r["state"], where(r), fmt_seconds(runtime(r)), fmt_number(r["objective"]),
+    rows = [[r["name"], state_text(r), where(r), fmt_seconds(runtime(r)), fmt_number(r["objective"]),
              fmt_params(r["params"]), last_note(r)] for r in runs]
     if rows:
         out.write(table(rows, ["RUN", "STATE", "WHERE", "TIME", "OBJECTIVE", "PARAMS", "LAST LINE"]) + "\n")
@@ -406,7 +406,7 @@ def cmd_studies(args: argparse.Namespace) -> int:
             continue
         n, o = s["counts"], s["outcomes"]
         best = f"{fmt_number(s['best'])} ({s['best_run']})" if s["best_run"] else "-"
-        rows.append([s["name"], s["algorithm"], study_state(s), f"{s['done']}/{s['total']}", str(n["running"]),
+        rows.append([s["name"], s["algorithm"], study_state(s), f"{s['done']}/{s['total']}", str(n["running"] + n.get("queued", 0)),
                      str(n["pending"]), str(o["failed"] + o["lost"]), str(o["killed"]), str(s["retried"]),
                      f"{s['metric']} {best}"])
         if s["pause_reason"]:
@@ -593,6 +593,12 @@ def cmd_hosts(args: argparse.Namespace) -> int:
             continue
         why = f" ({h['why']})" if h.get("why") else ""
         labels = f"  labels {','.join(h['labels'])}" if h.get("labels") else ""
+        if "partition" in h:  # a Slurm cluster: its queue, not GPUs hypd sees
+            idle = "?" if h.get("idle_gpus") is None else str(h["idle_gpus"])
+            print(f"{h['name']}  {h['state']}{why}{labels}  slurm via {h['address']}  partition {h['partition']}  "
+                  f"jobs {h['jobs_running']} running, {h['jobs_queued']} queued (max {h['max_jobs']})  "
+                  f"idle GPUs in partition {idle}" + (f"  [{' '.join(h['runs'])}]" if h["runs"] else ""))
+            continue
         print(f"{h['name']}  {h['state']}{why}{labels}  cpu slots {h['cpu_used']}/{h['cpu_slots']}"
               + (f"  [{' '.join(h['cpu_runs'])}]" if h["cpu_runs"] else ""))
         if not h["gpus"]:

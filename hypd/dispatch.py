@@ -97,7 +97,7 @@ class Dispatcher:
         if self.runs.stopping:
             return
         capacities = self.capacities()
-        if not any(c.free_gpus or c.free_cpu_slots for c in capacities if c.accepting):
+        if not any(c.free_gpus or c.free_cpu_slots or c.job_slots for c in capacities if c.accepting):
             return
         placements = place(capacities, await self._demands())
         if not placements:
@@ -161,7 +161,9 @@ class Dispatcher:
         stages = render_commands(spec, row["params"], run_dir=str(run_dir), run=row["name"],
                                  run_no=row["run_no"], trial=row["trial"], replicate=row["replicate"])
         env = dict(spec.env)
-        env.update(gpu_env(gpus) if gpus else {"CUDA_VISIBLE_DEVICES": ""})
+        if gpus or not spec.gpus:
+            env.update(gpu_env(gpus) if gpus else {"CUDA_VISIBLE_DEVICES": ""})
+        # else: a batch host (Slurm) gives the job its GPUs, and sets CUDA_VISIBLE_DEVICES
         env.update(HYPD_RUN=row["name"], HYPD_STUDY=spec.name, HYPD_TRIAL=str(trial_no(row["trial"])),
                    HYPD_REPLICATE=str(row["replicate"]), HYPD_RUN_DIR=str(run_dir))
         try:
@@ -173,7 +175,9 @@ class Dispatcher:
                            env=env, stages=stages, setup=host.setup)
         now = time.time()
         deadline = now + spec.timeout if spec.timeout else None
-        where = f"{host.name}:{','.join(map(str, gpus))}" if gpus else f"{host.name} (cpu)"
+        where = (f"{host.name}:{','.join(map(str, gpus))}" if gpus
+                 else f"{host.name} ({spec.gpus} GPU{'s' if spec.gpus > 1 else ''})" if spec.gpus
+                 else f"{host.name} (cpu)")
         await self.store.transition(run_id, RunState.RUNNING, f"started on {where}", host=host.name,
                                     gpus=list(gpus), run_dir=str(run_dir), ctl_dir=str(ctl_dir),
                                     log_path=str(log_path), deadline=deadline, log_offset=0)
@@ -189,7 +193,8 @@ class Dispatcher:
         _set_aside(log_path.parent, row["name"])
         log_path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            await host.launch(run_id, str(ctl_dir), script_text(script), str(log_path))
+            await host.launch(run_id, str(ctl_dir), script_text(script), str(log_path), gpus=spec.gpus,
+                              label=row["name"])
         except HostError as exc:
             self.runs.feed(lc.LaunchFailed(run_id, str(exc), reached_host=not isinstance(exc, HostDownError)))
             return

@@ -50,6 +50,15 @@ def runtime(run: Mapping[str, Any], now: float | None = None) -> float | None:
     return (run.get("ended") or (time.time() if now is None else now)) - run["started"]
 
 
+def state_text(run: Mapping[str, Any]) -> str:
+    """The run's state; a queued one with its batch host's reason (`queued (Priority)`)."""
+    state = str(run.get("state", ""))
+    reason = str(run.get("reason") or "")
+    if state == "queued" and reason.startswith("queued: "):
+        return f"queued ({reason.removeprefix('queued: ')})"
+    return state
+
+
 def where(run: Mapping[str, Any]) -> str:
     """host:GPUs, host:cpu, or '-' before it has a host."""
     if not run.get("host"):
@@ -74,3 +83,9 @@ def fmt_exit(code: int | None, stage: str | None) -> str:
     if stage == "main":
         return f"{how} in its command"
     return f"{how} in stage {stage}" if stage else how
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    """Text on one line (whitespace runs made one space), cut at `limit` characters."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -131,8 +131,11 @@ class Host(ABC):
 
     # ------------------------------------------------------------ runs
 
-    async def launch(self, run: int, ctl_dir: str, script: str, log_path: str) -> None:
-        """Start a run; Launched or LaunchFailed follows. HostError while down."""
+    async def launch(self, run: int, ctl_dir: str, script: str, log_path: str, *, gpus: int = 0,
+                     label: str = "") -> None:
+        """Start a run; Launched or LaunchFailed follows. HostError while down. `gpus`: how
+        many the run needs (a host that chooses them itself asks for that many); `label`:
+        the run's name, for what the host shows of it."""
         link = self._link
         if link is None:
             raise HostDownError(f"host {self.name} is down: {self._why}")
@@ -185,6 +188,9 @@ class Host(ABC):
 
     def _set_up(self, link: WatchLink) -> None:
         self._link = link
+        self._came_up()
+
+    def _came_up(self) -> None:
         self._why = ""
         self.down_since = None
         self._down_told = False

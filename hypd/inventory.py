@@ -211,10 +211,19 @@ def check_name(name: Any, where: str = "") -> str:
     return name
 
 
-def make_host(name: str, values: Mapping[str, Any], where: str = "") -> HostConfig:
-    """A HostConfig from a table of values (as in hosts.toml), every value checked."""
+def make_host(name: str, values: Mapping[str, Any], where: str = "") -> Any:
+    """A HostConfig from a table of values (as in hosts.toml), every value checked; with
+    kind = "slurm", a hypd.slurm.config.SlurmConfig."""
     check_name(name, where)
     prefix = f"{where}: hosts.{name}" if where else f"hosts.{name}"
+    kind = values.get("kind", "ssh")
+    if kind == "slurm":
+        from hypd.slurm.config import make_slurm_host
+
+        return make_slurm_host(name, values, prefix)
+    if kind != "ssh":
+        raise InventoryError(f'{prefix}.kind must be "ssh" (the default) or "slurm", not {kind!r}')
+    values = {k: v for k, v in values.items() if k != "kind"}
     if "address" not in values:
         raise InventoryError(f'{prefix}: address is missing; add e.g. address = "10.0.0.5"')
     kwargs: dict[str, Any] = {}
@@ -225,10 +234,15 @@ def make_host(name: str, values: Mapping[str, Any], where: str = "") -> HostConf
     return HostConfig(name=name, **kwargs)
 
 
-def check_host(host: HostConfig) -> HostConfig:
+def _keys(host: Any) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(host) if f.name != "name")
+
+
+def check_host(host: Any) -> Any:
     """The same host with every field checked and normalised; InventoryError otherwise."""
-    values = {k: getattr(host, k) for k in KNOWN_KEYS}
-    return make_host(host.name, values)
+    values = {k: getattr(host, k) for k in _keys(host)}
+    return make_host(host.name, {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()
+                                 if v is not None or k in ("gpus", "cpu_slots", "user", "key")})
 
 
 # --------------------------------------------------------------------------- targets
@@ -380,13 +394,15 @@ def format_inventory(hosts: Iterable[HostConfig]) -> str:
     for host in hosts:
         key = host.name if _BARE_KEY_RE.match(host.name) else _toml_string(host.name)
         lines.append(f"[hosts.{key}]")
-        for name in KNOWN_KEYS:
+        defaults = {f.name: f.default for f in fields(host)}
+        for name in _keys(host):
             value = getattr(host, name)
-            if name != "address" and value == _FIELDS[name].default:
+            if name not in ("address", "kind") and value == defaults[name]:
                 continue
             if value is None:
                 continue
-            text = _toml_string(_duration_text(value)) if name == "lost_after" else _toml_value(value)
+            text = (_toml_string(_duration_text(value)) if name in ("lost_after", "poll")
+                    else _toml_value(value))
             lines.append(f"{name} = {text}")
         lines.append("")
     return "\n".join(lines)

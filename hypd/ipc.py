@@ -235,7 +235,12 @@ class _HostSummary(TypedDict):
 
 class HostSummary(_HostSummary, total=False):
     labels: list[str]  # what a study's hosts = { labels = [...] } matches
-    address: str  # an SSH host's user@address:port
+    address: str  # an SSH host's user@address:port; a Slurm cluster's login node ("local")
+    partition: str  # a Slurm cluster's: its partition, hypd's jobs there and the limit on them,
+    max_jobs: int  #   and the partition's idle GPUs (None when sinfo could not tell)
+    jobs_running: int
+    jobs_queued: int
+    idle_gpus: int | None
 
 
 class Pong(TypedDict):

@@ -92,6 +92,16 @@ class Exited:
     status: int | None  # from its exit file; None when it left none
     stage: str | None
     size: int
+    cause: str | None = None  # how its host says it ended (Slurm's job state: TIMEOUT, NODE_FAIL...)
+
+
+@dataclass(frozen=True)
+class Queued:
+    """The run's job waits in its batch host's queue (`reason`: the host's why, e.g.
+    Priority, Resources); reason None: it left the queue and runs."""
+
+    run: int
+    reason: str | None
 
 
 @dataclass(frozen=True)
@@ -135,7 +145,7 @@ class Tick:
     now: float
 
 
-Event = (Launched | LaunchFailed | Alive | LogGrew | Stored | StoreFailed | Exited | Cleaned | HostDown
+Event = (Launched | LaunchFailed | Alive | LogGrew | Stored | StoreFailed | Exited | Queued | Cleaned | HostDown
          | HostUp | StopRequested | KeepaliveAsked | Tick)
 
 
@@ -304,6 +314,8 @@ class Attempt:
     store_trouble: bool = False
     exit: tuple[int | None, str | None] | None = None
     exit_size: int = 0
+    cause: str | None = None  # Exited.cause
+    queued: str | None = None  # why its job waits in its host's queue; None: not queued
     clean: bool = False
     unreachable_since: float | None = None
     keepalive: float | None = None  # the window the run asked for itself (beats its study's)
@@ -512,19 +524,34 @@ class Lifecycle:
             return []
         a.exit = (e.status, e.stage)
         a.exit_size = e.size
+        a.cause = e.cause
         a.log_size = max(a.log_size, e.size)
         return self._advance(a)
+
+    def _on_Queued(self, e: Queued) -> list[Action]:
+        a = self._attempt(e.run)
+        if a is None or a.phase is not Phase.RUNNING or a.exit is not None or e.reason == a.queued:
+            return []
+        was, a.queued = a.queued, e.reason
+        if e.reason is None:
+            return [Record(a.id, RunState.RUNNING, f"left the queue of host {a.host}: running")]
+        if was is None:
+            return [Record(a.id, RunState.QUEUED, f"queued: {e.reason}")]
+        return [Persist(a.id, (("reason", f"queued: {e.reason}"),))]
 
     def _finish(self, a: Attempt) -> list[Action]:
         """Its exit is seen and its whole log stored: record how it ended."""
         code, stage = a.exit if a.exit is not None else (None, None)
         rules = self.rules.get(a.study, StudyRules())
-        end = ending(code, stage, a.stop_intent, rules.timeout_text)
+        end = ending(code, stage, a.stop_intent, rules.timeout_text, a.cause)
+        was_lost = a.phase is Phase.LOST
+        if was_lost and end.state is RunState.LOST:  # lost already, and its trial dealt with then
+            a.phase = Phase.ENDED
+            return self._release(a) if a.clean else []
         # hypd's own reason for ending it (a superseded attempt, a hung one) reads better
         # than the bare intent's, unless the run got to complete (or be stopped) anyway.
         own = bool(a.stop_reason) and end.state in (RunState.KILLED, RunState.FAILED, RunState.STOPPED)
         reason = a.stop_reason if own else end.reason
-        was_lost = a.phase is Phase.LOST
         if was_lost and not (own and end.state is RunState.KILLED):
             reason += " (while its host was away)"
         failed_stage = stage if end.state is RunState.FAILED and stage not in (None, "-") else None
@@ -661,7 +688,7 @@ class Lifecycle:
                 a.store_retry_at = None
                 out += self._advance(a, progressed=True)
             if a.phase is Phase.RUNNING and a.stop_intent is None and a.deadline is not None \
-                    and e.now >= a.deadline:
+                    and a.queued is None and e.now >= a.deadline:
                 out += self._stop(a, StopIntent.TIMEOUT, at=e.now)
             out += self._keepalive(a, e.now)
             since = a.unreachable_since
@@ -679,7 +706,8 @@ class Lifecycle:
         window = a.keepalive or self.rules.get(a.study, StudyRules()).keepalive
         if window is None or a.phase is not Phase.RUNNING or a.stop_intent is not None or a.exit is not None:
             return []
-        if a.unreachable_since is not None or a.quiet_since is None or a.log_size != a.heard:
+        if a.unreachable_since is not None or a.quiet_since is None or a.log_size != a.heard \
+                or a.queued is not None:  # waiting in a queue is not silence
             a.quiet_since, a.heard = now, a.log_size
             return []
         if now - a.quiet_since < window:

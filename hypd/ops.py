@@ -211,7 +211,7 @@ class Ops:
                 pass
         return {"text": data.decode("utf-8", errors="replace"), "offset": max(0, offset) + len(data), "size": size,
                 "state": row["state"], "live": row["state"] in (RunState.PENDING.value, RunState.RUNNING.value,
-                                                               RunState.LOST.value),
+                                                               RunState.QUEUED.value, RunState.LOST.value),
                 "path": row["log_path"]}
 
     async def op_metrics(self, run: str, since: int, limit: int) -> dict[str, Any]:
@@ -224,11 +224,12 @@ class Ops:
             rt = self._study(target)
             await self.studies.set_paused(rt, True)
             rows = await self.store.runs(study=target, states=[RunState.PENDING.value, RunState.RUNNING.value,
-                                                            RunState.LOST.value],
+                                                            RunState.QUEUED.value, RunState.LOST.value],
                                       columns=("id", "study", "run_no", "trial", "replicate", "state"))
         else:
             row = await self._run(target)
-            if row["state"] not in (RunState.PENDING.value, RunState.RUNNING.value, RunState.LOST.value):
+            if row["state"] not in (RunState.PENDING.value, RunState.RUNNING.value, RunState.QUEUED.value,
+                                    RunState.LOST.value):
                 raise Refusal("conflict", f"{target} is {row['state']}: nothing to kill")
             rows = [row]
         killed = []
@@ -254,13 +255,14 @@ class Ops:
         created = []
         seen: set[tuple[str, int, int]] = set()
         for row in rows:
-            if row["state"] in (RunState.PENDING.value, RunState.RUNNING.value):
+            if row["state"] in (RunState.PENDING.value, RunState.RUNNING.value, RunState.QUEUED.value):
                 raise Refusal("conflict", f"{row['name']} is {row['state']}; kill it first to retry it")
             key = (row["study"], row["trial"], row["replicate"])
             if key in seen:
                 continue
             live = await self.store.runs(study=row["study"], trial=row["trial"],
-                                      states=[RunState.PENDING.value, RunState.RUNNING.value, RunState.LOST.value],
+                                      states=[RunState.PENDING.value, RunState.RUNNING.value, RunState.QUEUED.value,
+                                              RunState.LOST.value],
                                       columns=("replicate",))
             if any(r["replicate"] == row["replicate"] for r in live):
                 continue  # that replicate of the trial already has an attempt under way
@@ -367,7 +369,7 @@ class Ops:
             spec = rt.spec
             c = counts.get(name, {})
             best = await self.store.best_runs(name, spec.objective.minimize, 1, by_mean=spec.replicates > 1)
-            live = c.get("pending", 0) + c.get("running", 0) + c.get("lost", 0)
+            live = c.get("pending", 0) + c.get("running", 0) + c.get("queued", 0) + c.get("lost", 0)
             done = not live and (rt.exhausted or (spec.max_trials is not None and trials.get(name, 0) >= spec.max_trials))
             o = outcomes.get(name, {})
             out.append({

@@ -97,8 +97,6 @@ class Registry:
             self.inventory_error = str(exc)
             log.error("%s (hosts unchanged until it is fixed)", exc)
             return
-        from hypd.ssh import SshHost  # asyncssh: only where SSH hosts are used
-
         for name, old in list(self.configs.items()):
             config = configs.get(name)
             host = self.hosts[name]
@@ -118,10 +116,19 @@ class Registry:
         for name, config in configs.items():
             if name not in self.hosts:
                 self.configs[name] = config
-                self._add(SshHost(config, self.home, gpu_interval=self.config.gpu_poll,
-                                  kill_grace=self.config.kill_grace))
-                log.info("host %s added (%s)", name, config.address)
+                self._add(self._build(config))
+                log.info("host %s added (%s)", name, config.target)
         self.wake()
+
+    def _build(self, config: Any) -> Host:
+        """The host a hosts.toml entry describes: a Slurm cluster, or an SSH machine."""
+        if getattr(config, "kind", "ssh") == "slurm":
+            from hypd.slurm import SlurmHost
+
+            return SlurmHost(config, self.home, kill_grace=self.config.kill_grace)
+        from hypd.ssh import SshHost  # asyncssh: only where SSH hosts are used
+
+        return SshHost(config, self.home, gpu_interval=self.config.gpu_poll, kill_grace=self.config.kill_grace)
 
     # ------------------------------------------------------------ ops
 

@@ -285,7 +285,8 @@ class Runs:
 
     async def _supersede(self, action: lc.Supersede) -> None:
         attempts = await self.store.runs(study=action.study, trial=action.trial,
-                                         states=[RunState.PENDING.value, RunState.RUNNING.value],
+                                         states=[RunState.PENDING.value, RunState.RUNNING.value,
+                                                 RunState.QUEUED.value],
                                          columns=("id", "study", "run_no", "trial", "replicate", "state"))
         for row in attempts:
             if row["id"] != action.keep and row["replicate"] == action.replicate:
@@ -333,7 +334,7 @@ class Runs:
                                      columns=("id", "study", "run_no", "trial", "replicate", "state", "host", "gpus", "pid",
                                               "proc_start", "ctl_dir", "log_path", "log_offset", "reports",
                                               "metrics", "objective", "last_line", "deadline", "stop_intent",
-                                              "stop_reason", "started"))
+                                              "stop_reason", "started", "reason"))
         # What the store knows of each replicate of a trial: failed attempts, a completed one.
         failures: dict[tuple[str, int, int], int] = {}
         settled: set[tuple[str, int, int]] = set()
@@ -366,7 +367,9 @@ class Runs:
                 row["pid"], row["proc_start"], row["deadline"],
                 StopIntent(row["stop_intent"]) if row["stop_intent"] else None, row["stop_reason"] or "",
                 log_size=row["log_offset"], stored=row["log_offset"], asked=row["log_offset"],
-                unreachable_since=None if host.up else (host.down_since or time.time()), replicate=row["replicate"])
+                unreachable_since=None if host.up else (host.down_since or time.time()), replicate=row["replicate"],
+                queued=(row["reason"].removeprefix("queued: ") or "queued") if row["state"] == RunState.QUEUED.value
+                else None)
             self._carry_out(row["id"], self.core.adopt(attempt, failures.get(key, 0), key in settled))
             log.info("adopted %s (pid %s)", row["name"], row["pid"] or "unknown")
         for study in self.studies.all:

@@ -1,6 +1,8 @@
 """The state machine of a run (one attempt of a trial). Pure.
 
     pending -> running -> completed | failed | killed | stopped | lost
+    running <-> queued                   (a batch host's job waits in its queue; requeued)
+    queued  -> completed | failed | killed | lost | pending
     pending -> killed                    (killed before it started)
     running -> pending                   (its launch never reached its host)
     lost    -> running                   (its host came back and the run was still alive)
@@ -15,6 +17,7 @@ from enum import Enum
 
 class RunState(str, Enum):
     PENDING = "pending"
+    QUEUED = "queued"  # launched on a batch host (Slurm) and waiting in its queue
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
@@ -29,14 +32,16 @@ class RunState(str, Enum):
 STATES = tuple(s.value for s in RunState)
 TERMINAL = frozenset({RunState.COMPLETED, RunState.FAILED, RunState.KILLED, RunState.STOPPED})
 # States in which a process may exist somewhere and hypd must keep watching for it.
-LIVE = frozenset({RunState.RUNNING, RunState.LOST})
+LIVE = frozenset({RunState.RUNNING, RunState.QUEUED, RunState.LOST})
 
 TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     RunState.PENDING: frozenset({RunState.RUNNING, RunState.KILLED}),
     RunState.RUNNING: frozenset({RunState.COMPLETED, RunState.FAILED, RunState.KILLED,
-                                 RunState.STOPPED, RunState.LOST, RunState.PENDING}),
-    RunState.LOST: frozenset({RunState.RUNNING, RunState.COMPLETED, RunState.FAILED, RunState.KILLED,
-                              RunState.STOPPED}),
+                                 RunState.STOPPED, RunState.LOST, RunState.PENDING, RunState.QUEUED}),
+    RunState.QUEUED: frozenset({RunState.RUNNING, RunState.COMPLETED, RunState.FAILED, RunState.KILLED,
+                                RunState.STOPPED, RunState.LOST, RunState.PENDING}),
+    RunState.LOST: frozenset({RunState.RUNNING, RunState.QUEUED, RunState.COMPLETED, RunState.FAILED,
+                              RunState.KILLED, RunState.STOPPED}),
     RunState.COMPLETED: frozenset(),
     RunState.FAILED: frozenset(),
     RunState.KILLED: frozenset(),
@@ -70,12 +75,27 @@ class Ending:
     reason: str
 
 
+# How a batch host (Slurm) says a job ended that is not the run's own doing or hypd's:
+# the cluster's failures are infrastructure (lost: retried like a run whose host
+# vanished), its limits are the run's.
+HOST_ENDINGS: dict[str, Ending] = {
+    "NODE_FAIL": Ending(RunState.LOST, "its node failed (Slurm NODE_FAIL)"),
+    "BOOT_FAIL": Ending(RunState.LOST, "its node failed to boot (Slurm BOOT_FAIL)"),
+    "PREEMPTED": Ending(RunState.LOST, "preempted by the cluster (Slurm PREEMPTED)"),
+    "TIMEOUT": Ending(RunState.FAILED, "timeout: past its job's time limit (Slurm TIMEOUT)"),
+    "DEADLINE": Ending(RunState.FAILED, "timeout: past its job's deadline (Slurm DEADLINE)"),
+    "OUT_OF_MEMORY": Ending(RunState.FAILED, "out of memory (Slurm OUT_OF_MEMORY)"),
+    "CANCELLED": Ending(RunState.FAILED, "cancelled outside hypd (Slurm CANCELLED)"),
+}
+
+
 def ending(exit_code: int | None, failed_stage: str | None, intent: StopIntent | str | None,
-           timeout_text: str = "") -> Ending:
+           timeout_text: str = "", cause: str | None = None) -> Ending:
     """How a run that is no longer alive ended.
 
     exit_code: from the run's exit file; None when the run left none (its wrapper was
-    killed outright). intent: what hypd had asked for, if anything.
+    killed outright). intent: what hypd had asked for, if anything. cause: how its host
+    says it ended when that was not the run's own exit (a key of HOST_ENDINGS).
     """
     intent = StopIntent(intent) if intent else None
     if exit_code == 0:
@@ -84,6 +104,8 @@ def ending(exit_code: int | None, failed_stage: str | None, intent: StopIntent |
         return Ending(RunState.COMPLETED, "all stages exited 0")
     if intent is StopIntent.KILL:
         return Ending(RunState.KILLED, "killed on request")
+    if cause in HOST_ENDINGS and intent is None:
+        return HOST_ENDINGS[cause]
     if intent is StopIntent.TIMEOUT:
         return Ending(RunState.FAILED, f"timeout{' after ' + timeout_text if timeout_text else ''}")
     if intent is StopIntent.KEEPALIVE:

@@ -80,6 +80,8 @@ class HostCapacity:
     free_mib: tuple[tuple[int, int], ...] = ()  # (GPU index, free memory in MiB), for runs
     #                                             that declare the memory they need
     labels: tuple[str, ...] = ()  # what a study's `hosts = { labels = [...] }` matches
+    job_slots: int | None = None  # a batch host (Slurm): jobs it may still take, of any size;
+    #                               it places them on GPUs hypd does not see
 
 
 @dataclass(frozen=True)
@@ -115,15 +117,21 @@ class _Host:
     order: int
     free_mib: dict[int, int] = field(default_factory=dict)
     labels: tuple[str, ...] = ()
+    jobs: int | None = None  # HostCapacity.job_slots
 
     def usable(self, mem: int) -> list[int]:
         """Distinct GPUs with a slot left (and, when mem > 0, that much memory free)."""
         return [i for i in set(self.gpus) if not mem or self.free_mib.get(i, 0) >= mem]
 
     def fits(self, k: int, mem: int = 0) -> bool:
+        if self.jobs is not None:
+            return self.jobs > 0
         return len(self.usable(mem)) >= k if k else self.cpu > 0
 
     def take(self, k: int, mem: int = 0) -> tuple[int, ...]:
+        if self.jobs is not None:
+            self.jobs -= 1
+            return ()  # its GPUs are the batch host's to choose
         if k == 0:
             self.cpu -= 1
             return ()
@@ -161,17 +169,18 @@ def _best_host(hosts: list[_Host], k: int, mem: int = 0, choice: HostChoice = Ho
     fitting = [h for h in hosts if h.fits(k, mem) and choice.allows(h.name, h.labels)]
     if not fitting:
         return None
+    # Hosts whose GPUs hypd sees first: a batch host's job may wait in its queue.
     if k == 0:
         # CPU work spreads: the host with the most free slots.
-        return min(fitting, key=lambda h: (-h.cpu, h.order))
+        return min(fitting, key=lambda h: (h.jobs is not None, -h.cpu, h.order))
     # GPU work packs: the host with the fewest free GPUs that still fit, so that large
     # free blocks stay whole for runs that need several GPUs.
-    return min(fitting, key=lambda h: (len(set(h.gpus)), h.order))
+    return min(fitting, key=lambda h: (h.jobs is not None, len(set(h.gpus)), h.order))
 
 
 def place(hosts: list[HostCapacity], demands: list[StudyDemand]) -> list[Placement]:
     """Decide which waiting runs (or new trials) start where, now."""
-    free = [_Host(h.host, list(h.free_gpus), h.free_cpu_slots, i, dict(h.free_mib), h.labels)
+    free = [_Host(h.host, list(h.free_gpus), h.free_cpu_slots, i, dict(h.free_mib), h.labels, h.job_slots)
             for i, h in enumerate(hosts) if h.accepting]
     studies = [_Study(d, list(d.waiting), d.can_create) for d in demands]
     out: list[Placement] = []

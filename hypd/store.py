@@ -345,7 +345,7 @@ class Queries:
         sql = """SELECT study, outcome, COUNT(*) FROM (
                    SELECT study, CASE WHEN SUM(state='completed') THEN 'completed'
                                       WHEN SUM(state='stopped') THEN 'stopped'
-                                      WHEN SUM(state='running') THEN 'running'
+                                      WHEN SUM(state IN ('running', 'queued')) THEN 'running'
                                       WHEN SUM(state='pending') THEN 'pending'
                                       ELSE (SELECT l.state FROM runs l WHERE l.study=r.study AND l.trial=r.trial
                                             ORDER BY l.attempt DESC LIMIT 1) END AS outcome
@@ -775,7 +775,7 @@ _UNTOLD_TRIALS = """
       AND r.attempt=(SELECT MAX(attempt) FROM runs a WHERE a.study=t.study AND a.trial=t.trial
                                                        AND a.replicate=r.replicate)
       AND NOT EXISTS (SELECT 1 FROM runs a WHERE a.study=t.study AND a.trial=t.trial
-                                            AND a.state IN ('pending', 'running', 'lost'))
+                                            AND a.state IN ('pending', 'running', 'queued', 'lost'))
     ORDER BY t.trial, r.replicate"""
 
 

@@ -155,3 +155,11 @@ def test_host_capacity_puts_it_together() -> None:
     assert cap.free_cpu_slots == 1
     assert cap.accepting is False
     assert cap.free_mib == ((0, TOTAL - 5000), (1, TOTAL - 1000))
+
+
+def test_a_batch_host_counts_jobs_against_max_jobs_whatever_their_gpus() -> None:
+    rules = HostRules("cluster", max_jobs=3)
+    cap = host_capacity(rules, None, [Holding(()), Holding(())], [])  # queued or running: the same
+    assert cap.job_slots == 1 and cap.free_gpus == () and cap.free_cpu_slots == 0
+    assert host_capacity(rules, None, [Holding(())] * 5, []).job_slots == 0
+    assert host_capacity(HostRules("gpu1", cpu_slots=2), None, [], []).job_slots is None

@@ -20,21 +20,23 @@ from hypd.runstate import (
     ending,
 )
 
-P, R, C, F, K, S, L = (RunState.PENDING, RunState.RUNNING, RunState.COMPLETED, RunState.FAILED,
-                       RunState.KILLED, RunState.STOPPED, RunState.LOST)
+P, R, C, F, K, S, L, Q = (RunState.PENDING, RunState.RUNNING, RunState.COMPLETED, RunState.FAILED,
+                          RunState.KILLED, RunState.STOPPED, RunState.LOST, RunState.QUEUED)
 
 ALLOWED = {
     (P, R), (P, K),
     (R, C), (R, F), (R, K), (R, S), (R, L), (R, P),
     (L, R), (L, C), (L, F), (L, K), (L, S),
+    # a batch host's (Slurm's) queue: in and out of it, and every ending from it
+    (R, Q), (Q, R), (Q, C), (Q, F), (Q, K), (Q, S), (Q, L), (Q, P), (L, Q),
 }
 ALL_PAIRS = list(itertools.product(RunState, RunState))
 
 
 def test_states_and_sets() -> None:
-    assert STATES == ("pending", "running", "completed", "failed", "killed", "stopped", "lost")
+    assert STATES == ("pending", "queued", "running", "completed", "failed", "killed", "stopped", "lost")
     assert TERMINAL == {C, F, K, S}
-    assert LIVE == {R, L}
+    assert LIVE == {R, Q, L}
     assert set(TRANSITIONS) == set(RunState)
     assert str(RunState.LOST) == "lost" and f"{RunState.PENDING}" == "pending"
     assert RunState("running") is R
@@ -64,7 +66,7 @@ def test_forbidden(a: RunState, b: RunState) -> None:
 
 
 def test_forbidden_count() -> None:
-    assert len(ALL_PAIRS) - len(ALLOWED) == 49 - 13
+    assert len(ALL_PAIRS) - len(ALLOWED) == 64 - 22
 
 
 def test_unknown_state_is_a_value_error() -> None:
@@ -151,3 +153,22 @@ def test_stop_intent_values() -> None:
 def test_counts_as_failure(state: RunState, failure: bool) -> None:
     assert counts_as_failure(state) is failure
     assert counts_as_failure(state.value) is failure
+
+
+# ------------------------------------------------------------------ a batch host's endings
+
+@pytest.mark.parametrize("cause, state, words", [
+    ("NODE_FAIL", L, "node failed"), ("BOOT_FAIL", L, "boot"), ("PREEMPTED", L, "preempted"),
+    ("TIMEOUT", F, "timeout"), ("OUT_OF_MEMORY", F, "out of memory"), ("CANCELLED", F, "cancelled outside"),
+])
+def test_a_batch_hosts_ending_says_why(cause: str, state: RunState, words: str) -> None:
+    got = ending(None, None, None, "", cause)
+    assert got.state is state and words in got.reason and cause in got.reason
+    assert ending(143, "train", None, "", cause) == got  # killed by Slurm: its status is not the reason
+
+
+def test_a_batch_hosts_ending_yields_to_a_clean_exit_and_to_hypds_own_intent() -> None:
+    assert ending(0, "-", None, "", "NODE_FAIL").state is C  # its job ended after the run completed
+    assert ending(None, None, StopIntent.KILL, "", "CANCELLED").state is K  # scancel was hypd's
+    assert ending(None, None, StopIntent.TIMEOUT, "10m", "CANCELLED").reason == "timeout after 10m"
+    assert ending(3, "train", None, "", "FAILED") == ending(3, "train", None)  # not a cause: the run's own

@@ -318,3 +318,17 @@ def test_a_memory_need_no_gpu_meets_places_nothing_and_blocks_no_one() -> None:
     big = StudyDemand("big", can_create=1, parallel=1, gpus_per_run=1, gpu_mem_mib=20000)
     cpu = StudyDemand("cpu", can_create=1, parallel=1)
     assert [p.study for p in place([host], [big, cpu])] == ["cpu"]
+
+
+def test_a_batch_host_takes_jobs_up_to_its_slots_without_choosing_gpus() -> None:
+    cluster = HostCapacity("cluster", job_slots=3)
+    out = place([cluster], [S("a", can_create=10, parallel=10, gpus_per_run=2)])
+    assert [(p.host, p.gpus) for p in out] == [("cluster", ())] * 3
+
+
+def test_a_batch_hosts_jobs_count_against_parallel_and_hosts_hypd_sees_come_first() -> None:
+    out = place([HostCapacity("cluster", job_slots=50), H("gpu1", gpus=(0,))],
+                [S("a", can_create=10, parallel=4, running=1, gpus_per_run=1)])
+    assert len(out) == 3 and out[0].host == "gpu1" and [p.host for p in out[1:]] == ["cluster", "cluster"]
+    cpu = place([HostCapacity("cluster", job_slots=5), H("box", cpu=1)], [S("c", can_create=3, parallel=3)])
+    assert [p.host for p in cpu] == ["box", "cluster", "cluster"]

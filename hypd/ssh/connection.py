@@ -12,14 +12,12 @@ from typing import Any
 
 import asyncssh
 
+from hypd.display import one_line
 from hypd.inventory import HostConfig
 
 log = logging.getLogger("hypd.ssh")
 
-
-def one_line(text: object, limit: int = 300) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+__all__ = ["one_line", "exc_text", "remote_path_expr", "Client", "Connector"]
 
 
 def exc_text(exc: BaseException) -> str:

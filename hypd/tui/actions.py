@@ -46,7 +46,7 @@ class DaemonActions:
 
         if ":" in target:
             run = self.runs.get(target, {})
-            if run and run.get("state") not in ("pending", "running", "lost"):
+            if run and run.get("state") not in ("pending", "queued", "running", "lost"):
                 self.notify(f"{target} is {run.get('state')}: nothing to kill", severity="warning")
                 return
             prompt = Content.from_markup("Kill run [b]$target[/b]?", target=target)
@@ -75,7 +75,7 @@ class DaemonActions:
     def retry(self, target: str) -> None:
         if ":" in target:
             run = self.runs.get(target, {})
-            if run.get("state") in ("pending", "running"):
+            if run.get("state") in ("pending", "queued", "running"):
                 self.notify(f"{target} is {run['state']}; kill it first to retry it", severity="warning")
                 return
             self.run_op("retry", _retried, target=target, state=None)

@@ -13,13 +13,14 @@ from typing import Any, Protocol
 
 from hypd.display import runtime, trial_no, where
 
-STATES = ("pending", "running", "completed", "failed", "killed", "stopped", "lost")
-LIVE_STATES = frozenset({"pending", "running", "lost"})
+STATES = ("pending", "queued", "running", "completed", "failed", "killed", "stopped", "lost")
+LIVE_STATES = frozenset({"pending", "queued", "running", "lost"})
 DONE_STATES = frozenset({"completed", "stopped"})
 
 # The style each state is shown in, with Textual theme variables.
 STATE_STYLE = {
     "pending": "$text-muted",
+    "queued": "$text-accent",
     "running": "$text-primary bold",
     "completed": "$text-success",
     "failed": "$text-error bold",

@@ -58,6 +58,12 @@ def host_lines(host: Mapping[str, Any], width: int) -> list[Content]:
     head: list[Any] = [(host.get("name", "?"), "bold"), "  ", (state, state_style)]
     if host.get("why"):
         head.append((f" ({host['why']})", why_style))
+    if "partition" in host:  # a Slurm cluster: its queue, not GPUs hypd sees
+        idle = "?" if host.get("idle_gpus") is None else str(host["idle_gpus"])
+        head += [("  slurm ", muted), f"{host['partition']}", ("  jobs ", muted),
+                 f"{host.get('jobs_running', 0)} running, {host.get('jobs_queued', 0)} queued",
+                 (f" (max {host.get('max_jobs', '?')})", muted), ("  idle GPUs ", muted), idle]
+        return [tight(*head)]
     head += [("  cpu ", muted), bar(used / slots if slots else None, 6, "$primary"), f" {used}/{slots}"]
     if gpus:
         head += [("  ·  ", muted), (gpu_models(gpus), muted)]

@@ -144,6 +144,7 @@ class RunTable(ScrollView, can_focus=True):
         & > .run-table--dim { color: $text-muted; }
         & > .run-table--pending { color: $text-muted; }
         & > .run-table--running { color: $text-primary; text-style: bold; }
+        & > .run-table--queued { color: $text-accent; }
         & > .run-table--completed { color: $text-success; }
         & > .run-table--failed { color: $text-error; text-style: bold; }
         & > .run-table--killed { color: $text-warning; }
