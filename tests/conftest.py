@@ -145,7 +145,9 @@ def kill_leftover_runs(home: Path) -> None:
     if not db.exists():
         return
     with sqlite3.connect(db) as conn:
-        pids = [r[0] for r in conn.execute("SELECT pid FROM runs WHERE pid IS NOT NULL")]
+        # A Slurm run's pid column holds its job id (proc_start 'slurm'): not a process here.
+        pids = [r[0] for r in conn.execute("SELECT pid FROM runs WHERE pid IS NOT NULL "
+                                           "AND proc_start IS NOT 'slurm'")]
     for pid in pids:
         try:
             os.killpg(pid, signal.SIGKILL)

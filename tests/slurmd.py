@@ -44,6 +44,8 @@ def slurm_unavailable() -> str | None:
     for tool, package in ((SLURMCTLD, "slurm-wlm"), (SLURMD, "slurm-wlm"), (MUNGED, "munge")):
         if not os.access(tool, os.X_OK):
             return f"{tool} not found: install {package} (apt-get install -y slurm-wlm munge)"
+    if os.geteuid() != 0:
+        return "the one-node Slurm runs as root (slurmd, and mknod for its GPU devices); run the tests as root"
     if shutil.which("sbatch") is None:
         return "sbatch not found: install slurm-wlm (apt-get install -y slurm-wlm munge)"
     return None
@@ -186,6 +188,22 @@ PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
 
     # ------------------------------------------------------------ for tests
 
+    COMMANDS = ("sbatch", "squeue", "scancel", "sinfo", "sacct", "scontrol")
+
+    def install_commands(self, bin_dir: Path) -> Path:
+        """Slurm's commands in `bin_dir` as a login node has them (configured for this
+        cluster), each call also written to bin_dir/slurm-calls (one name a line): what
+        hypd asked of Slurm, counted from outside. The file is returned."""
+        calls = bin_dir / "slurm-calls"
+        calls.touch()
+        for name in self.COMMANDS:
+            real = shutil.which(name, path="/usr/local/bin:/usr/bin:/bin")
+            script = bin_dir / name
+            script.write_text(f"#!/bin/sh\necho {name} >> {calls}\nexport SLURM_CONF={self.conf}\n"
+                              f"exec {real} \"$@\"\n")
+            script.chmod(0o755)
+        return calls
+
     def sh(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(list(argv), env=self.env, capture_output=True, text=True, check=check, timeout=30)
 
@@ -201,8 +219,8 @@ PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
         self.sh(*argv)
 
     def jobs(self) -> list[str]:
-        """Lines of `squeue` for every job in the queue: "id name state reason"."""
-        out = self.sh("squeue", "-h", "-o", "%i %j %T %r")
+        """Lines of `squeue` for every job Slurm knows (ended ones for MinJobAge): "id name state reason"."""
+        out = self.sh("squeue", "-h", "--states=all", "-o", "%i %j %T %r")
         return [line for line in out.stdout.splitlines() if line.strip()]
 
 

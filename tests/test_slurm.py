@@ -1,0 +1,209 @@
+"""A Slurm cluster as a host, end to end: a real daemon, a real one-node Slurm
+(tests/slurmd.py: slurmctld + slurmd on localhost, 4 GPUs as GRES), the real CLI. The
+login node is this machine (login = "local") or reached over SSH (a real sshd)."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import DaemonProc, use_hosts, wait_for
+from hypd.slurm.config import SlurmConfig
+from tests.slurmd import SlurmCluster, slurm_cluster
+from tests.sshd import SshdCluster
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+STUDY = """
+[study]
+name = "{name}"
+objective = {{ metric = "loss" }}
+algorithm = "grid"
+parallel = {parallel}
+gpus = {gpus}
+retries = {retries}
+[params]
+x = {{ type = "choice", values = {values} }}
+[run]
+command = "echo \\"devices=$CUDA_VISIBLE_DEVICES job=$SLURM_JOB_ID\\"; python3 -u -c 'import time\\nfor i in range({steps}):\\n print(\\"METRICS: step=%d loss=%d\\" % (i, i))\\n time.sleep({sleep})'"
+"""
+
+
+@pytest.fixture(scope="module")
+def slurm() -> Iterator[SlurmCluster]:
+    base = Path(tempfile.mkdtemp(prefix="slurm", dir="/tmp"))
+    with slurm_cluster(base) as c:
+        yield c
+
+
+@pytest.fixture
+def clean_slurm(slurm: SlurmCluster) -> Iterator[SlurmCluster]:
+    """The cluster with its node up and no job of a test before."""
+    yield slurm
+    slurm.sh("scancel", "--user", getpass.getuser(), check=False)
+    if any(word in slurm.node_state() for word in ("down", "drain")):
+        slurm.set_node("resume")
+    wait_for(lambda: not [j for j in slurm.jobs() if j.split()[2] in ("RUNNING", "PENDING", "COMPLETING")],
+             timeout=60, what="the queue to empty")
+
+
+def study(d: DaemonProc, name: str, n: int = 4, gpus: int = 1, parallel: int = 4, steps: int = 10,
+          sleep: float = 0.1, retries: int = 0) -> str:
+    return str(d.write_study(name, STUDY.format(name=name, values=list(range(n)), gpus=gpus, parallel=parallel,
+                                                steps=steps, sleep=sleep, retries=retries)))
+
+
+def use_cluster(d: DaemonProc, slurm: SlurmCluster, **overrides: object) -> Path:
+    """The cluster as the daemon's only host, its login node this machine; Slurm's commands
+    on the daemon's PATH count their calls (the file returned)."""
+    calls = slurm.install_commands(d.home / "bin")
+    values: dict[str, object] = dict(name="cluster", login="local", partition=slurm.partition, max_jobs=10,
+                                     workdir=str(d.home / "cluster"), poll=0.3, lost_after=600.0)
+    values.update(overrides)
+    use_hosts(d, SlurmConfig(**values))  # type: ignore[arg-type]
+    return calls
+
+
+def wait_up(d: DaemonProc) -> None:
+    wait_for(lambda: [h for h in d.call("hosts") if h["name"] == "cluster" and h["state"] == "up"], timeout=30,
+             what="the cluster up")
+
+
+def reports(d: DaemonProc, run: str) -> list[int]:
+    return [r["step"] for r in d.call("metrics", run=run, since=0)["reports"]]
+
+
+def sbatch_calls(calls: Path) -> int:
+    return calls.read_text().split().count("sbatch")
+
+
+def test_runs_queue_while_the_node_is_full_then_complete_with_their_gpus_and_metrics(
+        clean_slurm: SlurmCluster, remote_daemon: DaemonProc) -> None:
+    calls = use_cluster(remote_daemon, clean_slurm)
+    d = remote_daemon.start()
+    wait_up(d)
+    d.cli("submit", study(d, "q", n=5, gpus=2, parallel=5, steps=8, sleep=0.4))
+    seen_queued: set[str] = set()
+    shown: list[str] = []
+
+    def finished() -> bool:
+        for r in d.runs(state="queued"):
+            seen_queued.add(r["reason"])
+            if not shown:
+                shown.append(d.cli("ls", "--state", "queued").stdout + d.cli("hosts").stdout)
+        return all(r["state"] == "completed" for r in d.runs(study="q")) and len(d.runs(study="q")) == 5
+    wait_for(finished, timeout=120, interval=0.2, what="every run to complete")
+    # 4 GPUs, 2 a run: 3 of the 5 waited in Slurm's queue, and showed why
+    assert seen_queued and all(r.startswith("queued: ") for r in seen_queued)
+    assert any(w in " ".join(seen_queued) for w in ("Resources", "Priority")), seen_queued
+    assert "queued (" in shown[0] and "partition gpu" in shown[0] and "queued (max 10)" in shown[0]
+    devices = set()
+    for r in d.runs(study="q"):
+        first = d.cli("logs", r["name"]).stdout.splitlines()[0]
+        assert first.startswith("devices=") and first.count(",") == 1, first  # 2 GPUs, from Slurm
+        devices.add(first.split()[0])
+        assert reports(d, r["name"]) == list(range(8))
+        assert r["exit_code"] == 0 and r["host"] == "cluster"
+    assert devices <= {"devices=0,1", "devices=2,3"}
+    assert sbatch_calls(calls) == 5
+
+
+def test_kill_cancels_a_running_and_a_queued_job(clean_slurm: SlurmCluster, remote_daemon: DaemonProc) -> None:
+    use_cluster(remote_daemon, clean_slurm)
+    d = remote_daemon.start()
+    wait_up(d)
+    d.cli("submit", study(d, "k", n=3, gpus=2, parallel=3, steps=600, sleep=0.1))
+    wait_for(lambda: len(d.runs(state="running")) == 2 and len(d.runs(state="queued")) == 1, timeout=60,
+             what="2 runs running and 1 queued")
+    running, queued = d.runs(state="running")[0]["name"], d.runs(state="queued")[0]["name"]
+    wait_for(lambda: d.run(running)["reports"] > 2, timeout=30, what=f"{running} reporting")
+    d.cli("kill", running)
+    d.cli("kill", queued)
+    for name in (running, queued):
+        r = d.wait_state(name, "killed", timeout=60)
+        assert r["reason"] == "killed on request"
+    jobs = {line.split()[1]: line.split()[2] for line in clean_slurm.jobs()}
+    assert jobs.get(f"hypd:{running}") == "CANCELLED" and jobs.get(f"hypd:{queued}") == "CANCELLED"
+    assert len(d.runs(state="running")) == 1 and len(d.runs(study="k")) == 3  # killed: not retried
+
+
+def test_daemon_sigkill_with_jobs_queued_and_running_adopts_every_job_once(
+        clean_slurm: SlurmCluster, remote_daemon: DaemonProc) -> None:
+    calls = use_cluster(remote_daemon, clean_slurm)
+    d = remote_daemon.start()
+    wait_up(d)
+    d.cli("submit", study(d, "a", n=6, gpus=2, parallel=6, steps=15, sleep=0.4))
+    wait_for(lambda: len(d.runs(state="running")) == 2 and len(d.runs(state="queued")) == 4, timeout=60,
+             what="2 runs running and 4 queued")
+    d.kill9()
+    time.sleep(2)  # jobs go on without the daemon; some end meanwhile
+    d.start()
+    wait_for(lambda: all(r["state"] == "completed" for r in d.runs(study="a")), timeout=180, interval=0.3,
+             what="every run to complete after the restart")
+    assert len(d.runs(study="a")) == 6
+    assert sbatch_calls(calls) == 6  # nothing submitted twice
+    names = [line.split()[1] for line in clean_slurm.jobs() if line.split()[1].startswith("hypd:a:")]
+    assert sorted(names) == sorted(f"hypd:a:{i}" for i in range(1, 7))
+    for r in d.runs(study="a"):
+        assert reports(d, r["name"]) == list(range(15)), r["name"]  # no report lost or doubled
+
+
+def test_a_node_going_down_loses_its_runs_which_are_retried_when_it_is_back(
+        clean_slurm: SlurmCluster, remote_daemon: DaemonProc) -> None:
+    use_cluster(remote_daemon, clean_slurm, sbatch=("--no-requeue",))
+    d = remote_daemon.start()
+    wait_up(d)
+    d.cli("submit", study(d, "n", n=2, gpus=1, parallel=2, steps=400, sleep=0.1, retries=1))
+    for name in ("n:1", "n:2"):
+        d.wait_state(name, "running", timeout=60)
+    wait_for(lambda: d.run("n:1")["reports"] > 2, timeout=30, what="n:1 reporting")
+    clean_slurm.set_node("down")
+    for name in ("n:1", "n:2"):
+        r = d.wait_state(name, "lost", timeout=60)
+        assert "NODE_FAIL" in r["reason"]
+    retries = wait_for(lambda: [r for r in d.runs(study="n") if r["attempt"] == 2 and r["state"] == "queued"]
+                       if len(d.runs(study="n")) == 4 else None, timeout=60, what="the retries queued")
+    assert len(retries) == 2
+    clean_slurm.set_node("resume")
+    for r in retries:
+        d.wait_state(r["name"], "running", timeout=60)
+    assert len(d.runs(study="n")) == 4  # one retry each, nothing more
+
+
+def test_a_job_past_its_time_limit_is_a_timeout(clean_slurm: SlurmCluster, remote_daemon: DaemonProc) -> None:
+    use_cluster(remote_daemon, clean_slurm, sbatch=("--time=1",))  # a minute: Slurm's smallest limit
+    d = remote_daemon.start()
+    wait_up(d)
+    d.cli("submit", study(d, "t", n=1, gpus=1, parallel=1, steps=100000, sleep=0.1))
+    r = d.wait_state("t:1", "failed", timeout=150)
+    assert r["reason"] == "timeout: past its job's time limit (Slurm TIMEOUT)"
+
+
+@pytest.mark.ssh
+def test_the_login_node_over_ssh(clean_slurm: SlurmCluster, cluster: SshdCluster,
+                                 remote_daemon: DaemonProc) -> None:
+    login = cluster.add("login", gpus=None)
+    calls = clean_slurm.install_commands(login.bin_dir)
+    ssh = login.host_config()
+    use_hosts(remote_daemon, SlurmConfig(
+        "cluster", login=f"{ssh.user}@127.0.0.1:{ssh.port}", key=ssh.key, known_hosts=ssh.known_hosts,
+        use_ssh_config=False, partition=clean_slurm.partition, max_jobs=2, workdir=str(login.root), poll=0.3))
+    d = remote_daemon.start()
+    wait_up(d)
+    d.cli("submit", study(d, "s", n=3, gpus=1, parallel=3, steps=10, sleep=0.2))
+    wait_for(lambda: len(d.runs(study="s", state="completed")) == 3, timeout=120, interval=0.3,
+             what="every run to complete")
+    for r in d.runs(study="s"):
+        assert reports(d, r["name"]) == list(range(10))
+        assert Path(r["run_dir"]).is_relative_to(login.root)
+    assert sbatch_calls(calls) == 3
+    hosts = d.cli("hosts").stdout
+    assert f"slurm via {ssh.user}@127.0.0.1:{ssh.port}" in hosts and "partition gpu" in hosts
+    os.kill(login.proc.pid, signal.SIGKILL) if login.proc else None
