@@ -18,23 +18,9 @@ from conftest import DaemonProc, use_hosts, wait_for
 from hypd.slurm.config import SlurmConfig
 from tests.slurmd import SlurmCluster, slurm_cluster
 from tests.sshd import SshdCluster
+from tests.test_e2e_ssh import study  # runs that print their devices, then METRICS step=i loss=i
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
-
-STUDY = """
-[study]
-name = "{name}"
-objective = {{ metric = "loss" }}
-algorithm = "grid"
-parallel = {parallel}
-gpus = {gpus}
-retries = {retries}
-[params]
-x = {{ type = "choice", values = {values} }}
-[run]
-command = "echo \\"devices=$CUDA_VISIBLE_DEVICES job=$SLURM_JOB_ID\\"; python3 -u -c 'import time\\nfor i in range({steps}):\\n print(\\"METRICS: step=%d loss=%d\\" % (i, i))\\n time.sleep({sleep})'"
-"""
-
 
 @pytest.fixture(scope="module")
 def slurm() -> Iterator[SlurmCluster]:
@@ -52,12 +38,6 @@ def clean_slurm(slurm: SlurmCluster) -> Iterator[SlurmCluster]:
         slurm.set_node("resume")
     wait_for(lambda: not [j for j in slurm.jobs() if j.split()[2] in ("RUNNING", "PENDING", "COMPLETING")],
              timeout=60, what="the queue to empty")
-
-
-def study(d: DaemonProc, name: str, n: int = 4, gpus: int = 1, parallel: int = 4, steps: int = 10,
-          sleep: float = 0.1, retries: int = 0) -> str:
-    return str(d.write_study(name, STUDY.format(name=name, values=list(range(n)), gpus=gpus, parallel=parallel,
-                                                steps=steps, sleep=sleep, retries=retries)))
 
 
 def use_cluster(d: DaemonProc, slurm: SlurmCluster, **overrides: object) -> Path:
@@ -107,8 +87,8 @@ def test_runs_queue_while_the_node_is_full_then_complete_with_their_gpus_and_met
     devices = set()
     for r in d.runs(study="q"):
         first = d.cli("logs", r["name"]).stdout.splitlines()[0]
-        assert first.startswith("devices=") and first.count(",") == 1, first  # 2 GPUs, from Slurm
-        devices.add(first.split()[0])
+        assert first.split()[-1].startswith("devices=") and first.count(",") == 1, first  # 2 GPUs, from Slurm
+        devices.add(first.split()[-1])
         assert reports(d, r["name"]) == list(range(8))
         assert r["exit_code"] == 0 and r["host"] == "cluster"
     assert devices <= {"devices=0,1", "devices=2,3"}

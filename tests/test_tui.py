@@ -218,7 +218,7 @@ async def test_filter_by_state_and_study_search_and_sort(daemon: DaemonProc) -> 
         await until(pilot, lambda: table.view == ["mixed:3"], what="the palette's filter")
 
 
-STATE_PRESSES_TO_FAILED = range(("pending", "running", "completed", "failed").index("failed") + 1)
+STATE_PRESSES_TO_FAILED = range(("pending", "queued", "running", "completed", "failed").index("failed") + 1)
 
 
 async def test_the_run_screen_follows_the_log(daemon: DaemonProc) -> None:

@@ -164,7 +164,7 @@ def test_dashboard_hosts_on_a_narrow_terminal(snap_compare: Any) -> None:
 
 def test_dashboard_filtered_and_sorted(snap_compare: Any) -> None:
     """State filter on completed, sorted by objective, ascending."""
-    assert snap_compare(recorded_app(), terminal_size=(120, 32), run_before=then("s", "s", "s", "o", "o", "o", "o"))
+    assert snap_compare(recorded_app(), terminal_size=(120, 32), run_before=then("s", "s", "s", "s", "o", "o", "o", "o"))
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
