@@ -316,6 +316,7 @@ class Attempt:
     exit_size: int = 0
     cause: str | None = None  # Exited.cause
     queued: str | None = None  # why its job waits in its host's queue; None: not queued
+    queued_since: float | None = None  # the last tick's clock when it was queued
     clean: bool = False
     unreachable_since: float | None = None
     keepalive: float | None = None  # the window the run asked for itself (beats its study's)
@@ -346,6 +347,7 @@ class Lifecycle:
         # an attempt left.
         self.trials: dict[tuple[str, int], dict[int, TrialBook]] = {}
         self.hosts_down: dict[str, float] = {}  # host -> since
+        self.clock = 0.0  # the last Tick's time: what a queued attempt's wait is measured by
         self.failed_in_row: dict[str, int] = {}  # study -> runs failed since its last success (or resume)
 
     # ------------------------------------------------------------ what the shell tells first
@@ -534,7 +536,13 @@ class Lifecycle:
             return []
         was, a.queued = a.queued, e.reason
         if e.reason is None:
+            # Its timeout counts from when it runs: the time it waited moves its deadline on.
+            if a.deadline is not None and a.queued_since is not None and self.clock > a.queued_since:
+                a.deadline += self.clock - a.queued_since
+            a.queued_since = None
             return [Record(a.id, RunState.RUNNING, f"left the queue of host {a.host}: running")]
+        if a.queued_since is None:
+            a.queued_since = self.clock
         if was is None:
             return [Record(a.id, RunState.QUEUED, f"queued: {e.reason}")]
         return [Persist(a.id, (("reason", f"queued: {e.reason}"),))]
@@ -682,6 +690,7 @@ class Lifecycle:
         return [Note("info", f"{a.name}: keepalive window set to {format_duration(e.seconds)} by the run")]
 
     def _on_Tick(self, e: Tick) -> list[Action]:
+        self.clock = e.now
         out: list[Action] = []
         for a in list(self.attempts.values()):
             if a.store_retry_at is not None and e.now >= a.store_retry_at:

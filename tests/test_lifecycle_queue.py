@@ -60,9 +60,10 @@ def test_no_timeout_and_no_keepalive_while_queued() -> None:
     lc.handle(Queued(1, "Resources"))
     for now in (1.0, 20.0, 40.0):
         assert lc.handle(Tick(now)) == []
-    lc.handle(Queued(1, None))
-    out = lc.handle(Tick(41.0))
-    assert [a.intent for a in out if hasattr(a, "intent")] == [] and any(isinstance(a, Persist) for a in out)
+    lc.handle(Queued(1, None))  # queued from 0 to 40 s: its deadline moves from 10 to 50 s
+    assert lc.handle(Tick(41.0)) == []
+    out = lc.handle(Tick(50.0))
+    assert [a.fields[0] for a in out if isinstance(a, Persist)] == [("stop_intent", "timeout")]
 
 
 def test_node_failure_is_lost_and_retried_and_frees_its_slot() -> None:
@@ -104,3 +105,15 @@ def test_a_lost_run_whose_job_the_cluster_ended_as_lost_is_not_recorded_twice() 
     out = lc.handle(Exited(1, None, None, 0, cause="NODE_FAIL"))
     assert records(out) == [] and not [a for a in out if isinstance(a, Retry)]
     assert lc.handle(Cleaned(1)) == [Unwatch(1, "cluster"), Release(1, "cluster", ())]
+
+
+def test_time_waiting_in_the_queue_does_not_count_against_the_timeout() -> None:
+    lc = Lifecycle({"s": StudyRules()})
+    lc.handle(Tick(0.0))
+    launched(lc, deadline=10.0)
+    lc.handle(Queued(1, "Priority"))
+    lc.handle(Tick(100.0))
+    lc.handle(Queued(1, None))  # ran from 100 s on: its 10 s end at 110 s
+    assert lc.attempts[1].deadline == 110.0
+    assert lc.handle(Tick(105.0)) == []
+    assert [a for a in lc.handle(Tick(111.0)) if isinstance(a, Persist) and a.fields[0] == ("stop_intent", "timeout")]

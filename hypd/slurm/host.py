@@ -160,7 +160,7 @@ class SlurmHost(Host):
         if acct:
             request["sacct"] = sc.sacct_argv(acct)
         now = time.monotonic()
-        if now - self._sinfo_at >= SINFO_EVERY:
+        if not acct and now - self._sinfo_at >= SINFO_EVERY:  # at most 2 Slurm commands a tick
             self._sinfo_at = now
             request["sinfo"] = sc.sinfo_argv(self.config.partition)
         answer = await self._probe(request)
