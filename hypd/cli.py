@@ -309,7 +309,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         result = c.call("submit", path=str(path.resolve()), text=text, as_name=args.as_name)
     for warning in result["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
-    if result["continued"]:
+    if result["continued"] and result["queued"]:
+        print(f"study {result['study']} continues: {result['queued']} new trials queued")
+    elif result["continued"]:
         print(f"study {result['study']} continues (same search space)")
     elif result["queued"]:
         print(f"study {result['study']} submitted: {result['queued']} trials queued")

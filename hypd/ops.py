@@ -117,8 +117,9 @@ class Ops:
             await self.store.update_study_source(spec.name, path, stored_text, base_dir)
             await self.studies.set_paused(existing, False)
             self.runs.core.resumed(spec.name)
-            # A larger max_trials, or a study stored by an older hypd without its trials
-            # (killed mid-submit): what the search has not queued yet, now.
+            # A grid with new values or a larger max_trials, a random study with a larger
+            # max_trials, a study stored by an older hypd without its trials (killed
+            # mid-submit): the trials the search has not queued yet, now.
             rows = await self.studies.top_up(existing)
             self._queue(spec.name, rows)
             await self.publish_study(spec.name)
@@ -423,7 +424,9 @@ def _trials(runs: list[dict[str, Any]]) -> int:
 
 def _space_change(old: StudySpec, new: StudySpec) -> str:
     """What differs between two studies' search spaces, or '' if nothing does."""
-    if old.params != new.params:
+    if old.params != new.params and not (old.algorithm == new.algorithm == "grid"
+                                         and [p.name for p in old.params] == [p.name for p in new.params]):
+        # (A grid may take other values for its parameters: its new points are added.)
         before = {p.name: p for p in old.params}
         after = {p.name: p for p in new.params}
         changed = sorted(n for n in before.keys() | after.keys() if before.get(n) != after.get(n))

@@ -16,7 +16,7 @@ import json
 import math
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from hypd.study import (
@@ -64,6 +64,12 @@ class Suggester(ABC):
         """Take an edited study file whose search space is unchanged (a new max_trials,
         seed, early_stop, ...); the next calls follow it."""
         self.spec = spec
+
+    def extend(self, existing: Sequence[Mapping[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+        """(A search that is not adaptive, resubmitted with more values or a larger
+        max_trials.) The trials it has not proposed yet; `existing`: the parameters of the
+        study's trials so far."""
+        return []
 
     def report(self, trial: int, step: int, values: Mapping[str, float]) -> None:
         """An intermediate report of a running trial (for early stopping)."""
@@ -157,6 +163,9 @@ class _Enumerated(Suggester):
     def point(self, index: int) -> dict[str, Any] | None:
         raise NotImplementedError
 
+    def extend(self, existing: Sequence[Mapping[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+        return self.ask(max(0, self.budget() - self.next_trial))  # the sequence goes on where it was
+
     def dump(self) -> str:
         return json.dumps({"algorithm": self.spec.algorithm, "next_trial": self.next_trial,
                            "next_point": self.next_point, "attached": self.attached})
@@ -174,6 +183,27 @@ class GridSearch(_Enumerated):
         super().__init__(spec)
         self.axes = grid_axes(spec.params, spec.max_trials)
 
+    def update_spec(self, spec: StudySpec) -> None:
+        super().update_spec(spec)
+        self.axes = grid_axes(spec.params, spec.max_trials)
+
+    def extend(self, existing: Sequence[Mapping[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+        """The grid's points (as its file now says: new values, a larger max_trials) that
+        no trial has yet, in grid order and within max_trials; a point is a trial once."""
+        seen = {_point_key(p) for p in existing}
+        out = []
+        for index in range(self.size()):
+            if self.next_trial >= self.budget():
+                break
+            params = self.point(index)
+            if params is None or _point_key(params) in seen:
+                continue
+            seen.add(_point_key(params))
+            out.append((self.next_trial, params))
+            self.next_trial += 1
+        self.next_point = self.size()
+        return out
+
     def size(self) -> int:
         return math.prod(len(a) for a in self.axes)
 
@@ -185,6 +215,10 @@ class GridSearch(_Enumerated):
             index, i = divmod(index, len(axis))
             values.append(axis[i])
         return {p.name: v for p, v in zip(self.spec.params, reversed(values))}
+
+
+def _point_key(params: Mapping[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True)
 
 
 class RandomSearch(_Enumerated):

@@ -356,6 +356,11 @@ class Queries:
             out.setdefault(study, {})[outcome] = n
         return out
 
+    async def trial_params(self, study: str) -> list[dict[str, Any]]:
+        """The parameters of each of the study's trials, in trial order."""
+        rows = await self.reader.execute_fetchall("SELECT params FROM trials WHERE study=? ORDER BY trial", (study,))
+        return [json.loads(p) for (p,) in rows]
+
     async def trial_count(self, study: str) -> int:
         ((n,),) = await self.reader.execute_fetchall("SELECT COUNT(*) FROM trials WHERE study=?", (study,))
         return int(n)

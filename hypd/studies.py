@@ -22,7 +22,7 @@ from hypd.runstate import RunState
 from hypd.search import SearchError, Suggester
 from hypd.searchworker import SearchWorker, open_suggester
 from hypd.store import Store, StudyRow
-from hypd.study import MAX_TRIALS, StudyError, StudySpec, parse_study
+from hypd.study import StudyError, StudySpec, parse_study
 
 log = logging.getLogger("hypd.studies")
 
@@ -102,12 +102,12 @@ class Studies:
 
     async def top_up(self, rt: StudyRuntime) -> list[dict[str, Any]]:
         """A search that is not adaptive has every trial up to its budget queued: the
-        missing ones now (after a larger max_trials, or for a study stored without its
-        trials). Returns the new runs."""
-        missing = rt.suggester.budget() - rt.trials
-        if rt.suggester.adaptive or missing <= 0:
+        missing ones now (after a larger max_trials, a grid's new values, or for a study
+        stored without its trials; a grid's points that have a trial are not proposed
+        again). Returns the new runs."""
+        if rt.suggester.adaptive or (rt.suggester.budget() <= rt.trials and rt.spec.algorithm != "grid"):
             return []
-        return await self.new_trials(rt, min(missing, MAX_TRIALS))
+        return await self.new_trials(rt, extend=True)
 
     def forget(self, name: str) -> None:
         """A study removed from the store (`hypd rm`)."""
@@ -151,12 +151,16 @@ class Studies:
                         await self._store_state(rt)
 
     async def new_trials(self, rt: StudyRuntime, count: int | None = None,
-                         params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Ask the search for `count` trials, or attach a hand-given one, and store the
-        trials with the search's new state in one transaction: a crash never leaves the
-        search with trials hypd does not know of."""
+                         params: dict[str, Any] | None = None, extend: bool = False) -> list[dict[str, Any]]:
+        """Ask the search for `count` trials, or attach a hand-given one, or (`extend`) the
+        trials a resubmitted grid or random study adds, and store the trials with the
+        search's new state in one transaction: a crash never leaves the search with trials
+        hypd does not know of."""
         async with rt.lock:
-            if params is None:
+            if extend:
+                existing = await self.store.trial_params(rt.spec.name)
+                trials = await asyncio.to_thread(rt.suggester.extend, existing)
+            elif params is None:
                 trials = await asyncio.to_thread(rt.suggester.ask, count)
             else:
                 trials = [(await asyncio.to_thread(rt.suggester.attach, params), params)]

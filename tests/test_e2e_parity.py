@@ -8,7 +8,7 @@ import sqlite3
 
 import pytest
 
-from conftest import DaemonProc
+from conftest import DaemonProc, wait_for
 from hypd.replicates import mean_and_sem
 from hypd.search import load_suggester
 from hypd.study import parse_study
@@ -129,3 +129,43 @@ def test_the_search_is_told_each_trial_once_as_its_replicates_mean_and_sem(daemo
     expected = sorted(mean_and_sem([o for t, o in results if t == trial]) for trial in {t for t, _ in results})
     told_ax = sorted(zip(data["mean"], data["sem"]))
     assert [x for pair in told_ax for x in pair] == pytest.approx([x for pair in expected for x in pair])
+
+
+def test_a_grid_resubmitted_with_more_values_runs_only_its_new_points(daemon: DaemonProc) -> None:
+    grid = """
+        [study]
+        name = "sweep"
+        objective = {{ metric = "loss" }}
+        algorithm = "grid"
+        {max_trials}
+        parallel = 4
+        [params]
+        lr = {{ values = {lrs} }}
+        x = {{ type = "float", low = 0.0, high = 1.0 }}
+        [run]
+        command = "python3 -c 'print(\\"METRICS: loss=%g\\" % ({{lr}} + {{x}}))'"
+    """
+    path = daemon.write_study("sweep", grid.format(lrs="[0.1, 0.2]", max_trials="max_trials = 4"))
+    assert "4 trials queued" in daemon.cli("submit", str(path)).stdout
+    daemon.wait_finished("sweep")
+    daemon.write_study("sweep", grid.format(lrs="[0.1, 0.2, 0.3]", max_trials="max_trials = 6"))
+    assert "continues: 2 new trials queued" in daemon.cli("submit", str(path)).stdout
+    wait_for(lambda: len(daemon.runs(study="sweep")) == 6, what="the new points to be queued")
+    daemon.wait_finished("sweep")
+    # A larger max_trials: x gets a third point (0.5) on every lr; 0.0 and 1.0 are kept.
+    daemon.write_study("sweep", grid.format(lrs="[0.1, 0.2, 0.3]", max_trials="max_trials = 9"))
+    assert "continues: 3 new trials queued" in daemon.cli("submit", str(path)).stdout
+    wait_for(lambda: len(daemon.runs(study="sweep")) == 9, what="the new points to be queued")
+    daemon.wait_finished("sweep")
+    runs = daemon.runs(study="sweep")
+    points = sorted((r["params"]["lr"], r["params"]["x"]) for r in runs)
+    assert points == [(lr, x) for lr in (0.1, 0.2, 0.3) for x in (0.0, 0.5, 1.0)]  # each once
+    assert {r["state"] for r in runs} == {"completed"}
+    board = daemon.cli_json("leaderboard", "sweep")["runs"]
+    assert len(board) == 9 and board[0]["params"] == {"lr": 0.1, "x": 0.0}
+    assert "continues (same search space)" in daemon.cli("submit", str(path)).stdout  # nothing new
+    assert len(daemon.runs(study="sweep")) == 9
+    renamed = daemon.write_study("sweep", grid.format(lrs="[0.1]", max_trials="max_trials = 2").replace("lr =", "rate =")
+                                 .replace("{lr}", "{rate}"))
+    refused = daemon.cli("submit", str(renamed), check=False)  # other parameters: another study
+    assert refused.returncode == 6 and "--as" in refused.stderr

@@ -130,6 +130,34 @@ def test_grid_dump_and_resume():
     assert first + rest == whole
 
 
+def test_a_grid_given_more_values_proposes_only_its_new_points():
+    grid = make_suggester(study('lr = { values = [0.1, 0.2] }\nb = { values = ["x", "y"] }', "grid"))
+    first = grid.ask(100)
+    grid.update_spec(study('lr = { values = [0.1, 0.2, 0.3] }\nb = { values = ["x", "y"] }', "grid"))
+    more = grid.extend([p for _, p in first])
+    assert [(t, p) for t, p in more] == [(4, {"lr": 0.3, "b": "x"}), (5, {"lr": 0.3, "b": "y"})]
+    assert grid.extend([p for _, p in first + more]) == []  # nothing twice
+    resumed = load_suggester(grid.spec, grid.dump())
+    assert resumed.ask(10) == [] and resumed.extend([p for _, p in first + more]) == []
+
+
+def test_a_grid_given_a_larger_max_trials_proposes_the_points_it_adds():
+    grid = make_suggester(study('x = { type = "float", low = 0.0, high = 1.0 }', "grid", extra="max_trials = 2"))
+    first = grid.ask(100)
+    assert [p["x"] for _, p in first] == [0.0, 1.0]
+    grid.update_spec(study('x = { type = "float", low = 0.0, high = 1.0 }', "grid", extra="max_trials = 3"))
+    assert grid.extend([p for _, p in first]) == [(2, {"x": 0.5})]  # 0 and 1 are kept, not run again
+
+
+def test_a_random_study_with_a_larger_max_trials_goes_on_with_its_sequence():
+    spec = study(MIXED, "random", extra="max_trials = 6")
+    whole = make_suggester(spec).ask(6)
+    rs = make_suggester(study(MIXED, "random", extra="max_trials = 4"))
+    first = rs.ask(10)
+    rs.update_spec(spec)
+    assert first + rs.extend([p for _, p in first]) == whole
+
+
 # ---------------------------------------------------------------- random
 
 def test_random_values_inside_space():
