@@ -156,6 +156,10 @@ class Daemon:
         """What the socket does not wait for: each study's search (the first Ax study
         imports Ax: seconds), then adopting the runs that went on meanwhile, then placing."""
         began = time.monotonic()
+        assert self.store is not None
+        if built := await self.store.build_metric_stats():
+            log.info("built the per-metric summaries of %d stored reports (once) in %.1f s", built,
+                     time.monotonic() - began)
         await self.studies.load()
         await self.runs.recover()
         tg.create_task(self.runs.serve(), name="runs")

@@ -524,7 +524,7 @@ class Store(Queries):
                 check_pages(path, [str(r[0]) for r in db.execute("PRAGMA quick_check").fetchall()])
                 db.executescript(SCHEMA)
                 _add_columns(db)
-                _build_metric_stats(db)
+                _mark_metric_stats(db)
             except sqlite3.DatabaseError as exc:
                 if getattr(exc, "sqlite_errorcode", 0) & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
                     raise DamagedStore(f"{path} is damaged ({exc}); {way_out(path)}") from exc
@@ -718,6 +718,12 @@ class Store(Queries):
 
         await self.writer.transaction(add)
 
+    async def build_metric_stats(self) -> int:
+        """Once, for a store made before per-metric summaries were kept: build them from
+        the stored reports (seconds for millions of them; on the writer's thread, with the
+        socket already answering). Returns how many reports were read (0: nothing to do)."""
+        return await self.writer.transaction(_build_metric_stats)
+
     async def set_told(self, study: str, trial: int, told: str) -> None:
         await self.write("UPDATE trials SET told=? WHERE study=? AND trial=?", (told, study, trial))
 
@@ -813,27 +819,32 @@ def _store_stats(db: sqlite3.Connection, run_id: int, stats: Mapping[str, list[A
         [(run_id, name, *s) for name, s in stats.items()])
 
 
-def _build_metric_stats(db: sqlite3.Connection) -> None:
-    """Once, for a store made before metric_stats: build it from the stored reports."""
+def _mark_metric_stats(db: sqlite3.Connection) -> None:
+    """A store with no reports yet has all its (no) summaries: nothing to build later."""
+    if db.execute("SELECT 1 FROM reports LIMIT 1").fetchone() is None:
+        db.execute("INSERT OR IGNORE INTO meta VALUES ('metric_stats', '1')")
+
+
+def _build_metric_stats(db: sqlite3.Connection) -> int:
+    """(In a transaction.) Once, for a store made before metric_stats: build it from every
+    stored report; returns how many reports were read (0: it was built already)."""
     if db.execute("SELECT 1 FROM meta WHERE key='metric_stats'").fetchone():
-        return
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        run: int | None = None
-        stats: dict[str, list[Any]] = {}
-        for run_id, seq, step, data in db.execute("SELECT run_id, seq, step, data FROM reports ORDER BY run_id, seq"):
-            if run_id != run:
-                if run is not None:
-                    _store_stats(db, run, stats)
-                run, stats = run_id, {}
-            _fold_stats(stats, seq, step, json.loads(data))
-        if run is not None:
-            _store_stats(db, run, stats)
-        db.execute("INSERT INTO meta VALUES ('metric_stats', '1')")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
+        return 0
+    db.execute("DELETE FROM metric_stats")
+    run: int | None = None
+    stats: dict[str, list[Any]] = {}
+    count = 0
+    for run_id, seq, step, data in db.execute("SELECT run_id, seq, step, data FROM reports ORDER BY run_id, seq"):
+        if run_id != run:
+            if run is not None:
+                _store_stats(db, run, stats)
+            run, stats = run_id, {}
+        _fold_stats(stats, seq, step, json.loads(data))
+        count += 1
+    if run is not None:
+        _store_stats(db, run, stats)
+    db.execute("INSERT INTO meta VALUES ('metric_stats', '1')")
+    return count
 
 
 def _insert_trials(db: sqlite3.Connection, study: str, trials: Sequence[tuple[int, Mapping[str, Any]]],

@@ -85,6 +85,9 @@ async def test_a_store_made_before_summaries_gets_them_built_once(tmp_path: Path
         db.execute("DELETE FROM meta WHERE key='metric_stats'")
     store = await Store.open(path)
     try:
+        assert await store.metric_summary(run_id) == {}  # built after the socket answers, not at open
+        assert await store.build_metric_stats() == 5
+        assert await store.build_metric_stats() == 0  # once
         assert await store.metric_summary(run_id) == before
         await report(store, run_id, [(10, {"loss": -2.0})])
         assert (await store.metric_summary(run_id))["loss"]["min"] == -2.0
