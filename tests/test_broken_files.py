@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -117,15 +116,14 @@ def test_a_store_that_lost_its_wal_says_so_and_no_run_reuses_a_lost_runs_folder(
     assert daemon.output().count("has lost data") == 1
 
 
-def test_a_deleted_store_beside_its_record_is_said_so(daemon: DaemonProc, daemon_env: dict[str, str]) -> None:
+def test_a_deleted_store_beside_its_record_is_said_so(daemon: DaemonProc) -> None:
     filled_store(daemon)
     daemon.stop()
     os.unlink(daemon.home / "hypd.db")
-    proc = subprocess.Popen([sys.executable, "-m", "hypd", "serve"], env=daemon_env, stderr=subprocess.PIPE,
-                            text=True)
+    started = daemon.cli("serve", "--detach")  # says what the daemon said at start
     try:
-        wait_for(lambda: "lost data" in (daemon.home / "daemon.log").read_text(), 30, what="the warning")
+        assert "warning:" in started.stderr and "has lost data" in started.stderr, started
+        assert "runs #1-#3" in started.stderr and "1 of 1 studies" in started.stderr, started
     finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    assert "runs #1-#3" in err and "1 of 1 studies" in err, err
+        daemon.cli("stop", check=False)
+        wait_for(lambda: not (daemon.home / "run" / "hypd.sock").exists(), 30, what="the daemon to stop")

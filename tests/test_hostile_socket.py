@@ -3,6 +3,7 @@ and the daemon carry on, and subscribers that never read cost a bounded amount o
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -200,3 +201,23 @@ def test_subscribers_that_never_read_are_dropped_and_told_why_on_their_next_subs
     growth = peak - before
     assert growth < 3 * MAX_BEHIND / (1 << 20) + 32 < OUTPUT / (1 << 20) / 3, f"RSS {before:.0f} -> peak {peak:.0f} MiB"
     wait_for(lambda: daemon.call("ping"), 5)
+
+
+async def test_the_dashboard_says_when_its_client_was_dropped(daemon: DaemonProc) -> None:
+    """The notice goes to the client process that fell behind: here this test's own, whose
+    sleeping subscriber is dropped first; the dashboard's next subscribe shows it."""
+    from tests.test_tui import SIZE, app_for, until
+
+    subscribe = b'{"v":1,"id":1,"op":"subscribe","args":{"topics":["log"]}}\n'
+    sleeper = RawConnection(daemon.home, rcvbuf=4096)
+    assert sleeper.ask(subscribe)["ok"] is True
+    path = daemon.write_study("chatty", CHATTY.format(name="chatty", lines=40_000))  # 40 MB > MAX_BEHIND
+    await asyncio.to_thread(daemon.call, "submit", path=str(path), text=path.read_text(), as_name=None)
+    await asyncio.to_thread(daemon.wait_finished, "chatty")
+    sleeper.close()
+    assert "dropped a subscriber" in (daemon.home / "daemon.log").read_text()
+    app = app_for(daemon)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await until(pilot, lambda: app.loaded, what="the load")
+        toasts = [n.message for n in app._notifications]
+        assert any(t.startswith("dropped: you fell") and "MiB behind" in t for t in toasts), toasts
