@@ -109,8 +109,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
     """The newest runs first, a page of them unless --all: the daemon reads them from an
     index and sends only the fields shown, so `ls` stays fast with 100,000 runs stored."""
     limit = None if args.all else (args.limit if args.limit is not None else LS_PAGE)
+    if limit is not None and limit < 0:
+        raise CliError(f"--limit {limit}: give 0 or more runs", ExitCode.USAGE)
+    ask = None if limit is None else min(limit, 1 << 62) + 1  # one more: are there more?
     with connect() as c:
-        runs = c.call("ls", state=args.state, study=args.study, limit=None if limit is None else limit + 1,
+        runs = c.call("ls", state=args.state, study=args.study, limit=ask,
                       newest_first=True, fields=None if args.json or args.tsv else TABLE_FIELDS,
                       archived=args.archived)
     if limit is not None and len(runs) > limit:

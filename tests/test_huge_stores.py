@@ -143,13 +143,16 @@ async def fill(home: Path, runs: int, reports: int) -> None:
         await store.close()
 
 
-def whole(daemon: DaemonProc, *args: str, repeat: int = 5) -> float:
-    times = []
+def side_by_side(daemon: DaemonProc, a: list[str], b: list[str], repeat: int = 7) -> tuple[float, float]:
+    """Median seconds of two whole CLI commands, run in turns (so a burst of load on this
+    shared machine falls on both)."""
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeat):
-        t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "hypd", *args], env=daemon.env, capture_output=True, check=True)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for args, out in ((a, times[0]), (b, times[1])):
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "hypd", *args], env=daemon.env, capture_output=True, check=True)
+            out.append(time.perf_counter() - t)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 @pytest.mark.slow
@@ -165,14 +168,15 @@ def test_ls_pages_the_newest_runs_and_sends_only_what_it_shows(daemon_env: dict[
         assert len(lines) == 101 and "--all or --limit N" in shown.stderr
         assert len(daemon.cli_json("ls", "--state", "pending", "--all")) == 4001
         assert [r["id"] for r in daemon.cli_json("ls", "--limit", "2")] == ["small:1", "big:20000"]
+        assert daemon.cli("ls", "--limit", "-1", check=False).returncode == 2
+        assert daemon.cli_json("ls", "--limit", "0") == []
         rows = daemon.call("ls", state="pending", study=None, limit=3, newest_first=True,
                            fields=["name", "state"])
         assert mismatch(REPLIES["ls"], rows) is None
         assert {k for r in rows for k in r} == {"name", "study", "run_no", "state"}
         # The page comes from an index: 20,000 runs answer as fast as one.
-        pending = whole(daemon, "ls", "--state", "pending")
-        one = whole(daemon, "ls", "--study", "small")
-        assert pending < 1.5 * one, (pending, one)
+        pending, one = side_by_side(daemon, ["ls", "--state", "pending"], ["ls", "--study", "small"])
+        assert pending < 2 * one, (pending, one)  # (all 4,001 of them, every field: 4x and more)
         # Every run in one reply: read and encoded off the event loop, which answers meanwhile.
         waits: list[float] = []
         stop = threading.Event()
@@ -195,7 +199,7 @@ def test_ls_pages_the_newest_runs_and_sends_only_what_it_shows(daemon_env: dict[
             stop.set()
             pinger.join()
         assert len(rows) == 20_001
-        assert max(waits) < 0.25 * took, (max(waits), took)
+        assert max(waits) < 0.35 * took, (max(waits), took)  # (on the loop: most of it)
     finally:
         daemon.stop()
 
@@ -217,8 +221,8 @@ def test_info_on_a_run_with_many_reports_is_a_summary_and_a_page(daemon_env: dic
         text = daemon.cli("info", "-v", "--reports", "3", "big:1").stdout
         assert "(200000 reports)" in text and "the last 3 of 200000" in text
         assert "loss" in text.split("metrics    (over every report)")[1]
-        big, small = whole(daemon, "info", "big:1"), whole(daemon, "info", "small:1")
-        assert big < 1.5 * small, (big, small)
+        big, small = side_by_side(daemon, ["info", "big:1"], ["info", "small:1"])
+        assert big < 2 * small, (big, small)
         tsv = daemon.cli("metrics", "big:1").stdout.splitlines()
         assert tsv[0] == "step\tloss\tacc" and len(tsv) == 200_001 and tsv[-1].startswith("199999\t")
     finally:
