@@ -169,6 +169,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"run_dir    {r['run_dir'] or '-'}",
         f"log        {r['log_path'] or '-'}",
     ]
+    if info.get("artifacts"):
+        lines.append(f"artifacts  {artifacts_line(info['artifacts'], r, [])}")
     failed = r["state"] in ("failed", "lost")
     if failed or r.get("exit_code") is not None:
         lines.append(f"exit       {fmt_exit(r['exit_code'], r.get('exit_stage'))}")
@@ -375,6 +377,7 @@ def cmd_best(args: argparse.Namespace) -> int:
     obs = best["observed"]
     if obs:
         print(f"observed best  {obs['name']}  {best['metric']}={fmt_number(obs['objective'])}  {fmt_params(obs['params'])}")
+        print(f"artifacts      {artifacts_line(best.get('artifacts'), obs, best.get('fetch') or [])}")
     else:
         print("observed best  - (no results yet)")
     predicted = best["predicted"]
@@ -384,6 +387,29 @@ def cmd_best(args: argparse.Namespace) -> int:
         for item in predicted.get("pareto") or [predicted]:
             preds = "  ".join(f"{k}={fmt_number(v[0])}±{fmt_number(v[1])}" for k, v in item.get("prediction", {}).items())
             print(f"predicted best {fmt_params(item.get('params', {}))}  {preds}")
+    return 0
+
+
+def artifacts_line(record: dict[str, Any] | None, run: dict[str, Any], fetch: list[str]) -> str:
+    """Where a run's artifacts are: fetched here, the fetch's failure, or its folder on its host."""
+    on_host = f"{run['host']}:{run['run_dir']}" if run.get("run_dir") else "-"
+    if record is None:
+        return (f"not fetched (yet): hypd pull {run['name']}  (on {on_host})" if fetch else
+                f"{on_host}  (the run's folder; [run] fetch = [...] copies files back here)")
+    if record["error"]:
+        return f"fetch failed: {record['error']}  (hypd pull {run['name']} tries again; on {on_host})"
+    files = ", ".join(record["files"]) or "none"
+    missing = f"; nothing matched {', '.join(record['missing'])}" if record["missing"] else ""
+    return f"{record['dir']}  ({files}{missing})"
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    with connect() as c:
+        record = c.call("pull", run=args.run)
+    for rel in record["files"]:
+        print(f"{record['dir']}/{rel}")
+    if record["missing"]:
+        print(f"nothing matched {', '.join(record['missing'])} in {record['host']}:{record['run_dir']}", file=sys.stderr)
     return 0
 
 
@@ -790,6 +816,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("best", cmd_best, "observed best run, and the model's predicted best parameters")
     sp.add_argument("study")
     sp.add_argument("--json", action="store_true")
+    sp = add("pull", cmd_pull, "copy a run's artifacts ([run] fetch) back from its host now")
+    sp.add_argument("run", metavar="STUDY:N")
     sp = add("suggest", cmd_suggest, "queue a hand-picked trial (NAME=VALUE ...)")
     sp.add_argument("study")
     sp.add_argument("values", nargs="+", metavar="NAME=VALUE")

@@ -26,6 +26,7 @@ from typing import Any
 
 from hypd import __version__, ipc
 from hypd import lifecycle as lc
+from hypd.artifacts import Fetcher
 from hypd.budget import StudyBudget
 from hypd.config import Config, load_config
 from hypd.dispatch import Dispatcher
@@ -120,6 +121,8 @@ class Daemon:
                            lambda: sorted(n for n, h in self.registry.all().items() if h.in_inventory),
                            self._host_labels)
             self.budget = StudyBudget(self.ops)
+            self.fetcher = Fetcher(store, studies, self.registry.all, self.home, self.ops._run)
+            self.runs.released_run = self.fetcher.after_release
             self.studies = studies
             server = Server(self.socket_path, self.home, self.bus, self._handler)
             # The socket answers at once; studies load behind it (see _handler).
@@ -228,7 +231,7 @@ class Daemon:
         return await self.ops.op_ping()
 
     def _handler(self, op: str) -> Callable[..., Any]:
-        for part in (self, self.ops, self.budget, self.registry):
+        for part in (self, self.ops, self.budget, self.fetcher, self.registry):
             method = getattr(part, f"op_{op}", None)
             if method is not None:
                 break

@@ -24,6 +24,7 @@ from typing import Any
 
 from hypd import lifecycle as lc
 from hypd import watchproto as wp
+from hypd.artifacts import FetchResult, copy_local
 from hypd.capacity import HostRules
 from hypd.config import LocalHostConfig
 from hypd.gpus import GpuSnapshot, LocalGpuProbe
@@ -128,6 +129,12 @@ class Host(ABC):
     async def prepare_study(self, spec: StudySpec) -> str:
         """Make the study's code available on the host; the workdir runs use there.
         HostError if it cannot."""
+
+    async def fetch(self, run_dir: str, patterns: tuple[str, ...], dest: Path) -> FetchResult:
+        """Copy what `patterns` (globs relative to the run's folder on the host) match into
+        `dest` on this machine, keeping their paths under the run's folder. HostError if
+        it cannot (the host down, a copy that failed)."""
+        raise HostError(f"host {self.name} cannot copy files back")
 
     # ------------------------------------------------------------ runs
 
@@ -274,6 +281,14 @@ class LocalHost(Host):
 
     async def prepare_study(self, spec: StudySpec) -> str:
         return spec.workdir
+
+    async def fetch(self, run_dir: str, patterns: tuple[str, ...], dest: Path) -> FetchResult:
+        """A copy when the run's folder is not `dest` (output_dir elsewhere); when it is,
+        the files are already there and are only listed."""
+        try:
+            return await asyncio.to_thread(copy_local, Path(run_dir), patterns, dest)
+        except OSError as exc:
+            raise HostError(f"copying {run_dir} to {dest}: {exc.strerror or exc}") from None
 
     async def serve(self, sink: Sink) -> None:
         self._sink = sink

@@ -93,6 +93,7 @@ OPS: dict[str, dict[str, Arg]] = {
     "archive": {"study": Arg(str), "undo": Arg(bool, False)},
     # files: its logs and the run folders on this machine too
     "rm": {"study": Arg(str), "files": Arg(bool, False)},
+    "pull": {"run": Arg(str)},  # copy the run's artifacts ([run] fetch) back now
     "hosts": {},
     # options: any hosts.toml key (gpus, max_per_gpu, key, workdir, setup, known_hosts, labels, ...)
     "hosts_add": {"name": Arg(str), "target": Arg(str), "options": Arg(dict, {})},
@@ -175,7 +176,19 @@ class Report(TypedDict):
 Transition = TypedDict("Transition", {"at": float, "from": str | None, "to": str, "reason": str})
 
 
-class RunInfo(TypedDict):
+class Artifacts(TypedDict):
+    """What the last fetch of a run's artifacts ([run] fetch) did."""
+
+    dir: str  # the run's folder on this machine, where they are
+    files: list[str]  # paths under the run's folder (a folder counts as one)
+    missing: list[str]  # patterns that matched nothing
+    error: str  # why the fetch failed ("" when it did not)
+    at: float
+    host: str
+    run_dir: str  # the run's folder on its host
+
+
+class _RunInfo(TypedDict):
     run: Run
     summary: dict[str, MetricSummary]  # every metric the run reported, in the order they first came
     reports: list[Report]  # the latest ones: those from reports_from on
@@ -189,6 +202,10 @@ class RunInfo(TypedDict):
     commands: list[list[str]]
     timeout: float | None
     log_tail: list[str]  # the log's last lines
+
+
+class RunInfo(_RunInfo, total=False):
+    artifacts: Artifacts | None  # None: nothing fetched (yet)
 
 
 class StudySummary(TypedDict, total=False):
@@ -294,12 +311,17 @@ class Leaderboard(TypedDict):
     runs: list[LeaderRun]
 
 
-class Best(TypedDict):
+class _Best(TypedDict):
     study: str
     observed: LeaderRun | None
     predicted: dict[str, Any] | None
     metric: str
     goal: str
+
+
+class Best(_Best, total=False):
+    artifacts: Artifacts | None  # the observed best run's, when fetched
+    fetch: list[str]  # the study's [run] fetch globs
 
 
 class Suggested(TypedDict):
@@ -361,6 +383,7 @@ REPLIES: dict[str, Any] = {
     "leaderboard": Leaderboard, "best": Best, "suggest": Suggested, "studies": list[StudySummary],
     "hosts": list[HostSummary], "hosts_add": HostSummary, "hosts_rm": Removed, "hosts_drain": HostSummary,
     "stop": Stopping, "subscribe": Subscribed, "extend": Extended, "archive": Archived, "rm": StudyRemoved,
+    "pull": Artifacts,
 }
 # "dropped": the last event before the daemon cuts a subscriber that fell too far behind.
 EVENTS: dict[str, Any] = {"run": Run, "study": StudySummary, "host": HostSummary, "log": LogText,

@@ -194,6 +194,7 @@ class Ops:
                                                           run=row["name"], run_no=row["run_no"], trial=row["trial"])],
             "timeout": rt.spec.timeout,
             "log_tail": _log_tail(row["log_path"], INFO_LOG_LINES),
+            "artifacts": await self.store.artifacts(row["id"]),
         }
 
     async def op_logs(self, run: str, offset: int, limit: int, tail: int | None) -> dict[str, Any]:
@@ -331,8 +332,11 @@ class Ops:
         rt = self._study(study)
         board = await self.op_leaderboard(study, 1)
         predicted = await self.studies.call(rt, rt.suggester.best, changes=False)
-        return {"study": study, "observed": board["runs"][0] if board["runs"] else None, "predicted": predicted,
-                "metric": board["metric"], "goal": board["goal"]}
+        observed = board["runs"][0] if board["runs"] else None
+        # Where the best run's files are: what was fetched of them, else its folder on its host.
+        artifacts = await self.store.artifacts(observed["id"]) if observed and "id" in observed else None
+        return {"study": study, "observed": observed, "predicted": predicted,
+                "metric": board["metric"], "goal": board["goal"], "artifacts": artifacts, "fetch": list(rt.spec.fetch)}
 
     async def op_suggest(self, study: str, params: dict[str, Any]) -> dict[str, Any]:
         rt = self._study(study)

@@ -129,6 +129,11 @@ CREATE TABLE IF NOT EXISTS metric_stats (
     last_step INTEGER NOT NULL,
     PRIMARY KEY (run_id, metric)
 );
+-- What was fetched of a run's artifacts ([run] fetch), and where to: one JSON record.
+CREATE TABLE IF NOT EXISTS artifacts (
+    run_id INTEGER PRIMARY KEY REFERENCES runs(id),
+    data TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS reports (
     run_id INTEGER NOT NULL REFERENCES runs(id),
     seq INTEGER NOT NULL,
@@ -609,6 +614,14 @@ class Store(Queries):
 
     async def set_paused(self, name: str, paused: bool, reason: str = "") -> None:
         await self.write("UPDATE studies SET paused=?, pause_reason=? WHERE name=?", (int(paused), reason, name))
+
+    async def set_artifacts(self, run_id: int, record: Mapping[str, Any]) -> None:
+        await self.write("INSERT OR REPLACE INTO artifacts (run_id, data) VALUES (?, ?)", (run_id, json.dumps(record)))
+
+    async def artifacts(self, run_id: int) -> dict[str, Any] | None:
+        """What the last fetch of the run's artifacts did (hypd.artifacts.Fetcher.fetch)."""
+        rows = list(await self.reader.execute_fetchall("SELECT data FROM artifacts WHERE run_id=?", (run_id,)))
+        return json.loads(rows[0][0]) if rows else None
 
     async def set_archived(self, name: str, archived: bool) -> None:
         await self.write("UPDATE studies SET archived=? WHERE name=?", (int(archived), name))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DaemonProc, use_hosts, wait_hosts_up
+from conftest import DaemonProc, use_hosts, wait_for, wait_hosts_up
 from tests.sshd import SshdCluster
 
 pytestmark = pytest.mark.slow
@@ -205,3 +205,77 @@ def test_the_python_client_reads_studies_runs_and_reports(daemon: DaemonProc) ->
     assert [r["name"] for r in c.runs(study="nb")] == ["nb:1", "nb:2", "nb:3"]
     c.close()
     assert pandas is not None
+
+
+# ------------------------------------------------------------------ artifacts
+
+ARTIFACTS_BODY = ("mkdir -p $HYPD_RUN_DIR/ckpt && echo weights-{x} > $HYPD_RUN_DIR/ckpt/best.pt && "
+                  "echo {x} > $HYPD_RUN_DIR/result.json && echo no > $HYPD_RUN_DIR/other.txt && "
+                  "head -c 64000000 /dev/zero > $HYPD_RUN_DIR/big.bin")
+FETCH = 'fetch = ["ckpt/best.pt", "*.json", "*.bin", "nothing*"]'
+
+
+@pytest.mark.ssh
+def test_artifacts_come_back_from_an_ssh_host_after_its_gpu_is_released(cluster: SshdCluster,
+                                                                       remote_daemon: DaemonProc) -> None:
+    a = cluster.add("a", gpus=None)
+    use_hosts(remote_daemon, a.host_config(cpu_slots=1))
+    d = remote_daemon.start()
+    wait_hosts_up(d, "a")
+    d.cli("submit", study_file(d, "art", n=2, parallel=1, body=ARTIFACTS_BODY, run_extra=FETCH))
+    d.wait_finished("art", timeout=120)
+    runs = {r["name"]: r for r in d.runs(study="art")}
+    assert {r["state"] for r in runs.values()} == {"completed"}
+    fetched = {}
+    for name, run in runs.items():
+        info = wait_for(lambda n=name: (i := d.call("info", run=n)).get("artifacts") and i, 60,
+                        what=f"{name}'s artifacts")
+        record = fetched[name] = info["artifacts"]
+        local = Path(record["dir"])
+        assert local.is_relative_to(d.home / "studies" / "art") and record["run_dir"] == run["run_dir"]
+        assert record["error"] == "" and sorted(record["files"]) == ["big.bin", "ckpt/best.pt", "result.json"]
+        assert record["missing"] == ["nothing*"]
+        x = run["params"]["x"]
+        assert (local / "ckpt" / "best.pt").read_text() == f"weights-{x}\n"
+        assert (local / "result.json").read_text() == f"{x}\n"
+        assert (local / "big.bin").stat().st_size == 64_000_000 and not (local / "other.txt").exists()
+        assert f"artifacts  {local}  (" in d.cli("info", name).stdout
+    # Release first, fetch after: the next run on the one slot started before the first
+    # run's 64 MB were back.
+    assert runs["art:2"]["started"] < fetched["art:1"]["at"]
+    best = d.cli("best", "art").stdout
+    best_run = d.call("best", study="art")["observed"]["name"]
+    assert f"artifacts      {fetched[best_run]['dir']}  (" in best
+    # By hand: hypd pull copies them again.
+    (Path(fetched["art:1"]["dir"]) / "ckpt" / "best.pt").unlink()
+    out = d.cli("pull", "art:1")
+    assert f"{fetched['art:1']['dir']}/ckpt/best.pt" in out.stdout and "nothing matched nothing*" in out.stderr
+    assert (Path(fetched["art:1"]["dir"]) / "ckpt" / "best.pt").exists()
+
+    # A fetch that fails (here: the local folder cannot be made) is one log line and a
+    # note in info; the run stays completed.
+    blocker = d.home / "studies" / "stuck"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("a file where the study's folder would go")
+    d.cli("submit", study_file(d, "stuck", n=1, body=ARTIFACTS_BODY, run_extra=FETCH))
+    d.wait_finished("stuck", timeout=60)
+    info = wait_for(lambda: (i := d.call("info", run="stuck:1")).get("artifacts") and i, 60, what="the fetch")
+    assert info["run"]["state"] == "completed" and info["artifacts"]["error"]
+    assert "fetch failed" in d.cli("info", "stuck:1").stdout
+    log = (d.home / "daemon.log").read_text()
+    assert sum("stuck:1: artifacts not fetched" in line for line in log.splitlines()) == 1
+    assert d.cli("pull", "stuck:1", check=False).returncode == 1
+
+
+def test_artifacts_of_a_local_run_are_where_it_wrote_them(daemon: DaemonProc) -> None:
+    d = daemon
+    d.cli("submit", study_file(d, "here", n=1, body=ARTIFACTS_BODY.replace("64000000", "10"), run_extra=FETCH))
+    d.wait_finished("here")
+    info = wait_for(lambda: (i := d.call("info", run="here:1")).get("artifacts") and i, 30, what="the record")
+    assert info["artifacts"]["dir"] == info["run"]["run_dir"] and "ckpt/best.pt" in info["artifacts"]["files"]
+    assert f"artifacts      {info['run']['run_dir']}  (" in d.cli("best", "here").stdout
+    # A study without [run] fetch: `best` says where the run's folder is; pull says how to ask.
+    d.cli("submit", study_file(d, "plain", n=1))
+    d.wait_finished("plain")
+    assert "(the run's folder; [run] fetch" in d.cli("best", "plain").stdout
+    assert d.cli("pull", "plain:1", check=False).returncode == 5

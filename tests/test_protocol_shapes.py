@@ -75,9 +75,12 @@ def test_every_reply_and_event_has_its_declared_shape(daemon: DaemonProc) -> Non
         why = mismatch(EVENTS[event["event"]], event["data"], f"event {event['event']}")
         assert why is None, why
     # A study of its own to archive and remove (none of its runs going).
-    path = daemon.write_study("gone", STUDY.format(name="gone", algorithm="random", extra=""))
+    path = daemon.write_study("gone", STUDY.format(name="gone", algorithm="random", extra="") + 'fetch = ["*"]\n')
     daemon.call("submit", path=str(path), text=path.read_text(), as_name=None)
     daemon.wait_finished("gone")
+    checked("pull", daemon.call("pull", run="gone:1"))
+    assert checked("info", daemon.call("info", run="gone:1"))["artifacts"] is not None
+    checked("best", daemon.call("best", study="gone"))
     checked("archive", daemon.call("archive", study="gone", undo=False))
     checked("archive", daemon.call("archive", study="gone", undo=True))
     checked("rm", daemon.call("rm", study="gone", files=True))

@@ -24,12 +24,13 @@ from typing import Any
 
 import asyncssh
 
+from hypd.artifacts import FetchResult
 from hypd.capacity import HostRules
 from hypd.hosts import Host, HostError, Sink
 from hypd.inventory import HostConfig
 from hypd.ssh.connection import Connector, exc_text
 from hypd.ssh.gpustream import GpuStream
-from hypd.ssh.staging import Stager
+from hypd.ssh.staging import Stager, fetch_files
 from hypd.study import StudySpec
 from hypd.watchlink import WatchLink, watcher_command
 from hypd.watchproto import Hello
@@ -167,15 +168,35 @@ class SshHost(Host):
         if not spec.files:
             return spec.workdir  # nothing to copy: no SFTP session
         try:
-            async with self._sftp_lock:  # one SFTP session, also when several launches ask at once
-                if self._sftp is None:
-                    self._sftp = await asyncio.wait_for(conn.start_sftp_client(), self.command_timeout)
-            return await self.stager.prepare(self._sftp, self.root, spec)
+            return await self.stager.prepare(await self._sftp_client(conn), self.root, spec)
         except ValueError as exc:
             raise HostError(f"study {spec.name}: {exc}") from None
         except (asyncssh.Error, OSError, TimeoutError) as exc:
             self._sftp = None
             raise HostError(f"host {self.name}: copying study {spec.name}: {exc_text(exc)}") from None
+
+    async def _sftp_client(self, conn: asyncssh.SSHClientConnection) -> asyncssh.SFTPClient:
+        """The host's one SFTP session, opened when first needed (also when several ask at once)."""
+        async with self._sftp_lock:
+            if self._sftp is None:
+                self._sftp = await asyncio.wait_for(conn.start_sftp_client(), self.command_timeout)
+            return self._sftp
+
+    # ------------------------------------------------------------ artifacts
+
+    async def fetch(self, run_dir: str, patterns: tuple[str, ...], dest: Path) -> FetchResult:
+        conn = self._conn
+        if conn is None or not self.up:
+            raise HostError(f"host {self.name} is down: {self._why}")
+        try:
+            return await fetch_files(await self._sftp_client(conn), run_dir, patterns, dest, self.command_timeout)
+        except OSError as exc:
+            raise HostError(f"copying into {dest}: {exc.strerror or exc}") from None
+        except (asyncssh.Error, TimeoutError) as exc:
+            if isinstance(exc, asyncssh.SFTPError):
+                raise HostError(f"host {self.name}: {run_dir}: {exc_text(exc)}") from None
+            self._sftp = None
+            raise HostError(f"host {self.name}: copying from {run_dir}: {exc_text(exc)}") from None
 
     @property
     def uploads(self) -> int:

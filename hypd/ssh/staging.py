@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncssh
 
+from hypd.artifacts import FetchResult
 from hypd.study import StudySpec
 
 log = logging.getLogger("hypd.ssh")
@@ -110,3 +111,38 @@ class Stager:
         if changed or removed:
             log.info("host %s: study %s: copied %d file(s), removed %d", self.host, spec.name,
                      len(changed), len(removed))
+
+
+async def fetch_files(sftp: asyncssh.SFTPClient, run_dir: str, patterns: tuple[str, ...], dest: Path,
+                      timeout: float) -> FetchResult:
+    """Copy what each glob matches under run_dir on the host into dest, paths kept (a
+    folder with what it holds). asyncssh errors (the host), OSError (here)."""
+    result = FetchResult()
+    base = run_dir.rstrip("/")
+    for pattern in patterns:
+        found: list[str] = []
+
+        def no_match(exc: Exception) -> None:
+            if not isinstance(exc, asyncssh.SFTPNoSuchFile):
+                raise exc
+
+        for path in await asyncio.wait_for(sftp.glob(f"{glob_escape(base)}/{pattern}", error_handler=no_match),
+                                           timeout):
+            rel = str(PurePosixPath(str(path)).relative_to(base))
+            if rel not in result.files and ".." not in PurePosixPath(rel).parts:
+                found.append(rel)
+        if not found:
+            result.missing.append(pattern)
+        for rel in found:
+            target = dest / rel
+            await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+            # No timeout on the copy itself: a large checkpoint takes as long as it takes;
+            # a dead connection ends it (keepalives).
+            await sftp.get(f"{base}/{rel}", str(target), preserve=True, recurse=True)
+            result.files.append(rel)
+    return result
+
+
+def glob_escape(path: str) -> str:
+    """A literal path inside a glob pattern (its [, * and ? taken as themselves)."""
+    return "".join(f"[{c}]" if c in "[*?" else c for c in path)

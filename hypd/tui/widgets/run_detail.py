@@ -84,6 +84,12 @@ class RunInfo(Static):
             row("attempts", " ".join(info["attempts"]))
         if run.get("run_dir"):
             row("run_dir", run["run_dir"])
+        fetched = info.get("artifacts")
+        if fetched and fetched.get("error"):
+            row("artifacts", f"fetch failed: {fetched['error']}", "$text-error")
+        elif fetched:
+            files = ", ".join(fetched.get("files") or []) or "none matched"
+            row("artifacts", f"{fetched.get('dir', '')} ({files})")
         if run.get("last_line"):
             row("last line", run["last_line"], "italic")
         self.update(tight(*parts).rstrip())
