@@ -157,6 +157,23 @@ def test_a_node_going_down_loses_its_runs_which_are_retried_when_it_is_back(
     assert len(d.runs(study="n")) == 4  # one retry each, nothing more
 
 
+def test_a_job_slurm_requeues_after_its_node_failed_stays_the_same_run(
+        clean_slurm: SlurmCluster, remote_daemon: DaemonProc) -> None:
+    use_cluster(remote_daemon, clean_slurm)  # Slurm's default: a batch job whose node fails is requeued
+    d = remote_daemon.start()
+    wait_up(d)
+    d.cli("submit", study(d, "r", n=1, gpus=1, parallel=1, steps=30, sleep=0.1, retries=1))
+    d.wait_state("r:1", "running", timeout=60)
+    wait_for(lambda: d.run("r:1")["reports"] > 2, timeout=30, what="r:1 reporting")
+    clean_slurm.set_node("down")
+    r = d.wait_state("r:1", "queued", timeout=60)  # requeued by Slurm: waiting again, the same run
+    clean_slurm.set_node("resume")
+    r = d.wait_state("r:1", "completed", timeout=240)
+    assert len(d.runs(study="r")) == 1 and r["attempt"] == 1  # one attempt: nothing retried by hypd
+    steps = reports(d, "r:1")
+    assert steps[-30:] == list(range(30)) and steps[:3] == [0, 1, 2]  # its log went on after the requeue
+
+
 def test_a_job_past_its_time_limit_is_a_timeout(clean_slurm: SlurmCluster, remote_daemon: DaemonProc) -> None:
     use_cluster(remote_daemon, clean_slurm, sbatch=("--time=1",))  # a minute: Slurm's smallest limit
     d = remote_daemon.start()
