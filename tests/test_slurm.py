@@ -204,3 +204,51 @@ def test_the_login_node_over_ssh(clean_slurm: SlurmCluster, cluster: SshdCluster
     hosts = d.cli("hosts").stdout
     assert f"slurm via {ssh.user}@127.0.0.1:{ssh.port}" in hosts and "partition gpu" in hosts
     os.kill(login.proc.pid, signal.SIGKILL) if login.proc else None
+
+
+ARTIFACTS_STUDY = """
+    [study]
+    name = "art"
+    objective = { metric = "loss" }
+    algorithm = "grid"
+    parallel = 2
+    gpus = 1
+    [params]
+    x = { type = "choice", values = [1, 2] }
+    [run]
+    fetch = ["ckpt/*.pt"]
+    command = "mkdir -p $HYPD_RUN_DIR/ckpt && echo w{x} > $HYPD_RUN_DIR/ckpt/best.pt && echo METRICS: loss={x}"
+    """
+
+
+def check_artifacts(d: DaemonProc, cluster_root: Path) -> None:
+    d.cli("submit", str(d.write_study("art", ARTIFACTS_STUDY)))
+    wait_for(lambda: len(d.runs(study="art", state="completed")) == 2, timeout=120, interval=0.3,
+             what="both runs to complete")
+    for r in d.runs(study="art"):
+        record = wait_for(lambda n=r["name"]: d.call("info", run=n).get("artifacts"), 30, what="the fetch")
+        assert record["error"] == "" and record["files"] == ["ckpt/best.pt"]
+        assert Path(r["run_dir"]).is_relative_to(cluster_root)
+        assert (Path(record["dir"]) / "ckpt" / "best.pt").read_text() == f"w{r['params']['x']}\n"
+        assert Path(record["dir"]).is_relative_to(d.home / "studies" / "art")
+
+
+def test_artifacts_come_back_from_the_clusters_filesystem(clean_slurm: SlurmCluster,
+                                                          remote_daemon: DaemonProc) -> None:
+    use_cluster(remote_daemon, clean_slurm)
+    d = remote_daemon.start()
+    wait_up(d)
+    check_artifacts(d, d.home / "cluster")
+
+
+def test_artifacts_come_back_through_the_login_node(clean_slurm: SlurmCluster, cluster: SshdCluster,
+                                                    remote_daemon: DaemonProc) -> None:
+    login = cluster.add("login", gpus=None)
+    clean_slurm.install_commands(login.bin_dir)
+    ssh = login.host_config()
+    use_hosts(remote_daemon, SlurmConfig(
+        "cluster", login=f"{ssh.user}@127.0.0.1:{ssh.port}", key=ssh.key, known_hosts=ssh.known_hosts,
+        use_ssh_config=False, partition=clean_slurm.partition, max_jobs=2, workdir=str(login.root), poll=0.3))
+    d = remote_daemon.start()
+    wait_up(d)
+    check_artifacts(d, login.root)

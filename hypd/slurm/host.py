@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hypd import lifecycle as lc
+from hypd.artifacts import FetchResult, copy_local
 from hypd.capacity import HostRules
 from hypd.display import one_line
 from hypd.hosts import Host, HostDownError, HostError, Sink
@@ -89,6 +90,30 @@ class SlurmHost(Host):
             raise HostError(f"host {self.name}: [run] files are not copied to Slurm clusters; put the study's "
                             f"code on the cluster's shared filesystem and point [run] workdir at it")
         return spec.workdir
+
+    async def fetch(self, run_dir: str, patterns: tuple[str, ...], dest: Path) -> FetchResult:
+        """From the cluster's shared filesystem: a copy here when the login node is this
+        machine, else over an SFTP session to the login node (one per fetch: a run's end)."""
+        if self.config.local:
+            try:
+                return await asyncio.to_thread(copy_local, Path(run_dir), patterns, dest)
+            except OSError as exc:
+                raise HostError(f"copying {run_dir} to {dest}: {exc.strerror or exc}") from None
+        conn = getattr(self.shell, "conn", None)
+        if conn is None or not self.up:
+            raise HostError(f"host {self.name} is down: {self._why}")
+        import asyncssh
+
+        from hypd.ssh.connection import exc_text
+        from hypd.ssh.staging import fetch_files
+
+        try:
+            async with conn.start_sftp_client() as sftp:
+                return await fetch_files(sftp, run_dir, patterns, dest, self.command_timeout)
+        except OSError as exc:
+            raise HostError(f"copying into {dest}: {exc.strerror or exc}") from None
+        except (asyncssh.Error, TimeoutError) as exc:
+            raise HostError(f"host {self.name}: copying from {run_dir}: {exc_text(exc)}") from None
 
     # ------------------------------------------------------------ life
 
