@@ -11,6 +11,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,6 +50,18 @@ def use_cluster(d: DaemonProc, slurm: SlurmCluster, **overrides: object) -> Path
     values.update(overrides)
     use_hosts(d, SlurmConfig(**values))  # type: ignore[arg-type]
     return calls
+
+
+def use_login_over_ssh(d: DaemonProc, slurm: SlurmCluster, cluster: SshdCluster) -> tuple[Any, Path]:
+    """The cluster as the daemon's only host, its login node a real sshd (returned, with the
+    file Slurm's commands count their calls in)."""
+    login = cluster.add("login", gpus=None)
+    calls = slurm.install_commands(login.bin_dir)
+    ssh = login.host_config()
+    use_hosts(d, SlurmConfig(
+        "cluster", login=f"{ssh.user}@127.0.0.1:{ssh.port}", key=ssh.key, known_hosts=ssh.known_hosts,
+        use_ssh_config=False, partition=slurm.partition, max_jobs=2, workdir=str(login.root), poll=0.3))
+    return login, calls
 
 
 def wait_up(d: DaemonProc) -> None:
@@ -186,12 +199,8 @@ def test_a_job_past_its_time_limit_is_a_timeout(clean_slurm: SlurmCluster, remot
 @pytest.mark.ssh
 def test_the_login_node_over_ssh(clean_slurm: SlurmCluster, cluster: SshdCluster,
                                  remote_daemon: DaemonProc) -> None:
-    login = cluster.add("login", gpus=None)
-    calls = clean_slurm.install_commands(login.bin_dir)
+    login, calls = use_login_over_ssh(remote_daemon, clean_slurm, cluster)
     ssh = login.host_config()
-    use_hosts(remote_daemon, SlurmConfig(
-        "cluster", login=f"{ssh.user}@127.0.0.1:{ssh.port}", key=ssh.key, known_hosts=ssh.known_hosts,
-        use_ssh_config=False, partition=clean_slurm.partition, max_jobs=2, workdir=str(login.root), poll=0.3))
     d = remote_daemon.start()
     wait_up(d)
     d.cli("submit", study(d, "s", n=3, gpus=1, parallel=3, steps=10, sleep=0.2))
@@ -241,14 +250,10 @@ def test_artifacts_come_back_from_the_clusters_filesystem(clean_slurm: SlurmClus
     check_artifacts(d, d.home / "cluster")
 
 
+@pytest.mark.ssh
 def test_artifacts_come_back_through_the_login_node(clean_slurm: SlurmCluster, cluster: SshdCluster,
                                                     remote_daemon: DaemonProc) -> None:
-    login = cluster.add("login", gpus=None)
-    clean_slurm.install_commands(login.bin_dir)
-    ssh = login.host_config()
-    use_hosts(remote_daemon, SlurmConfig(
-        "cluster", login=f"{ssh.user}@127.0.0.1:{ssh.port}", key=ssh.key, known_hosts=ssh.known_hosts,
-        use_ssh_config=False, partition=clean_slurm.partition, max_jobs=2, workdir=str(login.root), poll=0.3))
+    login, _ = use_login_over_ssh(remote_daemon, clean_slurm, cluster)
     d = remote_daemon.start()
     wait_up(d)
     check_artifacts(d, login.root)
