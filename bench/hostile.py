@@ -2,9 +2,10 @@
 accepted and handled — never a crash (the daemon gone, a traceback) or a hang.
 
 The cases are a table (CASES): a group, a name and a function of a Context that returns
-an Outcome. Groups: "socket" (one daemon takes every line), "store" (broken hypd.db
-files, a daemon each), "local users" (permissions, the /tmp socket folder, a changed SSH
-host key). Add a case with the @case decorator; a group gets its own row in the table.
+an Outcome. Groups: "socket" (one daemon takes every line), "study files" (`hypd
+submit` of hostile study files, one daemon; a SIGKILL mid-submit, a daemon of its own),
+"store" (broken hypd.db files, a daemon each), "local users" (permissions, the /tmp socket
+folder, a changed SSH host key). Add a case with the @case decorator; a group gets its own row in the table.
 
     python bench/hostile.py [--only GROUP] [-v]
 
@@ -21,6 +22,7 @@ import os
 import random
 import shutil
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -226,6 +228,121 @@ def sleepers(ctx: Context) -> Outcome:
     if not why:
         return Outcome("crash", f"not dropped; RSS grew {growth:.0f} MiB")
     return Outcome("handled", f"dropped and told on resubscribe; RSS +{growth:.0f} MiB ({why[:60]}...)")
+
+
+# ------------------------------------------------------------------ study files
+
+STUDY = """\
+[study]
+name = "{name}"
+objective = {{ metric = "{metric}" }}
+algorithm = "{algorithm}"
+gpus = 1
+{extra}
+[params]
+{params}
+[run]
+command = {command}
+{run}
+"""
+STUDY_DEFAULTS = {"metric": "loss", "algorithm": "grid", "extra": "", "params": 'x = { type = "int", low = 1, high = 3 }',
+                  "command": '"true {x}"', "run": ""}
+
+
+def study_daemon(ctx: Context) -> Daemon:
+    """One daemon for the study-file cases (its runs want a GPU: none starts here)."""
+    d = getattr(ctx, "_study_daemon", None)
+    if d is None or not d.alive():
+        d = ctx.daemon("study files")
+        ctx._study_daemon = d  # type: ignore[attr-defined]
+    return d
+
+
+def submit(ctx: Context, d: Daemon, text: str, *extra: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    path = d.home / f"s{len(list(d.home.glob('s*.toml')))}.toml"
+    path.write_text(text)
+    result = subprocess.run([sys.executable, "-m", "hypd", "submit", str(path), *extra], env=d.env,
+                            capture_output=True, text=True, timeout=HANG)
+    return result, path
+
+
+def submitted(ctx: Context, text: str, *extra: str) -> Outcome:
+    """`hypd submit`: refused with one line and a non-zero exit, or submitted; never exit 0
+    with nothing said, never a daemon that stops answering."""
+    d = study_daemon(ctx)
+    result, _ = submit(ctx, d, text, *extra)
+    ctx.note_rss("study files", d)
+    if d.try_call("ping") is None:
+        return Outcome("crash", "the daemon stopped answering")
+    if result.returncode == 0:
+        said = result.stdout.strip()
+        return Outcome("handled", said) if said.startswith("study ") else Outcome("crash", f"exit 0: {said!r}")
+    line = result.stderr.strip()
+    return refused(line) if result.returncode == 5 else Outcome("crash", f"exit {result.returncode}: {line[:200]}")
+
+
+for _name, _kw in [
+    ("a grid with step = 1e-300", {"params": 'x = { type = "float", low = 0, high = 1, step = 1e-300 }'}),
+    ("a grid of 10^6 points", {"params": 'x = { type = "int", low = 1, high = 1000 }\n'
+                                         'y = { type = "int", low = 1, high = 1000 }'}),
+    ("random with max_trials = 2^63 - 1", {"algorithm": "random", "extra": "max_trials = 9223372036854775807"}),
+    ("replicates = 2^63 - 1", {"algorithm": "random", "extra": "replicates = 9223372036854775807"}),
+    ("a placeholder {x:>2000000000}", {"command": '"echo {x:>2000000000}"'}),
+    ("a 100 KB command", {"command": json.dumps("echo " + "a" * 100_000 + " {x}")}),
+    ("an int range of +-2^63", {"algorithm": "random",
+                                "params": 'x = { type = "int", low = -9223372036854775808, high = 9223372036854775807 }'}),
+    ("a name ending in a newline", {"extra": 'name = "s\\n"'}),
+    ("a workdir that does not exist", {"run": 'workdir = "no/such/folder"'}),
+    ("an objective no [metrics] regex reads", {"metric": "acc", "run": '[metrics]\nregex = { accuracy = "acc ([0-9.]+)" }'}),
+]:
+    _text = STUDY.format(name="s", **{**STUDY_DEFAULTS, **_kw})
+    if "name = " in _kw.get("extra", ""):
+        _text = _text.replace('name = "s"\n', "")
+    case("study files", _name)(lambda ctx, text=_text: submitted(ctx, text))
+
+case("study files", "a 10 MB study file")(
+    lambda ctx: submitted(ctx, STUDY.format(name="big", **STUDY_DEFAULTS) + "#" * (10 << 20)))
+case("study files", "TOML nested 100,000 deep")(lambda ctx: submitted(ctx, "x = " + "[" * 100_000 + "]" * 100_000))
+
+
+@case("study files", "--as NAME with a stage's name = before [study]")
+def renamed(ctx: Context) -> Outcome:
+    text = ('[[run.stages]]\nname = "train"\ncommand = "true {x}"\n\n'
+            + STUDY.format(name="orig", **STUDY_DEFAULTS).replace('command = "true {x}"\n', ""))
+    outcome = submitted(ctx, text, "--as", "renamed")
+    d = study_daemon(ctx)
+    names = {s["name"] for s in d.call("studies")}
+    info = d.call("info", run="renamed:1")
+    if outcome.kind != "handled" or "renamed" not in names or [c[0] for c in info["commands"]] != ["train"]:
+        return Outcome("crash", f"{outcome.line}; studies {sorted(names)}")
+    return outcome
+
+
+@case("study files", "SIGKILL of the daemon during the submit of a 10,000-point grid")
+def killed_mid_submit(ctx: Context) -> Outcome:
+    d = ctx.daemon("study files")
+    text = STUDY.format(name="g", **{**STUDY_DEFAULTS, "params": 'x = { type = "int", low = 1, high = 100 }\n'
+                                                                  'y = { type = "int", low = 1, high = 100 }'})
+    path = d.home / "g.toml"
+    path.write_text(text)
+    cli = subprocess.Popen([sys.executable, "-m", "hypd", "submit", str(path)], env=d.env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    d.kill9()
+    cli.wait(HANG)
+    with contextlib.closing(sqlite3.connect(d.home / "hypd.db")) as db:
+        stored = db.execute("SELECT COUNT(*) FROM runs WHERE study='g'").fetchone()[0]
+    if stored not in (0, 10_000):
+        return Outcome("crash", f"{stored} of 10,000 runs stored")
+    d.start()
+    result, _ = submit(ctx, d, text)
+    ctx.note_rss("study files", d)
+    runs = len(d.call("ls", state="pending", study="g", limit=None))
+    d.kill9()  # (stopping would record 10,000 kills first)
+    if result.returncode != 0 or runs != 10_000:
+        return Outcome("crash", f"resubmitted: exit {result.returncode}, {runs} runs")
+    return Outcome("handled", f"{stored or 'none'} of 10,000 stored at the kill; "
+                              f"resubmitted: {result.stdout.strip()}")
 
 
 # ------------------------------------------------------------------ the store
