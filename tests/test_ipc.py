@@ -55,7 +55,8 @@ def refused(data: bytes, code: str = "bad_request") -> ProtocolError:
 VALID: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "ping": ({}, {}),
     "submit": ({"path": "/s/a.toml", "text": "[study]"}, {"path": "/s/a.toml", "text": "[study]", "as_name": None}),
-    "ls": ({}, {"state": None, "study": None, "limit": None, "newest_first": False, "fields": None}),
+    "ls": ({}, {"state": None, "study": None, "limit": None, "newest_first": False, "fields": None,
+                "archived": False}),
     "info": ({"run": "a:1"}, {"run": "a:1", "reports": 1000}),
     "logs": ({"run": "a:1"}, {"run": "a:1", "offset": 0, "limit": 1 << 20, "tail": None}),
     "metrics": ({"run": "a:1"}, {"run": "a:1", "since": 0, "limit": 10_000}),
@@ -66,19 +67,27 @@ VALID: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "leaderboard": ({"study": "a"}, {"study": "a", "limit": None, "runs": False}),
     "best": ({"study": "a"}, {"study": "a"}),
     "suggest": ({"study": "a", "params": {"lr": 0.1}}, {"study": "a", "params": {"lr": 0.1}}),
-    "studies": ({}, {}),
+    "studies": ({}, {"archived": False}),
     "hosts": ({}, {}),
     "stop": ({}, {"kill_runs": False}),
     "hosts_add": ({"name": "g", "target": "u@h"}, {"name": "g", "target": "u@h", "options": {}}),
     "hosts_rm": ({"name": "g"}, {"name": "g"}),
     "hosts_drain": ({"name": "g"}, {"name": "g", "undo": False}),
     "subscribe": ({}, {"topics": ["run", "study", "host"], "run": None}),
+    "extend": ({"study": "a", "trials": 20}, {"study": "a", "trials": 20}),
+    "archive": ({"study": "a"}, {"study": "a", "undo": False}),
+    "rm": ({"study": "a"}, {"study": "a", "files": False}),
+    "pull": ({"run": "a:1"}, {"run": "a:1"}),
 }
 
 # Every argument given explicitly, with a value of its declared type.
 FULL: dict[str, dict[str, Any]] = {
     "submit": {"path": "p", "text": "t", "as_name": "b"},
-    "ls": {"state": "running", "study": "a", "limit": 5, "newest_first": True, "fields": ["name", "state"]},
+    "ls": {"state": "running", "study": "a", "limit": 5, "newest_first": True, "fields": ["name", "state"],
+           "archived": True},
+    "studies": {"archived": True},
+    "archive": {"study": "a", "undo": True},
+    "rm": {"study": "a", "files": True},
     "info": {"run": "a:1", "reports": 10},
     "logs": {"run": "a:1", "offset": 100, "limit": 10, "tail": 50},
     "metrics": {"run": "a:1", "since": 4, "limit": 100},
@@ -112,7 +121,8 @@ def test_args_may_be_left_out(op: str) -> None:
 
 def test_optional_arguments_accept_null() -> None:
     r = parse_request(req("ls", {"state": None, "study": None, "limit": None, "fields": None}))
-    assert r.args == {"state": None, "study": None, "limit": None, "newest_first": False, "fields": None}
+    assert r.args == {"state": None, "study": None, "limit": None, "newest_first": False, "fields": None,
+                      "archived": False}
     assert parse_request(req("submit", {"path": "p", "text": "t", "as_name": None})).args["as_name"] is None
 
 
@@ -214,7 +224,8 @@ def test_required_arguments() -> None:
         ("submit", "path"), ("submit", "text"), ("info", "run"), ("logs", "run"), ("metrics", "run"),
         ("kill", "target"), ("retry", "target"), ("pause", "study"), ("resume", "study"),
         ("leaderboard", "study"), ("best", "study"), ("suggest", "study"), ("suggest", "params"),
-        ("hosts_add", "name"), ("hosts_add", "target"), ("hosts_rm", "name"), ("hosts_drain", "name")])
+        ("hosts_add", "name"), ("hosts_add", "target"), ("hosts_rm", "name"), ("hosts_drain", "name"),
+        ("extend", "study"), ("extend", "trials"), ("archive", "study"), ("rm", "study"), ("pull", "run")])
 
 
 @pytest.mark.parametrize("op, name", REQUIRED)
