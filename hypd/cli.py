@@ -532,6 +532,8 @@ def cmd_wait(args: argparse.Namespace) -> int:
                 if study.get("state") == "loading":  # the daemon has just started
                     time.sleep(0.5)
                     continue
+                if first_done is None and study.get("hosts_note"):  # its runs wait for a host that is not there
+                    print(f"{args.study}: {study['hosts_note']}", file=sys.stderr)
                 first_done = study["done"] if first_done is None else first_done
                 eta = _eta(study, study["done"] - first_done, time.monotonic() - started)
                 line = progress_line(study, eta)

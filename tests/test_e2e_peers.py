@@ -74,6 +74,8 @@ def test_runs_go_only_to_the_hosts_a_study_chooses(cluster: SshdCluster, remote_
     summary = next(s for s in d.call("studies") if s["name"] == "nowhere")
     assert summary["hosts"] == '{ labels = ["h100"] }' and summary["hosts_note"]
     assert all(r["state"] == "pending" for r in d.runs(study="nowhere"))
+    waited = d.cli("wait", "nowhere", "--timeout", "1", check=False)
+    assert waited.returncode == 1 and 'nowhere: no host matches hosts = { labels = ["h100"] }' in waited.stderr
     # A host with that label joins: the study's runs go there, and the note is gone.
     cfg = replace(b.host_config(cpu_slots=4), name="c", labels=("h100",))
     use_hosts(d, a.host_config(cpu_slots=4), replace(b.host_config(cpu_slots=4), labels=("a100", "big", "fast")), cfg)
