@@ -1,149 +1,120 @@
-"""How well, and how fast, hypd's searches find the optimum of standard test functions.
+"""How well hypd's searches spend GPU time, measured the way hypd runs them.
 
-Not a test: a script that prints figures. Every search runs through hypd's own Suggester
-interface (a StudySpec parsed from a study file's TOML), with 4 parallel slots: ask 4,
-complete them (the trials take no time), repeat.
+Not a test: a script that prints figures (and draws PNG curves with matplotlib).
 
-    python bench/search_quality.py            # full: budgets 30 and 60, 5 seeds (long)
-    python bench/search_quality.py --quick    # reduced: budget 30, 2 seeds
+1. Search quality (bench/async_search.py): 4 asynchronous workers in simulated time, hypd's
+   default search called exactly as the daemon calls it, beside Ax's `Client` with its
+   defaults, Optuna TPE (multivariate, constant liar) and random, on branin, hartmann6, a
+   mixed space, a noisy objective and an outcome constraint. Per problem and budget: the
+   median regret over the seeds, its quartiles and the worst seed; curves of median regret
+   vs trials in search_quality_<problem>.png.
+2. Early stopping in GPU-time (bench/learning_curves.py): no early stopping, hypd's
+   default `early_stop` rule and ASHA on simulated learning curves that cross.
+3. The cost of one Ax generation call with 30, 100 and 200 completed trials.
 
-Prints, per problem (Branin 2-d, Hartmann6 6-d) and budget, the median simple regret
-(best value found minus the known optimum) over the seeds of ax, sobol and random, and of
-Optuna's TPE sampler when optuna is importable (pip install hypd[bench]). Each run goes to
-the largest budget; the smaller budget's figure is the best of that run's first trials.
-Then the median seconds of one Ax generation call (ask(4), Bayesian optimisation on
-Hartmann6) with 30, 100 and 200 completed trials, with dump() size and time and best()
-time at each.
+    python bench/search_quality.py                 # all of it: 10 seeds (hours on 2 cores)
+    python bench/search_quality.py --quick         # 2 seeds, budget 16/30, two problems
+    python bench/search_quality.py --only curves --seeds 10
+    python bench/search_quality.py --only quality --problems mixed --systems hypd,ax-direct --seeds 3
+
+Needs `pip install 'hypd[bench]'` (optuna, matplotlib); without optuna there is no TPE row.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import random
 import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
-from hypd.search import Suggester, make_suggester  # noqa: E402
-from hypd.study import StudySpec, parse_study  # noqa: E402
+from async_search import PROBLEMS, WORKERS, Trace, run, spec_for  # noqa: E402
+from learning_curves import early_stopping  # noqa: E402
 
-# ---------------------------------------------------------------- problems
-
-
-def branin(p: dict[str, float]) -> float:
-    x1, x2 = p["x1"], p["x2"]
-    return ((x2 - 5.1 / (4 * math.pi ** 2) * x1 ** 2 + 5 / math.pi * x1 - 6) ** 2
-            + 10 * (1 - 1 / (8 * math.pi)) * math.cos(x1) + 10)
+from hypd.search import make_suggester  # noqa: E402
 
 
-_H6_ALPHA = (1.0, 1.2, 3.0, 3.2)
-_H6_A = ((10, 3, 17, 3.5, 1.7, 8), (0.05, 10, 17, 0.1, 8, 14),
-         (3, 3.5, 1.7, 10, 17, 8), (17, 8, 0.05, 10, 0.1, 14))
-_H6_P = ((1312, 1696, 5569, 124, 8283, 5886), (2329, 4135, 8307, 3736, 1004, 9991),
-         (2348, 1451, 3522, 2883, 3047, 6650), (4047, 8828, 8732, 5743, 1091, 381))
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} ({os.cpu_count()} cores)"
 
 
-def hartmann6(p: dict[str, float]) -> float:
-    x = [p[f"x{i}"] for i in range(1, 7)]
-    return -sum(a * math.exp(-sum(A[j] * (x[j] - P[j] * 1e-4) ** 2 for j in range(6)))
-                for a, A, P in zip(_H6_ALPHA, _H6_A, _H6_P))
+def quartiles(values: list[float]) -> tuple[float, float, float, float]:
+    """Median, lower and upper quartile, worst (nearest rank: inf-safe)."""
+    v = sorted(values)
+
+    def at(q: float) -> float:
+        return v[min(len(v) - 1, max(0, math.ceil(q * len(v)) - 1))]
+
+    return statistics.median(v) if all(map(math.isfinite, v)) else at(0.5), at(0.25), at(0.75), v[-1]
 
 
-PROBLEMS: dict[str, tuple[Callable[[dict[str, float]], float], float, str]] = {
-    "branin": (branin, 0.397887357729739,
-               'x1 = { type = "float", low = -5.0, high = 10.0 }\n'
-               'x2 = { type = "float", low = 0.0, high = 15.0 }\n'),
-    "hartmann6": (hartmann6, -3.322368011415515,
-                  "".join(f'x{i} = {{ type = "float", low = 0.0, high = 1.0 }}\n' for i in range(1, 7))),
-}
-
-
-def spec_for(problem: str, algorithm: str, max_trials: int, seed: int) -> StudySpec:
-    text = (f'[study]\nname = "bench-{problem}"\n'
-            'objective = { metric = "y", goal = "minimize" }\n'
-            f'algorithm = "{algorithm}"\nmax_trials = {max_trials}\nparallel = 4\nseed = {seed}\n'
-            f'[params]\n{PROBLEMS[problem][2]}'
-            '[run]\ncommand = "true"\n')
-    return parse_study(text)
-
-
-# ---------------------------------------------------------------- runs
-
-
-def run_hypd(problem: str, algorithm: str, budget: int, seed: int) -> tuple[list[float], list[float]]:
-    """The values in trial order, and the seconds of each ask."""
-    f = PROBLEMS[problem][0]
-    s: Suggester = make_suggester(spec_for(problem, algorithm, budget, seed))
-    values: list[float] = []
-    asks: list[float] = []
-    while len(values) < budget:
-        t = time.perf_counter()
-        batch = s.ask(4)
-        asks.append(time.perf_counter() - t)
-        if not batch:
-            break
-        for trial, params in batch:
-            y = f(params)
-            s.complete(trial, {"y": y})
-            values.append(y)
-    return values, asks
-
-
-def run_optuna(problem: str, budget: int, seed: int) -> tuple[list[float], list[float]]:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    f = PROBLEMS[problem][0]
-    spec = spec_for(problem, "random", budget, seed)
-    dists = {p.name: optuna.distributions.FloatDistribution(p.low, p.high) for p in spec.searched}
-    # constant_liar: Optuna's advice for parallel workers (pending trials steer the next).
-    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed, constant_liar=True))
-    values: list[float] = []
-    asks: list[float] = []
-    while len(values) < budget:
-        t = time.perf_counter()
-        batch = [study.ask(dists) for _ in range(min(4, budget - len(values)))]
-        asks.append(time.perf_counter() - t)
-        for trial in batch:
-            y = f(trial.params)
-            study.tell(trial, y)
-            values.append(y)
-    return values, asks
-
-
-def regret(values: list[float], n: int, optimum: float) -> float:
-    return min(values[:n]) - optimum
-
-
-def quality(problems: list[str], budgets: list[int], seeds: list[int], algorithms: list[str]) -> None:
+def quality(problems: list[str], systems: list[str], budgets: list[int], seeds: list[int],
+            png_dir: Path | None) -> None:
     top = max(budgets)
-    for problem in problems:
-        optimum = PROBLEMS[problem][1]
-        print(f"\n{problem}: median simple regret over {len(seeds)} seeds "
-              f"(4 parallel, lower is better; [min, max] in brackets)", flush=True)
-        print(f"  {'algorithm':<10}" + "".join(f"{f'{b} trials':>28}" for b in budgets) + f"{'s/run':>9}")
-        for algorithm in algorithms:
-            per_budget: dict[int, list[float]] = {b: [] for b in budgets}
-            walls = []
+    for name in problems:
+        problem = PROBLEMS[name]
+        print(f"\n{name}: regret after n trials, {WORKERS} asynchronous workers, {len(seeds)} seeds: "
+              f"median [quartiles] worst  ({load()})", flush=True)
+        print(f"  {'system':<11}" + "".join(f"{f'n = {b}':>30}" for b in budgets)
+              + f"{'s/ask':>7}{'idle':>6}{'s/run':>7}")
+        traces: dict[str, list[Trace]] = {}
+        for system in systems:
+            runs, walls = [], []
             for seed in seeds:
                 t = time.perf_counter()
-                if algorithm == "optuna-tpe":
-                    values, _ = run_optuna(problem, top, seed)
-                else:
-                    values, _ = run_hypd(problem, algorithm, top, seed)
+                runs.append(run(problem, system, top, seed))
                 walls.append(time.perf_counter() - t)
-                for b in budgets:
-                    per_budget[b].append(regret(values, b, optimum))
-            cells = "".join(
-                f"{statistics.median(r):>10.4f} [{min(r):.4f}, {max(r):.4f}]".rjust(28)
-                for r in per_budget.values())
-            print(f"  {algorithm:<10}{cells}{statistics.median(walls):>9.1f}", flush=True)
+            traces[system] = runs
+            cells = ""
+            for b in budgets:
+                med, q1, q3, worst = quartiles([r.regret[b - 1] if len(r.regret) >= b else math.inf for r in runs])
+                cells += f"{med:>9.3f} [{q1:.3f}, {q3:.3f}] {worst:.3f}".rjust(30)
+            asks = statistics.median(statistics.median(r.ask_seconds) for r in runs)
+            idle = statistics.median(r.idle for r in runs) / max(1, top)
+            print(f"  {system:<11}{cells}{asks:>7.2f}{idle:>6.2f}{statistics.median(walls):>7.0f}", flush=True)
+        if png_dir is not None:
+            plot(name, traces, top, png_dir)
+
+
+def plot(name: str, traces: dict[str, list[Trace]], top: int, png_dir: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("  (no PNG: pip install 'hypd[bench]' for matplotlib)")
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for system, runs in traces.items():
+        xs, med, lo, hi = [], [], [], []
+        for n in range(1, top + 1):
+            vals = [r.regret[n - 1] for r in runs if len(r.regret) >= n]
+            if not vals or not all(map(math.isfinite, vals)):
+                continue
+            m, q1, q3, _ = quartiles(vals)
+            xs.append(n), med.append(max(m, 1e-4)), lo.append(max(q1, 1e-4)), hi.append(max(q3, 1e-4))
+        ax.plot(xs, med, label=system)
+        ax.fill_between(xs, lo, hi, alpha=0.15)
+    ax.set_yscale("log")
+    ax.set_xlabel("trials completed")
+    ax.set_ylabel("regret (median, quartiles)")
+    ax.set_title(f"{name}: {WORKERS} asynchronous workers, {len(next(iter(traces.values())))} seeds")
+    ax.legend()
+    path = png_dir / f"search_quality_{name}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"  curves: {path}")
 
 
 def ask_cost(sizes: list[int], repeats: int) -> None:
@@ -151,9 +122,9 @@ def ask_cost(sizes: list[int], repeats: int) -> None:
     points are attached and completed first (they count as Ax's initialisation)."""
     print(f"\nAx ask(4) cost on hartmann6 (Bayesian optimisation; median of {repeats}):", flush=True)
     print(f"  {'completed':>9} {'ask s':>8} {'best() s':>9} {'dump() s':>9} {'dump MB':>8}")
-    f = PROBLEMS["hartmann6"][0]
+    f = PROBLEMS["hartmann6"].f
     for n in sizes:
-        s = make_suggester(spec_for("hartmann6", "ax", n + 4 * repeats + 4, seed=0))
+        s = make_suggester(spec_for(PROBLEMS["hartmann6"], "ax", n + 4 * repeats + 4, seed=0))
         rng = random.Random(n)
         for _ in range(n):
             params = {f"x{i}": rng.random() for i in range(1, 7)}
@@ -177,27 +148,41 @@ def ask_cost(sizes: list[int], repeats: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="budget 30, 2 seeds, 1 timing call")
-    parser.add_argument("--problems", default="branin,hartmann6")
-    parser.add_argument("--no-timing", action="store_true", help="skip the ask-cost table")
-    parser.add_argument("--no-quality", action="store_true", help="skip the regret tables")
+    parser.add_argument("--quick", action="store_true", help="2 seeds, budgets 16 and 30, branin and mixed")
+    parser.add_argument("--only", choices=["quality", "curves", "timing"], action="append",
+                        help="run only this part (repeatable)")
+    parser.add_argument("--problems", default=",".join(PROBLEMS))
+    parser.add_argument("--systems", default="hypd,ax-direct,optuna-tpe,random")
+    parser.add_argument("--budgets", default="16,30,60")
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--curve-trials", type=int, default=40, help="trials per seed on the learning curves")
+    parser.add_argument("--min-step", type=int, default=3, help="early_stop min_step on the learning curves")
+    parser.add_argument("--png", default=".", help="folder for the PNG curves ('' for none)")
     args = parser.parse_args(argv)
     # Ax, BoTorch, pandas and Optuna warn about their own internals; keep the tables clean.
-    warnings.filterwarnings("ignore", module=r"(ax|botorch|gpytorch|linear_operator|torch|pandas|optuna)(\.|$)")
+    warnings.filterwarnings("ignore")
 
-    budgets, seeds, repeats = ([30], [0, 1], 1) if args.quick else ([30, 60], [0, 1, 2, 3, 4], 3)
-    algorithms = ["ax", "sobol", "random"]
+    parts = args.only or ["quality", "curves", "timing"]
+    problems, budgets, seeds = args.problems.split(","), [int(b) for b in args.budgets.split(",")], args.seeds
+    if args.quick:
+        problems, budgets, seeds = ["branin", "mixed"], [16, 30], 2
+    systems = args.systems.split(",")
     try:
         import optuna  # noqa: F401
-        algorithms.append("optuna-tpe")
     except ImportError:
+        systems = [s for s in systems if s != "optuna-tpe"]
         print("(optuna is not installed: no TPE row; pip install 'hypd[bench]')")
     start = time.perf_counter()
-    if not args.no_quality:
-        quality(args.problems.split(","), budgets, seeds, algorithms)
-    if not args.no_timing:
-        ask_cost([30, 100, 200], repeats)
-    print(f"\ntotal {time.perf_counter() - start:.0f}s", flush=True)
+    print(f"search_quality: {' '.join(sys.argv[1:]) or '(defaults)'}; {load()}", flush=True)
+    if "quality" in parts:
+        quality(problems, systems, budgets, list(range(seeds)), Path(args.png) if args.png else None)
+    if "curves" in parts:
+        early_stopping(list(range(seeds)), args.curve_trials, args.min_step, ["none", "default", "asha"],
+                       say=lambda line: print(line, flush=True))
+        print(f"  ({load()})", flush=True)
+    if "timing" in parts:
+        ask_cost([30, 100, 200], 1 if args.quick else 3)
+    print(f"\ntotal {time.perf_counter() - start:.0f}s; {load()}", flush=True)
     return 0
 
 
