@@ -783,7 +783,7 @@ class _Parser(_Reader):
 
         max_trials = self.integer(study, "max_trials", "study", None, 1)
         if max_trials is not None and max_trials > MAX_TRIALS:
-            raise self.fail("study.max_trials", f"{_count(max_trials)} is over the cap of {MAX_TRIALS} trials per "
+            raise self.fail("study.max_trials", f"{_count(max_trials)} trials, over the cap of {MAX_TRIALS} per "
                                                 "study; split the search into studies of at most that many "
                                                 "(hypd submit FILE --as NAME)")
         if settings.algorithm == "grid":
@@ -793,8 +793,8 @@ class _Parser(_Reader):
         trials = min(max_trials or MAX_TRIALS, math.prod(grid_axis_sizes(params, max_trials))) \
             if settings.algorithm == "grid" else max_trials
         if trials * settings.replicates > MAX_TRIALS:
-            raise self.fail("study.replicates", f"{trials} trials x {_count(settings.replicates)} replicates is over "
-                                                f"the cap of {MAX_TRIALS} runs per study; give fewer replicates or "
+            raise self.fail("study.replicates", f"{trials} trials x {_count(settings.replicates)} replicates: more runs "
+                                                f"than the cap of {MAX_TRIALS} per study; give fewer replicates or "
                                                 "trials, or split the search into studies (--as NAME)")
 
         run = self.run_parser.run(self.table(doc, "run", required=True), params)
@@ -926,7 +926,7 @@ def axis_size(param: Param) -> int | None:
 
 def _count(n: int) -> str:
     if n >= 10**18:
-        return "over 10**18"
+        return "more than 10**18"
     return f"{n:,}" if n < 10**15 else f"{float(n):.3g}"
 
 

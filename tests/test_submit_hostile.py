@@ -45,7 +45,7 @@ def refused(result: subprocess.CompletedProcess[str], says: str) -> None:
 
 def test_hostile_files_are_refused_with_one_line_and_nothing_is_stored(daemon: DaemonProc) -> None:
     cases = {
-        "step": ('x = { type = "float", low = 0, high = 1, step = 1e-300 }', "the grid has over 10**18 points"),
+        "step": ('x = { type = "float", low = 0, high = 1, step = 1e-300 }', "the grid has more than 10**18 points"),
         "million": ('x = { type = "int", low = 1, high = 1000 }\ny = { type = "int", low = 1, high = 1000 }',
                     "the grid has 1,000,000 points"),
         "huge_int": ('x = { type = "int", low = -9223372036854775808, high = 9223372036854775807 }', "2**53"),
