@@ -84,9 +84,12 @@ class Fetcher:
         self.gate = asyncio.Semaphore(FETCHES_AT_ONCE)
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    def after_release(self, run_id: int) -> None:
+    def after_release(self, run_id: int, study: str) -> None:
         """A run's processes are gone and its GPUs given back: fetch its artifacts now, in
-        a task of their own."""
+        a task of their own (nothing at all for a study that names none)."""
+        rt = self.studies.all.get(study)
+        if rt is not None and not rt.spec.fetch:
+            return
         task = asyncio.create_task(self._after_release(run_id), name=f"fetch:{run_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -250,6 +250,7 @@ class Release:
     run: int
     host: str
     gpus: tuple[int, ...]
+    study: str = field(default="", compare=False)  # for the shell (what to fetch); not the core's concern
 
 
 @dataclass(frozen=True)
@@ -436,7 +437,7 @@ class Lifecycle:
         a.clean = True  # nothing started
         if not e.reached_host and a.phase is Phase.LAUNCHING and a.stop_intent is None:
             del self.attempts[a.id]  # still its trial's attempt under way: a pending one
-            return [Requeue(a.id, f"back to pending: {e.why}"), Release(a.id, a.host, a.gpus)]
+            return [Requeue(a.id, f"back to pending: {e.why}"), Release(a.id, a.host, a.gpus, a.study)]
         if a.stop_intent is not None:  # it was to end anyway: as asked, not as a failure
             end = ending(None, None, a.stop_intent, self.rules.get(a.study, StudyRules()).timeout_text)
             return self._end(a, end.state, f"{a.stop_reason or end.reason} (its launch failed: {e.why})", None,
@@ -637,7 +638,7 @@ class Lifecycle:
 
     def _release(self, a: Attempt) -> list[Action]:
         del self.attempts[a.id]
-        return [Unwatch(a.id, a.host), Release(a.id, a.host, a.gpus)]
+        return [Unwatch(a.id, a.host), Release(a.id, a.host, a.gpus, a.study)]
 
     def _on_HostDown(self, e: HostDown) -> list[Action]:
         self.hosts_down.setdefault(e.host, e.at)

@@ -70,7 +70,7 @@ class Runs:
         self._chains: dict[object, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.stopping = False  # `hypd stop --kill-runs`: nothing new, and every run ends
-        self.released_run: Callable[[int], None] = lambda run: None  # its processes gone, its GPUs free
+        self.released_run: Callable[[int, str], None] = lambda run, study: None  # its processes gone, GPUs free
 
     # ------------------------------------------------------------ in
 
@@ -161,7 +161,7 @@ class Runs:
             await self._host_call(action.host, lambda h: h.unwatch(action.run))
         elif isinstance(action, lc.Release):
             self._release(action)
-            self.released_run(action.run)  # after: fetching its artifacts never holds its GPUs
+            self.released_run(action.run, action.study)  # after: fetching its artifacts never holds its GPUs
         elif isinstance(action, lc.Requeue):
             await self._durably(self.store.transition, action.run, RunState.PENDING, action.reason, host=None,
                                 gpus=None, started=None, ctl_dir=None, log_path=None, deadline=None, pid=None,
