@@ -71,7 +71,7 @@ class Studies:
 
     async def _load_one(self, row: StudyRow) -> None:
         try:
-            spec = await asyncio.to_thread(parse_study, row.text, row.source, row.base_dir, row.name)
+            spec = await asyncio.to_thread(parse_study, row.text, row.source, row.base_dir, row.name, False)
             suggester = await asyncio.to_thread(open_suggester, spec, row.search_state, self.worker)
         except (StudyError, SearchError, ValueError) as exc:
             self.broken[row.name] = str(exc)

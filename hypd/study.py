@@ -266,9 +266,10 @@ class _Reader:
     """Typed look-ups in a study file's tables, each refusal a StudyError naming the file
     and the key. The section parsers of one file share its warnings list."""
 
-    def __init__(self, source: str, warnings: list[str]) -> None:
+    def __init__(self, source: str, warnings: list[str], capped: bool = True) -> None:
         self.source = source
         self.warnings = warnings
+        self.capped = capped  # False: a stored study, loaded again, is held to no cap
 
     def fail(self, key: str, message: str) -> StudyError:
         return StudyError(self.source, key, message)
@@ -358,7 +359,8 @@ class _StudySectionParser(_Reader):
         priority = self.integer(study, "priority", "study", 1, 1)
         max_failures = self.integer(study, "max_failures", "study", DEFAULT_MAX_FAILURES, 0)
         seed = study.get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
+                                 or self.capped and not 0 <= seed <= MAX_SEED):
             raise self.fail("study.seed", f"must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
         replicates = self.integer(study, "replicates", "study", 1, 1)
         return _StudySettings(
@@ -481,7 +483,7 @@ class _ParamsParser(_Reader):
             raise self.fail(f"{where}.{key}", f"must be finite, got {value!r}")
         if kind is int and not isinstance(value, int) and not float(value).is_integer():
             raise self.fail(f"{where}.{key}", f"must be a whole number for an int range, got {value!r}")
-        if kind is int and abs(value) > MAX_INT:
+        if kind is int and abs(value) > MAX_INT and self.capped:
             raise self.fail(f"{where}.{key}", f"{value} is beyond the cap of ±{MAX_INT} (2**53) for an int range; "
                                               'use a float range (type = "float"), or a smaller range')
         try:
@@ -567,7 +569,7 @@ class _ParamsParser(_Reader):
                                                 "values = [...], or max_trials to size the grid")
         sizes = grid_axis_sizes(params, max_trials)  # counted: no point is made before the cap is checked
         size = math.prod(sizes)
-        if size > MAX_TRIALS:
+        if size > MAX_TRIALS and self.capped:
             widest = params[sizes.index(max(sizes))]
             raise self.fail(f"params.{widest.name}", f"the grid has {_count(size)} points, over the cap of "
                                                      f"{MAX_TRIALS}; give {widest.name} a coarser step or fewer "
@@ -596,8 +598,8 @@ class _RunParser(_Reader):
     """[run] and [metrics]: the commands (checked against the parameters they fill in),
     their folder, files and environment, and how metrics are read from their output."""
 
-    def __init__(self, source: str, warnings: list[str], base_dir: Path) -> None:
-        super().__init__(source, warnings)
+    def __init__(self, source: str, warnings: list[str], base_dir: Path, capped: bool) -> None:
+        super().__init__(source, warnings, capped)
         self.base_dir = base_dir
 
     def run(self, run: Mapping[str, Any], params: tuple[Param, ...]) -> _RunSettings:
@@ -641,7 +643,7 @@ class _RunParser(_Reader):
                 raise self.fail(f"run.env.{k}", f"must be a string or number, got {v!r}")
             env[k] = str(v)
         size = sum(len(k) + len(v.encode()) + 2 for k, v in env.items())
-        if size > MAX_COMMAND_BYTES:
+        if size > MAX_COMMAND_BYTES and self.capped:
             raise self.fail("run.env", f"{size:,} bytes in all, over the cap of {MAX_COMMAND_BYTES:,}; pass long "
                                        "values in a file the command reads")
         return env
@@ -698,7 +700,7 @@ class _RunParser(_Reader):
                                            "quoting; drop the quotes, hypd quotes every value itself")
             for _, f, spec, _ in string.Formatter().parse(stage.command):
                 for digits in re.findall(r"\d+", spec or ""):
-                    if len(digits.lstrip("0")) > 9 or int(digits) > MAX_FORMAT_WIDTH:
+                    if self.capped and (len(digits.lstrip("0")) > 9 or int(digits) > MAX_FORMAT_WIDTH):
                         raise self.fail(where, f"placeholder {{{f}:{spec}}}"[:120] + f": width {digits[:30]} is over "
                                                f"the cap of {MAX_FORMAT_WIDTH}; give a smaller width or precision")
             samples = {"run_dir": "/run", "run": "study:0", "run_no": 0, "trial": 0, "replicate": 1, "study": "study",
@@ -713,7 +715,7 @@ class _RunParser(_Reader):
                         raise self.fail(where, f"cannot fill a placeholder with {p.name} = {value!r} ({exc}); "
                                                "fix its format spec") from None
                     longest = max(longest, len(rendered.encode(errors="surrogatepass")))
-            if longest > MAX_COMMAND_BYTES:
+            if longest > MAX_COMMAND_BYTES and self.capped:
                 raise self.fail(where, f"up to {longest:,} bytes once filled in, over the cap of "
                                        f"{MAX_COMMAND_BYTES:,} for a command line; put the long part in a script "
                                        "(or a file the command reads) and run that")
@@ -767,12 +769,12 @@ class _Parser(_Reader):
     """A whole study file: its sections, read in a fixed order (so of several mistakes the
     same one is always reported), into a StudySpec."""
 
-    def __init__(self, source: str, base_dir: Path, name: str | None = None) -> None:
-        super().__init__(source, [])
+    def __init__(self, source: str, base_dir: Path, name: str | None = None, capped: bool = True) -> None:
+        super().__init__(source, [], capped)
         self.name = name
-        self.study_parser = _StudySectionParser(source, self.warnings)
-        self.params_parser = _ParamsParser(source, self.warnings)
-        self.run_parser = _RunParser(source, self.warnings, base_dir)
+        self.study_parser = _StudySectionParser(source, self.warnings, capped)
+        self.params_parser = _ParamsParser(source, self.warnings, capped)
+        self.run_parser = _RunParser(source, self.warnings, base_dir, capped)
 
     def parse(self, doc: Mapping[str, Any]) -> StudySpec:
         self.no_unknown(doc, _TOP_KEYS, "")
@@ -782,7 +784,7 @@ class _Parser(_Reader):
         params = self.params_parser.params(self.table(doc, "params", required=True), settings.algorithm)
 
         max_trials = self.integer(study, "max_trials", "study", None, 1)
-        if max_trials is not None and max_trials > MAX_TRIALS:
+        if max_trials is not None and max_trials > MAX_TRIALS and self.capped:
             raise self.fail("study.max_trials", f"{_count(max_trials)} trials, over the cap of {MAX_TRIALS} per "
                                                 "study; split the search into studies of at most that many "
                                                 "(hypd submit FILE --as NAME)")
@@ -792,7 +794,7 @@ class _Parser(_Reader):
             max_trials = DEFAULT_MAX_TRIALS
         trials = min(max_trials or MAX_TRIALS, math.prod(grid_axis_sizes(params, max_trials))) \
             if settings.algorithm == "grid" else max_trials
-        if trials * settings.replicates > MAX_TRIALS:
+        if trials * settings.replicates > MAX_TRIALS and self.capped:
             raise self.fail("study.replicates", f"{trials} trials x {_count(settings.replicates)} replicates: more runs "
                                                 f"than the cap of {MAX_TRIALS} per study; give fewer replicates or "
                                                 "trials, or split the search into studies (--as NAME)")
@@ -802,7 +804,8 @@ class _Parser(_Reader):
         constraints = self.study_parser.string_list(study, "constraints")
         param_constraints = self.study_parser.string_list(study, "param_constraints")
         early_stop = self.study_parser.early_stop(study, settings.objectives)
-        self.run_parser.check_objectives(settings.objectives, metrics_regex, run.stages)
+        if self.capped:  # (a refusal at submit: a study stored before it still loads)
+            self.run_parser.check_objectives(settings.objectives, metrics_regex, run.stages)
         if early_stop is not None and settings.replicates > 1:
             raise self.fail("study.early_stop", "cannot go with replicates (the search judges one run per trial); "
                                                 "drop one of the two")
@@ -821,12 +824,15 @@ class _Parser(_Reader):
 
 
 def parse_study(text: str, source: str = "<study>", base_dir: str | Path | None = None,
-                name: str | None = None) -> StudySpec:
+                name: str | None = None, capped: bool = True) -> StudySpec:
     """Parse a study file's text. base_dir resolves a relative workdir (default: the file's
-    folder); name, when given, stands for the file's study.name (`hypd submit --as NAME`)."""
+    folder); name, when given, stands for the file's study.name (`hypd submit --as NAME`).
+    capped=False: the caps (MAX_*) and the objective's check are not applied, for a study
+    stored before them that is loaded again (it was accepted then, and may have runs)."""
     if base_dir is None:
         base_dir = Path(source).parent if source != "<study>" else Path.cwd()
-    check_size(len(text.encode("utf-8", errors="surrogatepass")), source)
+    if capped:
+        check_size(len(text.encode("utf-8", errors="surrogatepass")), source)
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -835,7 +841,7 @@ def parse_study(text: str, source: str = "<study>", base_dir: str | Path | None 
         raise StudyError(source, "", "not a study file: arrays or tables nested too deeply") from None
     except ValueError as exc:  # e.g. an integer of more digits than Python converts
         raise StudyError(source, "", f"not valid TOML: {exc}") from None
-    return _Parser(source, Path(base_dir), name).parse(doc)
+    return _Parser(source, Path(base_dir), name, capped).parse(doc)
 
 
 def with_max_trials(text: str, max_trials: int) -> str:

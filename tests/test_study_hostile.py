@@ -274,3 +274,12 @@ def test_fuzzed_changes_to_a_valid_study_parse_or_give_one_line(changes: list[tu
     for (table, key), value in changes:
         doc[table][key] = value
     test_fuzzed_study_documents_parse_or_give_one_line.hypothesis.inner_test(doc)  # type: ignore[attr-defined]
+
+
+def test_a_stored_study_is_loaded_again_without_the_caps() -> None:
+    """A study accepted before the caps (it may have runs) still loads; only a submit is capped."""
+    text = study(algorithm='"random"', extra=f"max_trials = {MAX_TRIALS * 2}\nseed = -5", metric='"acc"',
+                 metrics='[metrics]\nregex = { accuracy = "acc ([0-9.]+)" }')
+    assert "study.seed" in refusal(text)
+    spec = parse_study(text, "s.toml", "/tmp", capped=False)
+    assert spec.max_trials == MAX_TRIALS * 2 and spec.seed == -5

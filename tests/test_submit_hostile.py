@@ -144,3 +144,23 @@ def test_a_study_stored_without_its_trials_gets_them_when_submitted_again(daemon
         daemon.wait_finished("old")
     finally:
         daemon.stop(kill_runs=True)
+
+
+def test_a_study_stored_before_the_caps_still_loads(daemon_env: dict[str, str], tmp_path: Path) -> None:
+    home = Path(daemon_env["HYPD_HOME"])
+    text = GRID.format(name="wide", params='x = { type = "int", low = 1, high = 20000 }').replace(
+        'algorithm = "grid"', 'algorithm = "grid"\ngpus = 1')
+
+    async def store_it() -> None:
+        store = await Store.open(home / "hypd.db")
+        await store.add_study("wide", str(tmp_path / "wide.toml"), text, str(tmp_path),
+                              '{"algorithm": "grid", "next_trial": 0, "next_point": 0, "attached": []}')
+        await store.close()
+
+    asyncio.run(store_it())
+    daemon = DaemonProc(home, daemon_env).start()
+    try:
+        [wide] = daemon.call("studies")
+        assert "error" not in wide and wide["name"] == "wide", wide
+    finally:
+        daemon.stop()
