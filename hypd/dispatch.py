@@ -179,8 +179,9 @@ class Dispatcher:
                  else f"{host.name} ({spec.gpus} GPU{'s' if spec.gpus > 1 else ''})" if spec.gpus
                  else f"{host.name} (cpu)")
         await self.store.transition(run_id, RunState.RUNNING, f"started on {where}", host=host.name,
-                                    gpus=list(gpus), run_dir=str(run_dir), ctl_dir=str(ctl_dir),
-                                    log_path=str(log_path), deadline=deadline, log_offset=0)
+                                    gpus=list(gpus) if gpus or not spec.gpus else None,  # None: the host's choice
+                                    run_dir=str(run_dir), ctl_dir=str(ctl_dir), log_path=str(log_path),
+                                    deadline=deadline, log_offset=0)
         self.runs.core.rules[spec.name] = lc.study_rules(spec)
         self.runs.core.lost_after[host.name] = host.lost_after
         self.runs.launching(

@@ -60,9 +60,11 @@ def state_text(run: Mapping[str, Any]) -> str:
 
 
 def where(run: Mapping[str, Any]) -> str:
-    """host:GPUs, host:cpu, or '-' before it has a host."""
+    """host:GPUs, host:cpu, host alone (a batch host chose its GPUs), or '-' before it has a host."""
     if not run.get("host"):
         return "-"
+    if run.get("gpus") is None and run.get("state") != "pending":
+        return str(run["host"])
     gpus = run.get("gpus") or []
     return f"{run['host']}:{','.join(map(str, gpus))}" if gpus else f"{run['host']}:cpu"
 

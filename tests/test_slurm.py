@@ -105,6 +105,8 @@ def test_runs_queue_while_the_node_is_full_then_complete_with_their_gpus_and_met
         assert reports(d, r["name"]) == list(range(8))
         assert r["exit_code"] == 0 and r["host"] == "cluster"
     assert devices <= {"devices=0,1", "devices=2,3"}
+    listing = d.cli("ls", "--study", "q").stdout
+    assert " cluster " in listing and "cluster:cpu" not in listing  # its GPUs were Slurm's to choose
     assert sbatch_calls(calls) == 5
 
 

@@ -29,6 +29,7 @@ from hypd import lifecycle as lc
 from hypd.artifacts import FetchResult, copy_local
 from hypd.capacity import HostRules
 from hypd.display import one_line
+from hypd.gpus import GpuSnapshot
 from hypd.hosts import Host, HostDownError, HostError, Sink
 from hypd.slurm import commands as sc
 from hypd.slurm.config import SlurmConfig
@@ -70,6 +71,7 @@ class SlurmHost(Host):
         self._jobs: dict[str, int] = {"running": 0, "queued": 0}
         self._idle_gpus: int | None = None
         self._sinfo_at = 0.0
+        self._told: tuple[dict[str, int], int | None] | None = None
 
     # ------------------------------------------------------------ what the daemon reads
 
@@ -208,7 +210,13 @@ class SlurmHost(Host):
             self._sink(event)
         ours = {t.job for t in self.tracker.live() if t.job}
         phases = [j.phase for j in jobs if j.id in ours]
-        self._jobs = {"running": phases.count("running"), "queued": phases.count("queued")}
+        counts = {"running": phases.count("running"), "queued": phases.count("queued")}
+        if (counts, self._idle_gpus) != self._told:
+            self._told = (counts, self._idle_gpus)
+            self._jobs = counts
+            # What `hypd hosts` and the dashboard show of the cluster changed: a reading of
+            # its GPUs (none hypd places itself) carries the news, as for other hosts.
+            self._set_gpus(GpuSnapshot((), "slurm", time.time()))
 
     # ------------------------------------------------------------ runs
 
