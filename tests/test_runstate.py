@@ -142,7 +142,7 @@ def test_unknown_intent_is_refused() -> None:
 
 
 def test_stop_intent_values() -> None:
-    assert [i.value for i in StopIntent] == ["kill", "timeout", "early_stop"]
+    assert [i.value for i in StopIntent] == ["kill", "timeout", "keepalive", "early_stop"]
 
 
 # ------------------------------------------------------------------ counts_as_failure
