@@ -217,6 +217,26 @@ def test_the_login_node_over_ssh(clean_slurm: SlurmCluster, cluster: SshdCluster
     os.kill(login.proc.pid, signal.SIGKILL) if login.proc else None
 
 
+@pytest.mark.ssh
+def test_the_login_node_dropped_and_back_loses_no_line_and_submits_nothing_twice(
+        clean_slurm: SlurmCluster, cluster: SshdCluster, remote_daemon: DaemonProc) -> None:
+    login, calls = use_login_over_ssh(remote_daemon, clean_slurm, cluster)
+    d = remote_daemon.start()
+    wait_up(d)
+    d.cli("submit", study(d, "drop", n=3, gpus=1, parallel=3, steps=40, sleep=0.1))
+    wait_for(lambda: any(r["reports"] > 3 for r in d.runs(study="drop")), timeout=60, what="a run reporting")
+    login.kill()  # the listener and every connection: the daemon's connection drops; the jobs go on
+    wait_for(lambda: d.call("hosts")[0]["state"] == "down", timeout=30, what="the cluster down")
+    time.sleep(2)
+    login.start()
+    wait_for(lambda: len(d.runs(study="drop", state="completed")) == 3, timeout=120, interval=0.3,
+             what="every run to complete")
+    for r in d.runs(study="drop"):
+        assert reports(d, r["name"]) == list(range(40)), r["name"]  # none lost or doubled across the drop
+        assert r["attempt"] == 1
+    assert sbatch_calls(calls) == 3
+
+
 ARTIFACTS_STUDY = """
     [study]
     name = "art"

@@ -173,3 +173,12 @@ def test_a_job_gone_from_the_queue_ends_by_its_exit_file_or_sacct_or_unknown() -
     look(tr), look(tr)
     tr.acct_wanted()
     assert look(tr, acct=None) == [lc.Exited(1, None, None, 0, cause=None), lc.Cleaned(1)]  # no accounting
+
+
+def test_a_run_watched_anew_is_said_alive_again_when_its_job_is_seen() -> None:
+    tr = Tracker()
+    tr.watch(1, CTL, "/home/log", "41")
+    assert look(tr, Job("41", "RUNNING", "", "n", CTL))[0] == lc.Alive(1, 41, "slurm")
+    assert look(tr, Job("41", "RUNNING", "", "n", CTL)) == []
+    tr.watch(1, CTL, "/home/log", "41")  # its login node came back: the daemon watches its runs anew
+    assert look(tr, Job("41", "RUNNING", "", "n", CTL)) == [lc.Alive(1, 41, "slurm")]

@@ -4,7 +4,7 @@ its source is sent each time, nothing is installed).
 It reads a request (JSON) on stdin and answers one JSON object on stdout:
 - "squeue"/"sinfo"/"sacct": each command given, run once: [exit status, stdout, stderr];
 - "logs": for [key, path, offset] each, [size, base64 of the bytes from offset on]
-  (at most max_bytes a log), the log's size read after `squeue` ran, so that a job that
+  (at most max_bytes a log, max_total in all), the log's size read after `squeue` ran, so that a job that
   squeue saw ended has its whole output here;
 - "exits": for [key, path] each, the exit file's text, or null when there is none;
 - "expand": the given path with ~ expanded (where runs live on the shared filesystem).
@@ -59,7 +59,11 @@ def main():
         if request.get(name):
             answer[name] = run(request[name])
     limit = int(request.get("max_bytes", 1 << 20))
-    answer["logs"] = dict((key, read_log(path, offset, limit)) for key, path, offset in request.get("logs", []))
+    budget = int(request.get("max_total", 16 << 20))  # one answer stays small; the rest comes next tick
+    answer["logs"] = {}
+    for key, path, offset in request.get("logs", []):
+        answer["logs"][key] = read_log(path, offset, max(0, min(limit, budget)))
+        budget -= len(answer["logs"][key][1]) * 3 // 4
     answer["exits"] = dict((key, read_exit(path)) for key, path in request.get("exits", []))
     if request.get("expand"):
         answer["expand"] = os.path.expanduser(request["expand"])

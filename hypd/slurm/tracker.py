@@ -69,8 +69,12 @@ class Tracker:
         t = self.runs.get(run)
         if t is None or t.ended:
             self.runs[run] = Tracked(run, ctl, log, job=job)
-        elif t.job is None and job is not None:
-            t.job = job
+        else:
+            # Watched anew (its login node is back): its job, seen again, is said alive
+            # again, which brings back a run recorded lost meanwhile (or ends it if retried).
+            t.alive_told = False
+            if t.job is None and job is not None:
+                t.job = job
 
     def forget(self, run: int) -> None:
         self.runs.pop(run, None)
