@@ -513,7 +513,8 @@ async def test_an_archived_or_removed_study_leaves_the_dashboard(daemon: DaemonP
     app = app_for(daemon)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.loaded and app.events_received, what="the load and the first event")
-        assert {"kept", "shelved"} <= set(app.studies) and "shelved:1" in table_of(app).rows
+        await until(pilot, lambda: {"kept", "shelved"} <= set(app.studies) and "shelved:1" in table_of(app).rows,
+                    what="both studies shown")
         await asyncio.to_thread(daemon.cli, "archive", "shelved")
         await until(pilot, lambda: "shelved" not in app.studies and "shelved:1" not in table_of(app).rows,
                     what="the archived study gone")
