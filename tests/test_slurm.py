@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -26,8 +27,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 @pytest.fixture(scope="module")
 def slurm() -> Iterator[SlurmCluster]:
     base = Path(tempfile.mkdtemp(prefix="slurm", dir="/tmp"))
-    with slurm_cluster(base) as c:
-        yield c
+    try:
+        with slurm_cluster(base) as c:
+            yield c
+    finally:
+        if not os.environ.get("HYPD_TEST_KEEP"):
+            shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
