@@ -94,7 +94,14 @@ class Fetcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _after_release(self, run_id: int) -> None:
+    async def catch_up(self) -> None:
+        """At start: fetch again what a stopped daemon was copying (each once its host is up)."""
+        for run_id in await self.store.fetches_under_way():
+            task = asyncio.create_task(self._after_release(run_id, wait_up=True), name=f"fetch:{run_id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _after_release(self, run_id: int, wait_up: bool = False) -> None:
         try:
             row = await self.store.run_by_id(run_id)
             if row is None or row["state"] in (RunState.PENDING.value, RunState.RUNNING.value):
@@ -102,6 +109,9 @@ class Fetcher:
             rt = self.studies.all.get(row["study"])
             if rt is None or not rt.spec.fetch or not row["run_dir"]:
                 return
+            host = self.hosts().get(row["host"] or "")
+            if wait_up and host is not None:
+                await host.wait_up(host.lost_after)
             await self.fetch(row)
         except Exception:  # noqa: BLE001 - a fetch never fails a run, nor the daemon
             log.exception("fetching the artifacts of run %d failed", run_id)
@@ -127,6 +137,10 @@ class Fetcher:
         result = FetchResult()
         from hypd.hosts import HostError
 
+        # Marked first: a daemon stopped mid-copy fetches it again at its next start.
+        started = {"dir": str(dest), "files": [], "missing": [], "error": "", "at": time.time(),
+                   "host": row["host"] or "", "run_dir": row["run_dir"] or "", "fetching": True}
+        await self.store.set_artifacts(row["id"], started)
         async with self.gate:
             try:
                 if host is None:
@@ -139,8 +153,8 @@ class Fetcher:
                         row["host"], error, row["name"])
         elif result.files:
             log.info("%s: %d artifact(s) fetched to %s", row["name"], len(result.files), dest)
-        record = {"dir": str(dest), "files": result.files, "missing": result.missing, "error": error,
-                  "at": time.time(), "host": row["host"] or "", "run_dir": row["run_dir"] or ""}
+        record = {**started, "files": result.files, "missing": result.missing, "error": error, "at": time.time(),
+                  "fetching": False}
         await self.store.set_artifacts(row["id"], record)
         return record
 

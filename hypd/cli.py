@@ -396,6 +396,8 @@ def artifacts_line(record: dict[str, Any] | None, run: dict[str, Any], fetch: li
     if record is None:
         return (f"not fetched (yet): hypd pull {run['name']}  (on {on_host})" if fetch else
                 f"{on_host}  (the run's folder; [run] fetch = [...] copies files back here)")
+    if record.get("fetching"):
+        return f"being copied to {record['dir']}  (from {on_host})"
     if record["error"]:
         return f"fetch failed: {record['error']}  (hypd pull {run['name']} tries again; on {on_host})"
     files = ", ".join(record["files"]) or "none"

@@ -165,6 +165,7 @@ class Daemon:
                      time.monotonic() - began)
         await self.studies.load()
         await self.runs.recover()
+        await self.fetcher.catch_up()
         tg.create_task(self.runs.serve(), name="runs")
         tg.create_task(self.dispatcher.serve(), name="dispatch")
         tg.create_task(self._chores(), name="chores")

@@ -186,6 +186,7 @@ class Artifacts(TypedDict):
     at: float
     host: str
     run_dir: str  # the run's folder on its host
+    fetching: bool  # a copy is under way (files, missing and error: empty until it ends)
 
 
 class _RunInfo(TypedDict):

@@ -623,6 +623,12 @@ class Store(Queries):
         rows = list(await self.reader.execute_fetchall("SELECT data FROM artifacts WHERE run_id=?", (run_id,)))
         return json.loads(rows[0][0]) if rows else None
 
+    async def fetches_under_way(self) -> list[int]:
+        """Runs whose artifacts were being copied when the daemon stopped."""
+        rows = await self.reader.execute_fetchall(
+            "SELECT run_id FROM artifacts WHERE json_extract(data, '$.fetching') = 1")
+        return [r[0] for r in rows]
+
     async def set_archived(self, name: str, archived: bool) -> None:
         await self.write("UPDATE studies SET archived=? WHERE name=?", (int(archived), name))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -217,6 +218,12 @@ ARTIFACTS_BODY = ("mkdir -p $HYPD_RUN_DIR/ckpt && echo weights-{x} > $HYPD_RUN_D
 FETCH = 'fetch = ["ckpt/best.pt", "*.json", "*.bin", "nothing*"]'
 
 
+def fetched_info(d: DaemonProc, run: str, timeout: float = 60) -> dict[str, Any]:
+    """`info` of a run once the copy of its artifacts has ended."""
+    return wait_for(lambda: (i := d.call("info", run=run)).get("artifacts") and not i["artifacts"]["fetching"] and i,
+                    timeout, what=f"{run}'s artifacts fetched")
+
+
 @pytest.mark.ssh
 def test_artifacts_come_back_from_an_ssh_host_after_its_gpu_is_released(cluster: SshdCluster,
                                                                        remote_daemon: DaemonProc) -> None:
@@ -230,8 +237,7 @@ def test_artifacts_come_back_from_an_ssh_host_after_its_gpu_is_released(cluster:
     assert {r["state"] for r in runs.values()} == {"completed"}
     fetched = {}
     for name, run in runs.items():
-        info = wait_for(lambda n=name: (i := d.call("info", run=n)).get("artifacts") and i, 60,
-                        what=f"{name}'s artifacts")
+        info = fetched_info(d, name)
         record = fetched[name] = info["artifacts"]
         local = Path(record["dir"])
         assert local.is_relative_to(d.home / "studies" / "art") and record["run_dir"] == run["run_dir"]
@@ -261,7 +267,7 @@ def test_artifacts_come_back_from_an_ssh_host_after_its_gpu_is_released(cluster:
     blocker.write_text("a file where the study's folder would go")
     d.cli("submit", study_file(d, "stuck", n=1, body=ARTIFACTS_BODY, run_extra=FETCH))
     d.wait_finished("stuck", timeout=60)
-    info = wait_for(lambda: (i := d.call("info", run="stuck:1")).get("artifacts") and i, 60, what="the fetch")
+    info = fetched_info(d, "stuck:1")
     assert info["run"]["state"] == "completed" and info["artifacts"]["error"]
     assert "fetch failed" in d.cli("info", "stuck:1").stdout
     log = (d.home / "daemon.log").read_text()
@@ -273,7 +279,7 @@ def test_artifacts_of_a_local_run_are_where_it_wrote_them(daemon: DaemonProc) ->
     d = daemon
     d.cli("submit", study_file(d, "here", n=1, body=ARTIFACTS_BODY.replace("64000000", "10"), run_extra=FETCH))
     d.wait_finished("here")
-    info = wait_for(lambda: (i := d.call("info", run="here:1")).get("artifacts") and i, 30, what="the record")
+    info = fetched_info(d, "here:1")
     assert info["artifacts"]["dir"] == info["run"]["run_dir"] and "ckpt/best.pt" in info["artifacts"]["files"]
     assert f"artifacts      {info['run']['run_dir']}  (" in d.cli("best", "here").stdout
     # A study without [run] fetch: `best` says where the run's folder is; pull says how to ask.
@@ -281,3 +287,22 @@ def test_artifacts_of_a_local_run_are_where_it_wrote_them(daemon: DaemonProc) ->
     d.wait_finished("plain")
     assert "(the run's folder; [run] fetch" in d.cli("best", "plain").stdout
     assert d.cli("pull", "plain:1", check=False).returncode == 5
+
+
+@pytest.mark.ssh
+def test_a_fetch_cut_by_a_daemon_sigkill_is_done_again_at_the_next_start(cluster: SshdCluster,
+                                                                        remote_daemon: DaemonProc) -> None:
+    a = cluster.add("a", gpus=None)
+    use_hosts(remote_daemon, a.host_config(cpu_slots=1))
+    d = remote_daemon.start()
+    wait_hosts_up(d, "a")
+    body = "head -c 400000000 /dev/zero > $HYPD_RUN_DIR/big.bin"
+    d.cli("submit", study_file(d, "cut", n=1, body=body, run_extra='fetch = ["*.bin"]'))
+    wait_for(lambda: (d.call("info", run="cut:1").get("artifacts") or {}).get("fetching"), 60, interval=0.05,
+             what="the copy under way")
+    assert "being copied to" in d.cli("info", "cut:1").stdout
+    d.kill9()
+    d.start()
+    record = fetched_info(d, "cut:1", timeout=120)["artifacts"]
+    assert record["error"] == "" and record["files"] == ["big.bin"]
+    assert (Path(record["dir"]) / "big.bin").stat().st_size == 400_000_000

@@ -262,7 +262,8 @@ def check_artifacts(d: DaemonProc, cluster_root: Path) -> None:
     wait_for(lambda: len(d.runs(study="art", state="completed")) == 2, timeout=120, interval=0.3,
              what="both runs to complete")
     for r in d.runs(study="art"):
-        record = wait_for(lambda n=r["name"]: d.call("info", run=n).get("artifacts"), 30, what="the fetch")
+        record = wait_for(lambda n=r["name"]: (a := d.call("info", run=n).get("artifacts")) and not a["fetching"] and a,
+                          30, what="the fetch")
         assert record["error"] == "" and record["files"] == ["ckpt/best.pt"]
         assert Path(r["run_dir"]).is_relative_to(cluster_root)
         assert (Path(record["dir"]) / "ckpt" / "best.pt").read_text() == f"w{r['params']['x']}\n"

@@ -85,7 +85,9 @@ class RunInfo(Static):
         if run.get("run_dir"):
             row("run_dir", run["run_dir"])
         fetched = info.get("artifacts")
-        if fetched and fetched.get("error"):
+        if fetched and fetched.get("fetching"):
+            row("artifacts", f"being copied to {fetched.get('dir', '')}", "italic")
+        elif fetched and fetched.get("error"):
             row("artifacts", f"fetch failed: {fetched['error']}", "$text-error")
         elif fetched:
             files = ", ".join(fetched.get("files") or []) or "none matched"
