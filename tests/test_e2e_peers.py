@@ -224,13 +224,19 @@ def fetched_info(d: DaemonProc, run: str, timeout: float = 60) -> dict[str, Any]
                     timeout, what=f"{run}'s artifacts fetched")
 
 
-@pytest.mark.ssh
-def test_artifacts_come_back_from_an_ssh_host_after_its_gpu_is_released(cluster: SshdCluster,
-                                                                       remote_daemon: DaemonProc) -> None:
+def one_slot_host(cluster: SshdCluster, remote_daemon: DaemonProc) -> DaemonProc:
+    """The daemon started with one SSH host "a" of one CPU slot, up."""
     a = cluster.add("a", gpus=None)
     use_hosts(remote_daemon, a.host_config(cpu_slots=1))
     d = remote_daemon.start()
     wait_hosts_up(d, "a")
+    return d
+
+
+@pytest.mark.ssh
+def test_artifacts_come_back_from_an_ssh_host_after_its_gpu_is_released(cluster: SshdCluster,
+                                                                       remote_daemon: DaemonProc) -> None:
+    d = one_slot_host(cluster, remote_daemon)
     d.cli("submit", study_file(d, "art", n=2, parallel=1, body=ARTIFACTS_BODY, run_extra=FETCH))
     d.wait_finished("art", timeout=120)
     runs = {r["name"]: r for r in d.runs(study="art")}
@@ -292,10 +298,7 @@ def test_artifacts_of_a_local_run_are_where_it_wrote_them(daemon: DaemonProc) ->
 @pytest.mark.ssh
 def test_a_fetch_cut_by_a_daemon_sigkill_is_done_again_at_the_next_start(cluster: SshdCluster,
                                                                         remote_daemon: DaemonProc) -> None:
-    a = cluster.add("a", gpus=None)
-    use_hosts(remote_daemon, a.host_config(cpu_slots=1))
-    d = remote_daemon.start()
-    wait_hosts_up(d, "a")
+    d = one_slot_host(cluster, remote_daemon)
     body = "head -c 400000000 /dev/zero > $HYPD_RUN_DIR/big.bin"
     d.cli("submit", study_file(d, "cut", n=1, body=body, run_extra='fetch = ["*.bin"]'))
     wait_for(lambda: (d.call("info", run="cut:1").get("artifacts") or {}).get("fetching"), 60, interval=0.05,
