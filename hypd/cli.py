@@ -8,6 +8,7 @@ even `typing` (never Ax, torch or Textual), so `hypd ls` starts fast; `submit` a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -365,6 +366,30 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from hypd.board import board_text
 
     print(board_text(board, every_run=args.runs))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from hypd import export  # only this command needs it
+
+    fmt = args.format or next((f for f in export.FORMATS if args.output and args.output.endswith("." + f)), "csv")
+    if fmt == "parquet" and not args.output:
+        raise CliError("parquet is written to a file: give -o FILE.parquet", ExitCode.USAGE)
+    with connect() as c:
+        header, pages = export.table(c.call, args.study, args.reports)
+        try:
+            if fmt == "parquet":
+                n = export.write_parquet(args.output, header, pages)
+            else:
+                with (open(args.output, "w", newline="", encoding="utf-8") if args.output
+                      else contextlib.nullcontext(sys.stdout)) as out:
+                    n = (export.write_csv if fmt == "csv" else export.write_jsonl)(out, header, pages)
+        except export.ExportError as exc:
+            raise CliError(str(exc), ExitCode.ERROR) from None
+        except OSError as exc:
+            raise CliError(f"{args.output}: {exc.strerror or exc}", ExitCode.ERROR) from None
+    if args.output:
+        print(f"{n} {'reports' if args.reports else 'runs'} of {args.study} written to {args.output}", file=sys.stderr)
     return 0
 
 
@@ -817,6 +842,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--limit", type=int)
     sp.add_argument("--runs", action="store_true", help="every run with a result (each replicate), not one per trial")
     sp.add_argument("--json", action="store_true")
+    sp = add("export", cmd_export, "a study as a table: a row per run (or per report), a column per parameter and metric")
+    sp.add_argument("study")
+    sp.add_argument("--format", choices=("csv", "jsonl", "parquet"), help="default: from -o's extension, else csv")
+    sp.add_argument("-o", "--output", metavar="FILE", help="default: standard output")
+    sp.add_argument("--reports", action="store_true", help="a row per report (run, step, time, metrics)")
     sp = add("best", cmd_best, "observed best run, and the model's predicted best parameters")
     sp.add_argument("study")
     sp.add_argument("--json", action="store_true")

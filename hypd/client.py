@@ -267,6 +267,15 @@ class Client:
                 since = page["next"]
         return out
 
+    def export(self, study: str, reports: bool = False) -> Rows:
+        """The study's tidy table, as `hypd export` writes it: a row per run (its fields,
+        `param_*` columns, the final value of every metric) or, with reports, a row per
+        report; fetched a page at a time (`.to_pandas()` for a DataFrame)."""
+        from hypd import export
+
+        header, pages = export.table(self._read, study, reports)
+        return Rows(dict(zip(header, row)) for page in pages for row in page)
+
     def leaderboard(self, study: str, limit: int | None = None) -> Rows:
         """The study's best run of each trial, best first."""
         return Rows(self._read("leaderboard", study=study, limit=limit)["runs"])

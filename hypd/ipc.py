@@ -94,6 +94,9 @@ OPS: dict[str, dict[str, Arg]] = {
     # files: its logs and the run folders on this machine too
     "rm": {"study": Arg(str), "files": Arg(bool, False)},
     "pull": {"run": Arg(str)},  # copy the run's artifacts ([run] fetch) back now
+    # A page of a study's runs (or reports) for an export; after: the last page's "next".
+    "export": {"study": Arg(str), "reports": Arg(bool, False), "after": Arg((int, str, type(None)), None),
+               "limit": Arg(int, 5000)},
     "hosts": {},
     # options: any hosts.toml key (gpus, max_per_gpu, key, workdir, setup, known_hosts, labels, ...)
     "hosts_add": {"name": Arg(str), "target": Arg(str), "options": Arg(dict, {})},
@@ -331,6 +334,14 @@ class Suggested(TypedDict):
     params: dict[str, Any]
 
 
+class ExportPage(TypedDict):
+    study: str
+    params: list[str]  # the study's parameters, in its file's order
+    metrics: list[str]  # first page: every metric its runs' final values (for reports: its reports) hold
+    rows: list[dict[str, Any]]  # runs (id, name, trial, replicate, ..., params, metrics) or reports
+    next: Any  # what to pass as `after` for the next page; None after the last
+
+
 class Removed(TypedDict):
     removed: str
 
@@ -385,6 +396,7 @@ REPLIES: dict[str, Any] = {
     "hosts": list[HostSummary], "hosts_add": HostSummary, "hosts_rm": Removed, "hosts_drain": HostSummary,
     "stop": Stopping, "subscribe": Subscribed, "extend": Extended, "archive": Archived, "rm": StudyRemoved,
     "pull": Artifacts,
+    "export": ExportPage,
 }
 # "dropped": the last event before the daemon cuts a subscriber that fell too far behind.
 EVENTS: dict[str, Any] = {"run": Run, "study": StudySummary, "host": HostSummary, "log": LogText,

@@ -400,6 +400,26 @@ class Ops:
                 out.append({"name": name, "state": "loading"})
         return out
 
+    async def op_export(self, study: str, reports: bool, after: Any, limit: int) -> dict[str, Any]:
+        """A page of a study's runs (or reports): the client asks page after page, so a
+        study of any size goes out without one huge reply."""
+        rt = self._study(study)
+        limit = max(1, min(limit, 20000))
+        # The metric names (the table's columns) with the first page only: on later pages
+        # they would cost a scan of every report each time.
+        metrics = await self.store.metric_names(study, reports) if after is None else []
+        if reports:
+            cursor = (0, -1) if after is None else _cursor(after)
+            rows = await self.store.export_reports(study, cursor, limit)
+            nxt: Any = f"{rows[-1]['id']}:{rows[-1]['seq']}" if len(rows) == limit else None
+        else:
+            if after is not None and (isinstance(after, bool) or not isinstance(after, int)):
+                raise Refusal("invalid", "after: the `next` of the page before (a number)")
+            rows = await self.store.export_runs(study, after or 0, limit)
+            nxt = rows[-1]["id"] if len(rows) == limit else None
+        return {"study": study, "params": [p.name for p in rt.spec.params], "metrics": metrics, "rows": rows,
+                "next": nxt}
+
     async def op_studies(self, archived: bool = False) -> list[dict[str, Any]]:
         return await self.study_summaries(archived=archived)
 
@@ -424,6 +444,14 @@ def _page(count: int) -> int:
 def _trials(runs: list[dict[str, Any]]) -> int:
     """Trials among new runs (a trial with replicates brings several)."""
     return len({r["trial"] for r in runs})
+
+
+def _cursor(after: Any) -> tuple[int, int]:
+    """A reports page's `next` ("RUN_ID:SEQ") read back."""
+    run_id, _, seq = str(after).partition(":")
+    if run_id.isdigit() and seq.isdigit():
+        return int(run_id), int(seq)
+    raise Refusal("invalid", "after: the `next` of the page before (RUN_ID:SEQ)")
 
 
 def _space_change(old: StudySpec, new: StudySpec) -> str:

@@ -299,6 +299,31 @@ class Queries:
         rows = await self.reader.execute_fetchall(f"SELECT {', '.join(columns)} FROM runs WHERE {where}", args)
         return [_run_dict(r, columns) for r in rows]
 
+    async def export_runs(self, study: str, after: int, limit: int) -> list[dict[str, Any]]:
+        """A page of the study's runs for an export, in id order from after id `after`."""
+        return await self._fetch_runs(f"SELECT {', '.join(_EXPORT_RUN)} FROM runs WHERE study=? AND id>? ORDER BY id",
+                                      [study, after], _EXPORT_RUN, limit)
+
+    async def export_reports(self, study: str, after: tuple[int, int], limit: int) -> list[dict[str, Any]]:
+        """A page of the study's reports, run by run and in order, after (run id, seq)
+        `after`: {id, seq, run, trial, replicate, step, at, values}."""
+        run_id, seq = after
+        rows = await self.reader.execute_fetchall(
+            "SELECT r.id, p.seq, r.run_no, r.trial, r.replicate, p.step, p.at, p.data "
+            "FROM runs r JOIN reports p ON p.run_id=r.id "
+            "WHERE r.study=? AND (r.id>? OR (r.id=? AND p.seq>?)) ORDER BY r.id, p.seq LIMIT ?",
+            (study, run_id, run_id, seq, limit))
+        return [{"id": i, "seq": q, "run": f"{study}:{no}", "trial": t, "replicate": rep, "step": step, "at": at,
+                 "values": json.loads(data)} for i, q, no, t, rep, step, at, data in rows]
+
+    async def metric_names(self, study: str, reports: bool = False) -> list[str]:
+        """Every metric the study's runs reported (their final values), or that any of
+        their reports holds, sorted."""
+        sql = ("SELECT DISTINCT j.key FROM runs r JOIN reports p ON p.run_id=r.id, json_each(p.data) j "
+               "WHERE r.study=?" if reports else
+               "SELECT DISTINCT j.key FROM runs r, json_each(r.metrics) j WHERE r.study=?")
+        return sorted(k for (k,) in await self.reader.execute_fetchall(sql, (study,)))
+
     async def transitions(self, run_id: int) -> list[dict[str, Any]]:
         rows = await self.reader.execute_fetchall(
             "SELECT at, from_state, to_state, reason FROM transitions WHERE run_id=? ORDER BY rowid",
@@ -923,6 +948,8 @@ def _update(db: sqlite3.Connection, run_id: int, fields: Mapping[str, Any]) -> N
     db.execute(f"UPDATE runs SET {', '.join(cols)} WHERE id=?", (*values, run_id))
 
 
+_EXPORT_RUN = ("id", "study", "run_no", "trial", "replicate", "attempt", "state", "host", "gpus", "started", "ended",
+               "objective", "params", "metrics")
 _ALL_COLUMNS = RUN_COLUMNS + ("pid", "proc_start", "ctl_dir", "log_offset", "stop_intent", "stop_sent",
                               "stop_reason")
 _WRITABLE = set(_ALL_COLUMNS) - {"id", "study", "run_no", "trial", "attempt", "params", "created"}

@@ -4,11 +4,16 @@ real processes, the real CLI."""
 
 from __future__ import annotations
 
+import csv
+import json
 import sqlite3
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import DaemonProc, wait_for
+from hypd.client import Client, socket_path
 from hypd.replicates import mean_and_sem
 from hypd.search import load_suggester
 from hypd.study import parse_study
@@ -169,3 +174,73 @@ def test_a_grid_resubmitted_with_more_values_runs_only_its_new_points(daemon: Da
                                  .replace("{lr}", "{rate}"))
     refused = daemon.cli("submit", str(renamed), check=False)  # other parameters: another study
     assert refused.returncode == 6 and "--as" in refused.stderr
+
+
+def test_export_writes_tidy_tables_read_back_with_csv_json_pyarrow_and_pandas(daemon: DaemonProc) -> None:
+    path = daemon.write_study("tidy", """
+        [study]
+        name = "tidy"
+        objective = { metric = "loss" }
+        algorithm = "grid"
+        parallel = 3
+        [params]
+        x = { values = [1, 2, 3] }
+        opt = { values = ["adam", "s g,d"] }
+        epochs = 3
+        [run]
+        command = '''python3 -u -c "
+        for i in range({epochs}):
+            print('METRICS: step=%d loss=%g' % (i, {x} / (i + 1)))
+        if {x} == 3:
+            print('METRICS: acc=0.5')
+        "'''
+    """)
+    daemon.cli("submit", str(path))
+    daemon.wait_finished("tidy", timeout=60)
+    out = daemon.home / "tidy.csv"
+    result = daemon.cli("export", "tidy", "-o", str(out))
+    assert "6 runs of tidy written to" in result.stderr
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["study", "run", "trial", "replicate", "attempt", "state", "host", "gpus", "started",
+                             "ended", "objective", "param_x", "param_opt", "param_epochs", "acc", "loss"]
+    assert [(r["run"], r["param_x"], r["param_opt"], r["loss"], r["acc"]) for r in rows] == [
+        ("tidy:1", "1", "adam", "0.333333", ""), ("tidy:2", "1", "s g,d", "0.333333", ""),
+        ("tidy:3", "2", "adam", "0.666667", ""), ("tidy:4", "2", "s g,d", "0.666667", ""),
+        ("tidy:5", "3", "adam", "1.0", "0.5"), ("tidy:6", "3", "s g,d", "1.0", "0.5")]
+    assert {(r["state"], r["host"], r["trial"], r["replicate"]) for r in rows[:1]} == {("completed", "local", "1", "1")}
+    assert all(float(r["started"]) <= float(r["ended"]) for r in rows)
+
+    lines = daemon.cli("export", "tidy", "--format", "jsonl").stdout.splitlines()
+    assert [json.loads(line)["param_opt"] for line in lines] == ["adam", "s g,d"] * 3
+
+    reports = daemon.cli("export", "tidy", "--reports").stdout.splitlines()
+    assert reports[0] == "study,run,trial,replicate,step,at,acc,loss"
+    assert len(reports) == 1 + 6 * 3 + 2 and reports[1].startswith("tidy,tidy:1,1,1,0,")
+
+    parquet = daemon.home / "tidy.parquet"
+    daemon.cli("export", "tidy", "-o", str(parquet))
+    table = pq.read_table(parquet)
+    assert table.num_rows == 6 and table.column("loss").to_pylist()[4] == 1.0
+    assert table.schema.field("param_x").type == pa.int64() and table.schema.field("acc").type == pa.float64()
+    assert table.column("acc").to_pylist() == [None, None, None, None, 0.5, 0.5]
+
+    with Client(socket_path(daemon.home)) as c:
+        frame = c.export("tidy").to_pandas()  # the same rows as a DataFrame
+        assert frame.shape == (6, 16) and frame["loss"].max() == 1.0
+        assert list(frame.columns) == list(rows[0]) and list(frame["param_opt"]) == ["adam", "s g,d"] * 3
+        assert len(c.export("tidy", reports=True).to_pandas()) == 20
+
+    for reports, limit, total in ((False, 4, 6), (True, 7, 20)):  # page after page: each row once, in order
+        got, after = [], None
+        while True:
+            page = daemon.call("export", study="tidy", reports=reports, after=after, limit=limit)
+            got += page["rows"]
+            if page["next"] is None:
+                break
+            after = page["next"]
+        keys = [(r["id"], r.get("seq")) for r in got]
+        assert len(got) == total and keys == sorted(set(keys))
+
+    missing = daemon.cli("export", "nope", check=False)
+    assert missing.returncode == 4 and "nope" in missing.stderr

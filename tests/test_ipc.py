@@ -68,6 +68,7 @@ VALID: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "best": ({"study": "a"}, {"study": "a"}),
     "suggest": ({"study": "a", "params": {"lr": 0.1}}, {"study": "a", "params": {"lr": 0.1}}),
     "studies": ({}, {"archived": False}),
+    "export": ({"study": "a"}, {"study": "a", "reports": False, "after": None, "limit": 5000}),
     "hosts": ({}, {}),
     "stop": ({}, {"kill_runs": False}),
     "hosts_add": ({"name": "g", "target": "u@h"}, {"name": "g", "target": "u@h", "options": {}}),
@@ -93,6 +94,7 @@ FULL: dict[str, dict[str, Any]] = {
     "metrics": {"run": "a:1", "since": 4, "limit": 100},
     "retry": {"target": "a", "state": "failed"},
     "leaderboard": {"study": "a", "limit": 3, "runs": True},
+    "export": {"study": "a", "reports": True, "after": "3:7", "limit": 100},
     "stop": {"kill_runs": True},
     "subscribe": {"topics": ["log"], "run": "a:2"},
 }
