@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
@@ -36,28 +35,50 @@ def columns(fixed: Sequence[str], params: Sequence[str], metrics: Sequence[str])
     return out + [m if m not in taken else f"metric_{m}" for m in metrics]
 
 
-def run_row(study: str, run: Mapping[str, Any], params: Sequence[str], metrics: Sequence[str]) -> list[Any]:
-    """One run as the values of `columns(RUN_COLUMNS, params, metrics)`: the final value
-    of each metric (None where it never reported one)."""
-    gpus = run.get("gpus")
-    values = [study, run["name"], trial_no(run["trial"]), run["replicate"], run["attempt"], run["state"],
-              run.get("host"), None if gpus is None else ",".join(map(str, gpus)), run.get("started"),
-              run.get("ended"), run.get("objective")]
-    p, m = run.get("params") or {}, run.get("metrics") or {}
-    return values + [p.get(k) for k in params] + [m.get(k) for k in metrics]
+def run_rows(study: str, fields: Sequence[str], rows: Iterable[Sequence[Any]], params: Sequence[str],
+             metrics: Sequence[str]) -> list[list[Any]]:
+    """Runs as a page gives them (lists of `fields`) as rows of
+    `columns(RUN_COLUMNS, params, metrics)`: the final value of each metric (None where
+    the run never reported it). Positional, with no dict per row: this is most of the
+    client's work for a big study."""
+    at = {f: i for i, f in enumerate(fields)}
+    name, trial, rep, attempt, state, host, gpus, started, ended, objective, p_at, m_at = (
+        at[k] for k in ("name", "trial", "replicate", "attempt", "state", "host", "gpus", "started", "ended",
+                        "objective", "params", "metrics"))
+    out = []
+    for r in rows:
+        p, m = _nested(r[p_at]), _nested(r[m_at])
+        g = r[gpus]
+        out.append([study, r[name], trial_no(r[trial]), r[rep], r[attempt], r[state], r[host],
+                    None if g is None else ",".join(map(str, g)), r[started], r[ended], r[objective],
+                    *[p.get(k) for k in params], *[m.get(k) for k in metrics]])
+    return out
 
 
-def report_row(study: str, report: Mapping[str, Any], metrics: Sequence[str]) -> list[Any]:
-    values = report.get("values") or {}
-    return [study, report["run"], trial_no(report["trial"]), report["replicate"], report["step"], report["at"],
-            *(values.get(k) for k in metrics)]
+def report_rows(study: str, fields: Sequence[str], rows: Iterable[Sequence[Any]],
+                metrics: Sequence[str]) -> list[list[Any]]:
+    """Reports as a page gives them as rows of `columns(REPORT_COLUMNS, [], metrics)`."""
+    at = {f: i for i, f in enumerate(fields)}
+    run, trial, rep, step, when, v_at = (at[k] for k in ("run", "trial", "replicate", "step", "at", "values"))
+    out = []
+    for r in rows:
+        values = _nested(r[v_at])
+        out.append([study, r[run], trial_no(r[trial]), r[rep], r[step], r[when], *[values.get(k) for k in metrics]])
+    return out
+
+
+def _nested(value: Any) -> dict[str, Any]:
+    """A row's params, metrics or values: a JSON that SQLite could not read (it holds NaN
+    or Infinity) came as its text."""
+    if isinstance(value, str):
+        return json.loads(value)  # type: ignore[no-any-return]
+    return value or {}
 
 
 def table(call: Callable[..., Mapping[str, Any]], study: str, reports: bool, page: int = PAGE
           ) -> tuple[list[str], Iterator[list[list[Any]]]]:
     """Ask the daemon (`call`: a Client's call) for the study's rows a page at a time:
-    the table's header, and an iterator of pages of rows (each as `run_row` or
-    `report_row` gives)."""
+    the table's header, and an iterator of pages of rows."""
     first = call("export", study=study, reports=reports, after=None, limit=page)
     params, metrics = list(first["params"]), list(first["metrics"])
     header = columns(REPORT_COLUMNS, [], metrics) if reports else columns(RUN_COLUMNS, params, metrics)
@@ -65,10 +86,11 @@ def table(call: Callable[..., Mapping[str, Any]], study: str, reports: bool, pag
     def rows() -> Iterator[list[list[Any]]]:
         reply = first
         while True:
+            raw = json.loads(reply["rows"])
             if reports:
-                yield [report_row(study, r, metrics) for r in reply["rows"]]
+                yield report_rows(study, reply["fields"], raw, metrics)
             else:
-                yield [run_row(study, r, params, metrics) for r in reply["rows"]]
+                yield run_rows(study, reply["fields"], raw, params, metrics)
             if reply["next"] is None:
                 return
             reply = call("export", study=study, reports=reports, after=reply["next"], limit=page)
@@ -77,23 +99,14 @@ def table(call: Callable[..., Mapping[str, Any]], study: str, reports: bool, pag
 
 
 def write_csv(out: IO[str], header: Sequence[str], pages: Iterable[Sequence[Sequence[Any]]]) -> int:
+    """None is an empty cell; a float is written as Python's repr (all its digits)."""
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
     n = 0
     for rows in pages:
-        writer.writerows([_csv_cell(v) for v in row] for row in rows)
+        writer.writerows(rows)
         n += len(rows)
     return n
-
-
-def _csv_cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else str(value)  # nan, inf, -inf
-    return value
 
 
 def write_jsonl(out: IO[str], header: Sequence[str], pages: Iterable[Sequence[Sequence[Any]]]) -> int:

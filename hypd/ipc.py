@@ -338,7 +338,10 @@ class ExportPage(TypedDict):
     study: str
     params: list[str]  # the study's parameters, in its file's order
     metrics: list[str]  # first page: every metric its runs' final values (for reports: its reports) hold
-    rows: list[dict[str, Any]]  # runs (id, name, trial, replicate, ..., params, metrics) or reports
+    fields: list[str]  # what each row holds, in order
+    # The rows, as one JSON text (an array of arrays; a params, metrics or values that
+    # holds NaN or Infinity as its own JSON text): passed on as the store built it.
+    rows: str
     next: Any  # what to pass as `after` for the next page; None after the last
 
 

@@ -22,7 +22,7 @@ from hypd.runstate import STATES, RunState
 from hypd.scheduler import no_host_note
 from hypd.search import SearchError
 from hypd.server import Refusal
-from hypd.store import RUN_COLUMNS, Store
+from hypd.store import EXPORT_REPORT_FIELDS, EXPORT_RUN_FIELDS, RUN_COLUMNS, Store
 from hypd.studies import Studies, StudyRuntime
 from hypd.study import (
     StudyError,
@@ -410,15 +410,15 @@ class Ops:
         metrics = await self.store.metric_names(study, reports) if after is None else []
         if reports:
             cursor = (0, -1) if after is None else _cursor(after)
-            rows = await self.store.export_reports(study, cursor, limit)
-            nxt: Any = f"{rows[-1]['id']}:{rows[-1]['seq']}" if len(rows) == limit else None
+            rows, count, last = await self.store.export_reports(study, cursor, limit)
+            nxt: Any = f"{last >> 32}:{last & 0xFFFFFFFF}" if count == limit else None
         else:
             if after is not None and (isinstance(after, bool) or not isinstance(after, int)):
                 raise Refusal("invalid", "after: the `next` of the page before (a number)")
-            rows = await self.store.export_runs(study, after or 0, limit)
-            nxt = rows[-1]["id"] if len(rows) == limit else None
-        return {"study": study, "params": [p.name for p in rt.spec.params], "metrics": metrics, "rows": rows,
-                "next": nxt}
+            rows, count, last = await self.store.export_runs(study, after or 0, limit)
+            nxt = last if count == limit else None
+        return {"study": study, "params": [p.name for p in rt.spec.params], "metrics": metrics,
+                "fields": list(EXPORT_REPORT_FIELDS if reports else EXPORT_RUN_FIELDS), "rows": rows, "next": nxt}
 
     async def op_studies(self, archived: bool = False) -> list[dict[str, Any]]:
         return await self.study_summaries(archived=archived)

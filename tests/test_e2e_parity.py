@@ -235,7 +235,7 @@ def test_export_writes_tidy_tables_read_back_with_csv_json_pyarrow_and_pandas(da
         got, after = [], None
         while True:
             page = daemon.call("export", study="tidy", reports=reports, after=after, limit=limit)
-            got += page["rows"]
+            got += [dict(zip(page["fields"], row)) for row in json.loads(page["rows"])]
             if page["next"] is None:
                 break
             after = page["next"]
