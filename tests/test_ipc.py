@@ -227,7 +227,7 @@ def test_required_arguments() -> None:
         ("kill", "target"), ("retry", "target"), ("pause", "study"), ("resume", "study"),
         ("leaderboard", "study"), ("best", "study"), ("suggest", "study"), ("suggest", "params"),
         ("hosts_add", "name"), ("hosts_add", "target"), ("hosts_rm", "name"), ("hosts_drain", "name"),
-        ("extend", "study"), ("extend", "trials"), ("archive", "study"), ("rm", "study"), ("pull", "run")])
+        ("extend", "study"), ("extend", "trials"), ("archive", "study"), ("rm", "study"), ("pull", "run"), ("export", "study")])
 
 
 @pytest.mark.parametrize("op, name", REQUIRED)
