@@ -23,7 +23,7 @@ import re
 import shlex
 import string
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -720,30 +720,32 @@ class _RunParser(_Reader):
                                        f"{MAX_COMMAND_BYTES:,} for a command line; put the long part in a script "
                                        "(or a file the command reads) and run that")
 
-    def check_objectives(self, objectives: tuple[Objective, ...], metrics_regex: Mapping[str, str],
-                         stages: tuple[Stage, ...]) -> None:
-        """Each objective is a metric the run can report: a METRICS line can name it, and
-        where [metrics] regexes read an unmodified program's log, one of them reads it
-        (with several stages, a later one may print it from a file the run wrote: a
-        warning then)."""
+    def check_metrics(self, wanted: Iterable[tuple[str, str, str]], metrics_regex: Mapping[str, str],
+                      stages: tuple[Stage, ...]) -> None:
+        """Each metric the study needs (key, role, metric: its objectives, the metrics its
+        outcome constraints name, its early-stopping metric) is one the run can report: a
+        METRICS line can name it, and where [metrics] regexes read an unmodified program's
+        log, one of them reads it (with several stages, a later one may print it from a
+        file the run wrote: a warning then)."""
         from hypd.metrics import is_metric_name  # (hypd.metrics imports this module)
 
-        for objective in objectives:
-            metric = objective.metric
-            if metric in metrics_regex:
+        seen: set[str] = set()
+        for key, role, metric in wanted:
+            if metric in metrics_regex or metric in seen:
                 continue
+            seen.add(metric)
             if not is_metric_name(metric):
-                raise self.fail("study.objective.metric", f"{metric!r}"[:80] + " cannot be named on a METRICS line "
+                raise self.fail(key, f"{metric!r}"[:80] + " cannot be named on a METRICS line "
                                 "(letters, digits, _ . / -, up to 200, not starting with a digit) and no [metrics] "
                                 "regex reads it; rename it, or add a regex for it under [metrics]")
             if metrics_regex:
                 why = (f"{metric!r}: no [metrics] regex reads it (they read "
                        f"{', '.join(sorted(metrics_regex))})"[:300])
                 if len(stages) == 1:
-                    raise self.fail("study.objective.metric", f"{why}; name one of those as the objective, or add "
-                                                              f"a regex for {metric} under [metrics] regex")
-                self.warnings.append(f"objective {why}: a stage must print METRICS: {metric}=..., or runs end "
-                                     "with no objective")
+                    raise self.fail(key, f"{why}; name one of those as the {role}, or add "
+                                         f"a regex for {metric} under [metrics] regex"[:400])
+                self.warnings.append(f"{role} {why}: a stage must print METRICS: {metric}=..., or runs end "
+                                     f"with no value for it")
 
     def metrics_regex(self, metrics: Mapping[str, Any]) -> dict[str, str]:
         self.no_unknown(metrics, _METRICS_KEYS, "metrics")
@@ -805,7 +807,11 @@ class _Parser(_Reader):
         param_constraints = self.study_parser.string_list(study, "param_constraints")
         early_stop = self.study_parser.early_stop(study, settings.objectives)
         if self.capped:  # (a refusal at submit: a study stored before it still loads)
-            self.run_parser.check_objectives(settings.objectives, metrics_regex, run.stages)
+            self.run_parser.check_metrics(
+                [*(("study.objective.metric", "objective", o.metric) for o in settings.objectives),
+                 *(("study.constraints", "constraint's metric", m) for c in constraints for m in constraint_metrics(c)),
+                 *([("study.early_stop.metric", "early_stop metric", early_stop.metric)] if early_stop else [])],
+                metrics_regex, run.stages)
         if early_stop is not None and settings.replicates > 1:
             raise self.fail("study.early_stop", "cannot go with replicates (the search judges one run per trial); "
                                                 "drop one of the two")
@@ -900,6 +906,12 @@ def grid_axes(params: tuple[Param, ...], max_trials: int | None) -> list[list[An
     sizes = grid_axis_sizes(params, max_trials)
     return [_spaced(p, n) if isinstance(p, FloatParam) and p.step is None else _discrete_values(p)  # type: ignore[misc]
             for p, n in zip(params, sizes)]
+
+
+def constraint_metrics(constraint: str) -> list[str]:
+    """The metrics an outcome constraint names ("acc >= 0.9", "2*a + b <= 5"): its words
+    that are not numbers, as Ax's parser reads them."""
+    return re.findall(r"(?<![\w.])[A-Za-z_][\w.]*", constraint)
 
 
 def grid_axis_sizes(params: tuple[Param, ...], max_trials: int | None) -> list[int]:

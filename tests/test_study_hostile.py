@@ -121,6 +121,46 @@ def test_objective_read_by_a_regex_or_a_metrics_line_is_accepted() -> None:
     parse_study(study(metric='"val/loss-2"'), "s.toml")
 
 
+REGEX_ACCURACY = '[metrics]\nregex = { accuracy = "acc ([0-9.]+)", loss = "loss ([0-9.]+)" }'
+TWO_STAGES = ('[[run.stages]]\nname = "train"\ncommand = "echo {x}"\n'
+              '[[run.stages]]\nname = "eval"\ncommand = "cat {run_dir}/m"')
+
+
+@pytest.mark.parametrize(("extra", "key", "says"), [
+    ('constraints = ["acc >= 0.9"]', "study.constraints", "'acc': no [metrics] regex reads it (they read accuracy, "
+                                                          "loss); name one of those as the constraint's metric"),
+    ('constraints = ["loss <= 2", "0.5*accuracy + mem <= 3"]', "study.constraints", "'mem': no [metrics] regex"),
+    ('early_stop = { metric = "val", min_step = 2 }', "study.early_stop.metric",
+     "'val': no [metrics] regex reads it (they read accuracy, loss); name one of those as the early_stop metric"),
+])
+def test_a_constraint_or_early_stop_metric_nothing_reads_is_refused(extra: str, key: str, says: str) -> None:
+    message = refusal(study(extra=extra, metrics=REGEX_ACCURACY))
+    assert f": {key}: " in message and says in message, message
+
+
+def test_an_early_stop_metric_a_metrics_line_cannot_name_is_refused() -> None:
+    message = refusal(study(extra='early_stop = { metric = "val loss" }'))
+    assert ": study.early_stop.metric: 'val loss' cannot be named on a METRICS line" in message, message
+
+
+def test_constraint_and_early_stop_metrics_from_a_later_stage_are_warnings_not_refusals() -> None:
+    text = study(extra='constraints = ["acc >= 0.9"]\nearly_stop = { metric = "val", min_step = 2 }',
+                 metrics=REGEX_ACCURACY, command='"x"').replace('command = "x"', TWO_STAGES)
+    spec = parse_study(text, "s.toml", "/tmp")
+    assert any(w.startswith("constraint's metric 'acc': no [metrics] regex reads it") for w in spec.warnings)
+    assert any(w.startswith("early_stop metric 'val': no [metrics] regex reads it") for w in spec.warnings)
+
+
+def test_constraint_and_early_stop_metrics_that_can_be_reported_are_accepted() -> None:
+    spec = parse_study(study(extra='constraints = ["accuracy >= 0.9"]\nearly_stop = { metric = "loss" }',
+                             metrics=REGEX_ACCURACY), "s.toml")  # read by regexes
+    assert spec.warnings == ()
+    spec = parse_study(study(extra='constraints = ["2*acc + mem <= 1e-3"]\nearly_stop = { metric = "val/loss" }'),
+                       "s.toml")  # no regexes: METRICS lines can name them
+    assert spec.constraints == ("2*acc + mem <= 1e-3",) and spec.early_stop is not None
+    assert spec.warnings == ()
+
+
 def test_the_largest_grid_under_the_cap_is_accepted_and_expands_lazily() -> None:
     spec = parse_study(study(params='x = { type = "int", low = 1, high = 100 }\ny = { type = "int", low = 1, high = 100 }'),
                        "s.toml")
