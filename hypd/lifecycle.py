@@ -336,6 +336,161 @@ class TrialBook:
     retry_due: bool = False  # a Retry went out and its attempt is not queued yet
 
 
+# ----------------------------------------------------------------------------- per-trial and per-study rules
+
+class TrialBooks:
+    """Each trial's replicates and their attempts: the retry budget, whether a replicate is
+    settled, and when the trial is handed to the search (once no attempt of it is left)."""
+
+    def __init__(self, rules: dict[str, StudyRules]) -> None:
+        self.rules = rules  # the core's own dict (the shell keeps it current)
+        # (study, trial) -> replicate -> its book
+        self.trials: dict[tuple[str, int], dict[int, TrialBook]] = {}
+
+    def book(self, study: str, trial: int, replicate: int = 1) -> TrialBook:
+        return self.trials.setdefault((study, trial), {}).setdefault(replicate, TrialBook())
+
+    def live(self, study: str, trial: int) -> bool:
+        return any(b.live or b.retry_due for b in self.trials.get((study, trial), {}).values())
+
+    def queued(self, study: str, trial: int, run: int, failures: int = 0, replicate: int = 1) -> None:
+        book = self.book(study, trial, replicate)
+        book.live.add(run)
+        book.retry_due = False
+        book.failures = max(book.failures, failures)
+
+    def forget(self, study: str) -> None:
+        for key in [k for k in self.trials if k[0] == study]:
+            del self.trials[key]
+
+    def after_end(self, study: str, trial: int, state: RunState, replicate: int = 1) -> list[Action]:
+        """Retry a failure within the budget (each replicate has its own); otherwise, once
+        no attempt of any replicate of the trial is left, hand the trial to the search."""
+        book = self.book(study, trial, replicate)
+        if state is RunState.COMPLETED:
+            book.settled = True
+        if counts_as_failure(state) and not book.settled:
+            book.failures += 1
+            retries = self.rules.get(study, StudyRules()).retries
+            if book.failures <= retries and not book.live:
+                book.retry_due = True
+                return [Retry(study, trial, f"retry {book.failures} of {retries} after a {state.value} attempt",
+                              replicate)]
+        if self.live(study, trial):
+            return []  # another attempt of this trial will tell
+        return [Tell(study, trial)]
+
+    def completed_after_loss(self, a: Attempt) -> list[Action]:
+        """A lost attempt came back and completed. Its replicate was dealt with when it was
+        lost (retried, or given up); a completion still settles it: the retry is not needed."""
+        book = self.book(a.study, a.trial, a.replicate)
+        if book.settled:
+            return []
+        book.settled = True
+        if book.live:
+            return [Supersede(a.study, a.trial, a.id, f"superseded: {a.name} completed after its host came back",
+                              a.replicate)]
+        return [] if self.live(a.study, a.trial) else [Tell(a.study, a.trial)]
+
+
+class FailureBreaker:
+    """The circuit breaker: a study whose last `max_failures` runs all failed (a typo in its
+    command, a missing module) pauses once, instead of burning every trial and retry. A
+    completed or early-stopped run starts the count again; a killed one says nothing of the
+    study's health."""
+
+    def __init__(self, rules: dict[str, StudyRules]) -> None:
+        self.rules = rules  # the core's own dict (the shell keeps it current)
+        self.failed_in_row: dict[str, int] = {}  # study -> runs failed since its last success (or resume)
+
+    def reset(self, study: str) -> None:
+        self.failed_in_row.pop(study, None)
+
+    def count(self, a: Attempt, state: RunState) -> list[Action]:
+        if state in (RunState.COMPLETED, RunState.STOPPED):
+            self.reset(a.study)
+            return []
+        if state is not RunState.FAILED:
+            return []
+        n = self.failed_in_row[a.study] = self.failed_in_row.get(a.study, 0) + 1
+        limit = self.rules.get(a.study, StudyRules()).max_failures
+        if limit and n == limit:  # once: the runs still going when it pauses may fail too
+            return [PauseStudy(a.study, a.id, f"{n} runs in a row failed")]
+        return []
+
+
+def silent_past(a: Attempt, window: float | None, now: float) -> bool:
+    """Keepalive: has the running attempt's log not grown for `window` seconds? Silence is
+    measured by the ticks: from the first tick that saw it running, and again from each
+    tick that saw its log grow. A host that is away says nothing of its runs' output: the
+    watch waits until it is back (the lost rule covers it)."""
+    if window is None or a.phase is not Phase.RUNNING or a.stop_intent is not None or a.exit is not None:
+        return False
+    if a.unreachable_since is not None or a.quiet_since is None or a.log_size != a.heard \
+            or a.queued is not None:  # waiting in a queue is not silence
+        a.quiet_since, a.heard = now, a.log_size
+        return False
+    return now - a.quiet_since >= window
+
+
+def queue_changed(a: Attempt, reason: str | None, clock: float) -> list[Action]:
+    """A running attempt's job waits in its batch host's queue (`reason`), or left it (None).
+    Its timeout counts from when it runs, and the keepalive leaves it alone while it waits."""
+    was, a.queued = a.queued, reason
+    if reason is None:
+        # The time it waited moves its deadline on.
+        if a.deadline is not None and a.queued_since is not None and clock > a.queued_since:
+            a.deadline += clock - a.queued_since
+        a.queued_since = None
+        return [Record(a.id, RunState.RUNNING, f"left the queue of host {a.host}: running")]
+    if a.queued_since is None:
+        a.queued_since = clock
+    if was is None:
+        return [Record(a.id, RunState.QUEUED, f"queued: {reason}")]
+    return [Persist(a.id, (("reason", f"queued: {reason}"),))]
+
+
+# ----------------------------------------------------------------------------- the log's way to the store
+
+def ask_ingest(a: Attempt, progressed: bool) -> list[Action]:
+    """The next read of the run's log to store, if there is one to make: only with something
+    new to read (bytes since the last ask, a read that made progress, which may have
+    stopped at its cap) or at the run's end (its unterminated last line now counts)."""
+    final = a.exit is not None
+    if a.stored < a.log_size and (a.log_size > a.asked or progressed or (final and not a.asked_final)):
+        a.ingesting, a.asked, a.asked_final = True, a.log_size, final
+        return [Ingest(a.id, a.stored, final)]
+    return []
+
+
+def log_stored(a: Attempt, offset: int) -> tuple[list[Action], bool]:
+    """A read is stored up to `offset`: the notes it is worth, and whether it made progress."""
+    out: list[Action] = []
+    a.ingesting = False
+    progressed = offset > a.stored
+    a.stored = max(a.stored, offset)
+    if a.store_trouble:
+        a.store_trouble = False
+        out.append(Note("info", f"{a.name}: the store takes reports again"))
+    if a.asked_final and not progressed and a.exit is not None and a.stored < a.exit_size:
+        # The log here ends short of what the host wrote (its copy could not be kept
+        # whole): what there is, is stored.
+        out.append(Note("warning", f"{a.name}: its log here ends at byte {a.stored} of {a.exit_size}"))
+        a.exit_size = a.stored
+    return out, progressed
+
+
+def store_failed(a: Attempt, why: str, at: float) -> list[Action]:
+    """A read could not be stored: tried again from the last stored byte after a pause."""
+    a.ingesting = False
+    a.asked_final = False  # asked again once the store is back
+    a.store_retry_at = at + STORE_RETRY
+    if a.store_trouble:
+        return []
+    a.store_trouble = True
+    return [Note("warning", f"{a.name}: cannot store reports now ({why}); trying again from the last stored byte")]
+
+
 # ----------------------------------------------------------------------------- the core
 
 class Lifecycle:
@@ -344,32 +499,24 @@ class Lifecycle:
         self.rules: dict[str, StudyRules] = dict(rules or {})
         self.lost_after: dict[str, float] = dict(lost_after or {})  # host -> seconds
         self.attempts: dict[int, Attempt] = {}
-        # (study, trial) -> replicate -> its book; the trial is told once no replicate has
-        # an attempt left.
-        self.trials: dict[tuple[str, int], dict[int, TrialBook]] = {}
+        self.trials = TrialBooks(self.rules)
+        self.breaker = FailureBreaker(self.rules)
         self.hosts_down: dict[str, float] = {}  # host -> since
         self.clock = 0.0  # the last Tick's time: what a queued attempt's wait is measured by
-        self.failed_in_row: dict[str, int] = {}  # study -> runs failed since its last success (or resume)
 
     # ------------------------------------------------------------ what the shell tells first
 
     def book(self, study: str, trial: int, replicate: int = 1) -> TrialBook:
-        return self.trials.setdefault((study, trial), {}).setdefault(replicate, TrialBook())
-
-    def _trial_live(self, study: str, trial: int) -> bool:
-        return any(b.live or b.retry_due for b in self.trials.get((study, trial), {}).values())
+        return self.trials.book(study, trial, replicate)
 
     def queued(self, study: str, trial: int, run: int, failures: int = 0, replicate: int = 1) -> None:
         """A pending attempt exists (a new trial, a retry, or one found at start)."""
-        book = self.book(study, trial, replicate)
-        book.live.add(run)
-        book.retry_due = False
-        book.failures = max(book.failures, failures)
+        self.trials.queued(study, trial, run, failures, replicate)
 
     def dropped(self, study: str, trial: int, run: int, state: RunState, replicate: int = 1) -> list[Action]:
         """A pending attempt ended before it started (killed, superseded)."""
         self.book(study, trial, replicate).live.discard(run)
-        return self._after_end(study, trial, state, replicate)
+        return self.trials.after_end(study, trial, state, replicate)
 
     def adopt(self, attempt: Attempt, failures: int = 0, settled: bool = False) -> list[Action]:
         """A run launched now (phase LAUNCHING), or one found at start: running, lost, or
@@ -388,15 +535,14 @@ class Lifecycle:
 
     def resumed(self, study: str) -> None:
         """A user resumed (or resubmitted) the study: its failures in a row count from 0."""
-        self.failed_in_row.pop(study, None)
+        self.breaker.reset(study)
 
     def forget_study(self, study: str) -> None:
         """A study removed (none of its runs live): its rules and trial books go. Attempts
         whose processes are not confirmed gone stay: they still hold their GPUs."""
         self.rules.pop(study, None)
-        self.failed_in_row.pop(study, None)
-        for key in [k for k in self.trials if k[0] == study]:
-            del self.trials[key]
+        self.breaker.reset(study)
+        self.trials.forget(study)
 
     def held(self, host: str) -> list[Attempt]:
         """Attempts whose GPUs or CPU slot on `host` are taken: every one whose processes
@@ -479,47 +625,22 @@ class Lifecycle:
         its whole log is stored, record how it ended."""
         if a.phase is Phase.ENDED or a.ingesting or a.store_retry_at is not None:
             return []
-        final = a.exit is not None
-        if final and a.stored >= a.exit_size:
+        if a.exit is not None and a.stored >= a.exit_size:
             return self._finish(a)
-        # Ask again only with something new to read: bytes since the last ask, a read
-        # that made progress (it may have stopped at its cap), or the run's end (its
-        # unterminated last line now counts).
-        if a.stored < a.log_size and (a.log_size > a.asked or progressed or (final and not a.asked_final)):
-            a.ingesting, a.asked, a.asked_final = True, a.log_size, final
-            return [Ingest(a.id, a.stored, final)]
-        return []
+        return ask_ingest(a, progressed)
 
     def _on_Stored(self, e: Stored) -> list[Action]:
         a = self._attempt(e.run)
         if a is None or not a.ingesting:
             return []
-        out: list[Action] = []
-        a.ingesting = False
-        progressed = e.offset > a.stored
-        a.stored = max(a.stored, e.offset)
-        if a.store_trouble:
-            a.store_trouble = False
-            out.append(Note("info", f"{a.name}: the store takes reports again"))
-        if a.asked_final and not progressed and a.exit is not None and a.stored < a.exit_size:
-            # The log here ends short of what the host wrote (its copy could not be kept
-            # whole): what there is, is stored.
-            out.append(Note("warning", f"{a.name}: its log here ends at byte {a.stored} of {a.exit_size}"))
-            a.exit_size = a.stored
+        out, progressed = log_stored(a, e.offset)
         return out + self._advance(a, progressed)
 
     def _on_StoreFailed(self, e: StoreFailed) -> list[Action]:
         a = self._attempt(e.run)
         if a is None or not a.ingesting:
             return []
-        a.ingesting = False
-        a.asked_final = False  # asked again once the store is back
-        a.store_retry_at = e.at + STORE_RETRY
-        if a.store_trouble:
-            return []
-        a.store_trouble = True
-        return [Note("warning", f"{a.name}: cannot store reports now ({e.why}); "
-                                f"trying again from the last stored byte")]
+        return store_failed(a, e.why, e.at)
 
     def _on_Exited(self, e: Exited) -> list[Action]:
         a = self._attempt(e.run)
@@ -535,18 +656,7 @@ class Lifecycle:
         a = self._attempt(e.run)
         if a is None or a.phase is not Phase.RUNNING or a.exit is not None or e.reason == a.queued:
             return []
-        was, a.queued = a.queued, e.reason
-        if e.reason is None:
-            # Its timeout counts from when it runs: the time it waited moves its deadline on.
-            if a.deadline is not None and a.queued_since is not None and self.clock > a.queued_since:
-                a.deadline += self.clock - a.queued_since
-            a.queued_since = None
-            return [Record(a.id, RunState.RUNNING, f"left the queue of host {a.host}: running")]
-        if a.queued_since is None:
-            a.queued_since = self.clock
-        if was is None:
-            return [Record(a.id, RunState.QUEUED, f"queued: {e.reason}")]
-        return [Persist(a.id, (("reason", f"queued: {e.reason}"),))]
+        return queue_changed(a, e.reason, self.clock)
 
     def _finish(self, a: Attempt) -> list[Action]:
         """Its exit is seen and its whole log stored: record how it ended."""
@@ -572,56 +682,15 @@ class Lifecycle:
         out: list[Action] = [Record(a.id, state, reason, code, stage)]
         level = "info" if state in (RunState.COMPLETED, RunState.KILLED, RunState.STOPPED) else "warning"
         out.append(Note(level, f"{a.name} {state.value}: {reason}"))
-        out += self._count_failure(a, state)
-        book = self.book(a.study, a.trial, a.replicate)
-        book.live.discard(a.id)
+        out += self.breaker.count(a, state)
+        self.book(a.study, a.trial, a.replicate).live.discard(a.id)
         if not was_lost:
-            out += self._after_end(a.study, a.trial, state, a.replicate)
-        elif state is RunState.COMPLETED and not book.settled:
-            # Its replicate was dealt with when it was lost (retried, or given up); a
-            # completion still settles it: the retry is not needed.
-            book.settled = True
-            if book.live:
-                out.append(Supersede(a.study, a.trial, a.id,
-                                     f"superseded: {a.name} completed after its host came back", a.replicate))
-            elif not self._trial_live(a.study, a.trial):
-                out.append(Tell(a.study, a.trial))
+            out += self.trials.after_end(a.study, a.trial, state, a.replicate)
+        elif state is RunState.COMPLETED:
+            out += self.trials.completed_after_loss(a)
         if a.clean:
             out += self._release(a)
         return out
-
-    def _count_failure(self, a: Attempt, state: RunState) -> list[Action]:
-        """The circuit breaker: a study whose last `max_failures` runs all failed (a typo in
-        its command, a missing module) pauses once, instead of burning every trial and
-        retry. A completed or early-stopped run starts the count again; a killed one
-        says nothing of the study's health."""
-        if state in (RunState.COMPLETED, RunState.STOPPED):
-            self.failed_in_row.pop(a.study, None)
-            return []
-        if state is not RunState.FAILED:
-            return []
-        n = self.failed_in_row[a.study] = self.failed_in_row.get(a.study, 0) + 1
-        limit = self.rules.get(a.study, StudyRules()).max_failures
-        if limit and n == limit:  # once: the runs still going when it pauses may fail too
-            return [PauseStudy(a.study, a.id, f"{n} runs in a row failed")]
-        return []
-
-    def _after_end(self, study: str, trial: int, state: RunState, replicate: int = 1) -> list[Action]:
-        """Retry a failure within the budget (each replicate has its own); otherwise, once
-        no attempt of any replicate of the trial is left, hand the trial to the search."""
-        book = self.book(study, trial, replicate)
-        if state is RunState.COMPLETED:
-            book.settled = True
-        if counts_as_failure(state) and not book.settled:
-            book.failures += 1
-            retries = self.rules.get(study, StudyRules()).retries
-            if book.failures <= retries and not book.live:
-                book.retry_due = True
-                return [Retry(study, trial, f"retry {book.failures} of {retries} after a {state.value} attempt",
-                              replicate)]
-        if self._trial_live(study, trial):
-            return []  # another attempt of this trial will tell
-        return [Tell(study, trial)]
 
     def _on_Cleaned(self, e: Cleaned) -> list[Action]:
         a = self._attempt(e.run)
@@ -709,20 +778,11 @@ class Lifecycle:
         return out
 
     def _keepalive(self, a: Attempt, now: float) -> list[Action]:
-        """End as hung a running attempt whose log has not grown for its keepalive window.
-        Silence is measured by the ticks: from the first tick that saw it running, and
-        again from each tick that saw its log grow. A host that is away says nothing of
-        its runs' output: the watch waits until it is back (the lost rule covers it)."""
+        """End as hung a running attempt whose log has not grown for its keepalive window."""
         window = a.keepalive or self.rules.get(a.study, StudyRules()).keepalive
-        if window is None or a.phase is not Phase.RUNNING or a.stop_intent is not None or a.exit is not None:
+        if not silent_past(a, window, now):
             return []
-        if a.unreachable_since is not None or a.quiet_since is None or a.log_size != a.heard \
-                or a.queued is not None:  # waiting in a queue is not silence
-            a.quiet_since, a.heard = now, a.log_size
-            return []
-        if now - a.quiet_since < window:
-            return []
-        return self._stop(a, StopIntent.KEEPALIVE, f"no output for {format_duration(window)} (keepalive)", now)
+        return self._stop(a, StopIntent.KEEPALIVE, f"no output for {format_duration(window or 0)} (keepalive)", now)
 
     def _lose(self, a: Attempt, away: float) -> list[Action]:
         """Its host has been away past its grace: its slot no longer counts and its trial
@@ -733,7 +793,7 @@ class Lifecycle:
         # One asked to end (killed, early-stopped) is not run again for being lost.
         as_trial = _ASKED_END.get(a.stop_intent, RunState.LOST) if a.stop_intent else RunState.LOST
         return [Record(a.id, RunState.LOST, reason), Note("warning", f"{a.name} lost: {reason}"),
-                *self._after_end(a.study, a.trial, as_trial, a.replicate)]
+                *self.trials.after_end(a.study, a.trial, as_trial, a.replicate)]
 
 
 def _duration(seconds: float) -> str:
