@@ -285,3 +285,59 @@ def test_artifacts_come_back_through_the_login_node(clean_slurm: SlurmCluster, c
     d = remote_daemon.start()
     wait_up(d)
     check_artifacts(d, login.root)
+
+
+FILES_STUDY = """
+    [study]
+    name = "code"
+    objective = {{ metric = "loss" }}
+    algorithm = "grid"
+    parallel = 2
+    gpus = 1
+    [params]
+    x = {{ type = "choice", values = [1, 2] }}
+    [run]
+    workdir = "{src}"
+    files = ["train.py", "data/"]
+    command = "python3 train.py {{x}}"
+    """
+
+TRAIN = """import os, sys
+offset = int(open("data/offset").read())
+print("cwd=" + os.getcwd(), flush=True)
+print("METRICS: loss=%d" % (int(sys.argv[1]) + offset), flush=True)
+"""
+
+
+def check_files_copied(d: DaemonProc, cluster_root: Path) -> None:
+    """A study whose code is only here: `[run] files` copied to the cluster's workdir, the
+    jobs run in that copy."""
+    src = d.home / "src"
+    (src / "data").mkdir(parents=True)
+    (src / "train.py").write_text(TRAIN)
+    (src / "data" / "offset").write_text("10")
+    d.cli("submit", str(d.write_study("code", FILES_STUDY.format(src=src))))
+    wait_for(lambda: len(d.runs(study="code", state="completed")) == 2, timeout=120, interval=0.3,
+             what="both runs to complete")
+    code = cluster_root / "studies" / "code" / "code"
+    assert (code / "train.py").read_text() == TRAIN and (code / "data" / "offset").read_text() == "10"
+    for r in d.runs(study="code"):
+        assert d.cli("logs", r["name"]).stdout.splitlines()[0] == f"cwd={code}"
+        assert reports(d, r["name"]) == [0] and r["objective"] == 10 + r["params"]["x"]
+
+
+def test_a_studys_files_are_copied_to_the_clusters_filesystem(clean_slurm: SlurmCluster,
+                                                              remote_daemon: DaemonProc) -> None:
+    use_cluster(remote_daemon, clean_slurm)
+    d = remote_daemon.start()
+    wait_up(d)
+    check_files_copied(d, d.home / "cluster")
+
+
+@pytest.mark.ssh
+def test_a_studys_files_are_copied_through_the_login_node(clean_slurm: SlurmCluster, cluster: SshdCluster,
+                                                          remote_daemon: DaemonProc) -> None:
+    login, _ = use_login_over_ssh(remote_daemon, clean_slurm, cluster)
+    d = remote_daemon.start()
+    wait_up(d)
+    check_files_copied(d, login.root)

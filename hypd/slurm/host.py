@@ -72,6 +72,10 @@ class SlurmHost(Host):
         self._idle_gpus: int | None = None
         self._sinfo_at = 0.0
         self._told: tuple[dict[str, int], int | None] | None = None
+        self.stager: Any = None  # hypd/ssh/staging.py's Stager, made when a study has files to copy
+        self._sftp: Any = None
+        self._sftp_conn: Any = None
+        self._sftp_lock = asyncio.Lock()
 
     # ------------------------------------------------------------ what the daemon reads
 
@@ -88,21 +92,39 @@ class SlurmHost(Host):
                 "jobs_queued": self._jobs["queued"], "idle_gpus": self._idle_gpus}
 
     async def prepare_study(self, spec: StudySpec) -> str:
-        if spec.files:
-            raise HostError(f"host {self.name}: [run] files are not copied to Slurm clusters; put the study's "
-                            f"code on the cluster's shared filesystem and point [run] workdir at it")
-        return spec.workdir
+        """`[run] files` copied to <workdir>/studies/<study>/code/ on the cluster's shared
+        filesystem (hypd/ssh/staging.py: only what changed), where its jobs run: over the
+        login node's SSH connection (SFTP), or a copy here when the login node is this
+        machine."""
+        if not spec.files:
+            return spec.workdir  # the code is on the shared filesystem already
+        if not self.up:
+            raise HostError(f"host {self.name} is down: {self._why}")
+        import asyncssh  # (only where a study has files to copy)
+
+        from hypd.ssh.connection import exc_text
+        from hypd.ssh.staging import LocalFiles, Stager
+
+        self.stager = self.stager or Stager(self.name, self.command_timeout)
+        try:
+            if self.config.local:
+                return await self.stager.prepare(LocalFiles(), self.root, spec)
+            return await self.stager.prepare(await self._sftp_client(), self.root, spec)
+        except ValueError as exc:
+            raise HostError(f"study {spec.name}: {exc}") from None
+        except (asyncssh.Error, OSError, TimeoutError) as exc:
+            self._sftp = None
+            raise HostError(f"host {self.name}: copying study {spec.name}: {exc_text(exc)}") from None
 
     async def fetch(self, run_dir: str, patterns: tuple[str, ...], dest: Path) -> FetchResult:
         """From the cluster's shared filesystem: a copy here when the login node is this
-        machine, else over an SFTP session to the login node (one per fetch: a run's end)."""
+        machine, else over the SFTP session to the login node."""
         if self.config.local:
             try:
                 return await asyncio.to_thread(copy_local, Path(run_dir), patterns, dest)
             except OSError as exc:
                 raise HostError(f"copying {run_dir} to {dest}: {exc.strerror or exc}") from None
-        conn = getattr(self.shell, "conn", None)
-        if conn is None or not self.up:
+        if getattr(self.shell, "conn", None) is None or not self.up:
             raise HostError(f"host {self.name} is down: {self._why}")
         import asyncssh
 
@@ -110,12 +132,24 @@ class SlurmHost(Host):
         from hypd.ssh.staging import fetch_files
 
         try:
-            async with conn.start_sftp_client() as sftp:
-                return await fetch_files(sftp, run_dir, patterns, dest, self.command_timeout)
+            return await fetch_files(await self._sftp_client(), run_dir, patterns, dest, self.command_timeout)
         except OSError as exc:
             raise HostError(f"copying into {dest}: {exc.strerror or exc}") from None
         except (asyncssh.Error, TimeoutError) as exc:
+            self._sftp = None
             raise HostError(f"host {self.name}: copying from {run_dir}: {exc_text(exc)}") from None
+
+    async def _sftp_client(self) -> Any:
+        """One SFTP session on the login node's connection, opened when first needed and
+        again after that connection was made anew."""
+        conn = getattr(self.shell, "conn", None)
+        if conn is None:
+            raise ShellError("not connected")
+        async with self._sftp_lock:
+            if self._sftp is None or self._sftp_conn is not conn:
+                self._sftp = await asyncio.wait_for(conn.start_sftp_client(), self.command_timeout)
+                self._sftp_conn = conn
+            return self._sftp
 
     # ------------------------------------------------------------ life
 

@@ -1,7 +1,9 @@
 """A study's code on an SSH host: `run.files` (relative to the study's workdir here)
 copied over SFTP to <root>/studies/<study>/code/, only what changed since the last copy.
 A manifest kept on the host (size, mtime, mode of each file) lets a restarted daemon
-copy nothing that is already there."""
+copy nothing that is already there. The same copy onto a folder of this machine (a Slurm
+cluster's shared filesystem seen from its login node, when hypd runs there) goes through
+`LocalFiles`, which answers the few SFTP calls the copy makes."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import stat as stat_module
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -52,8 +55,46 @@ def local_manifest(workdir: str, files: tuple[str, ...]) -> dict[str, list[int]]
     return manifest
 
 
+class _LocalFile:
+    def __init__(self, path: str, mode: str) -> None:
+        self.path, self.mode = path, mode
+        self.file: Any = None
+
+    async def __aenter__(self) -> _LocalFile:
+        self.file = await asyncio.to_thread(open, self.path, self.mode)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.file.close)
+
+    async def read(self) -> bytes:
+        return await asyncio.to_thread(self.file.read)
+
+    async def write(self, data: bytes) -> None:
+        await asyncio.to_thread(self.file.write, data)
+
+
+class LocalFiles:
+    """The SFTP calls `Stager` makes, on this machine's files (OSError for what fails)."""
+
+    def open(self, path: str, mode: str) -> _LocalFile:
+        return _LocalFile(path, mode)
+
+    async def makedirs(self, path: str, exist_ok: bool = False) -> None:
+        await asyncio.to_thread(os.makedirs, path, exist_ok=exist_ok)
+
+    async def put(self, local: str, remote: str, preserve: bool = False) -> None:
+        await asyncio.to_thread(shutil.copy2 if preserve else shutil.copyfile, local, remote)
+
+    async def remove(self, path: str) -> None:
+        await asyncio.to_thread(os.remove, path)
+
+    async def posix_rename(self, old: str, new: str) -> None:
+        await asyncio.to_thread(os.replace, old, new)
+
+
 class Stager:
-    """Copies studies' code to one host over its SFTP session."""
+    """Copies studies' code to one host over its SFTP session (or `LocalFiles`)."""
 
     def __init__(self, host: str, timeout: float) -> None:
         self.host = host
@@ -62,9 +103,9 @@ class Stager:
         self._prepared: dict[str, str] = {}  # study -> manifest digest known to be on the host
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def prepare(self, sftp: asyncssh.SFTPClient, root: str, spec: StudySpec) -> str:
+    async def prepare(self, sftp: asyncssh.SFTPClient | LocalFiles, root: str, spec: StudySpec) -> str:
         """The folder runs of `spec` work in on the host. ValueError/OSError (a file
-        missing here), asyncssh errors (the host)."""
+        missing here; with LocalFiles, any failure), asyncssh errors (the host)."""
         if not spec.files:
             return spec.workdir  # a shared filesystem, or code that is already there
         study_dir = f"{root}/studies/{spec.name}"
@@ -79,11 +120,11 @@ class Stager:
                 self._prepared[spec.name] = digest
         return code
 
-    async def _copy(self, sftp: asyncssh.SFTPClient, spec: StudySpec, study_dir: str, code: str,
+    async def _copy(self, sftp: asyncssh.SFTPClient | LocalFiles, spec: StudySpec, study_dir: str, code: str,
                     manifest: dict[str, list[int]]) -> None:
         manifest_path = f"{study_dir}/{CODE_MANIFEST}"
         remote: dict[str, Any] = {}
-        with contextlib.suppress(asyncssh.SFTPNoSuchFile, ValueError):
+        with contextlib.suppress(asyncssh.SFTPNoSuchFile, FileNotFoundError, ValueError):
             async with sftp.open(manifest_path, "rb") as f:
                 loaded = json.loads(await asyncio.wait_for(f.read(), self.timeout))
             if isinstance(loaded, dict):
@@ -101,7 +142,7 @@ class Stager:
 
         await asyncio.gather(*(put(rel) for rel in changed))
         for rel in removed:
-            with contextlib.suppress(asyncssh.SFTPError):
+            with contextlib.suppress(asyncssh.SFTPError, OSError):
                 await sftp.remove(f"{code}/{rel}")
         tmp = f"{manifest_path}.tmp"
         async with sftp.open(tmp, "wb") as f:
