@@ -34,6 +34,7 @@ from hypd.hosts import GpusRead
 from hypd.ops import Ops
 from hypd.private import UnsafePath, private_dir, private_files
 from hypd.registry import Registry
+from hypd.runops import RunOps
 from hypd.runs import Runs
 from hypd.runstate import StopIntent
 from hypd.server import EventBus, Refusal, Server
@@ -120,6 +121,7 @@ class Daemon:
                            self._publish_study, self._max_gpus,
                            lambda: sorted(n for n, h in self.registry.all().items() if h.in_inventory),
                            self._host_labels)
+            self.run_ops = RunOps(self.ops)
             self.budget = StudyBudget(self.ops)
             self.fetcher = Fetcher(store, studies, self.registry.all, self.home, self.ops._run)
             self.runs.released_run = self.fetcher.after_release
@@ -232,7 +234,7 @@ class Daemon:
         return await self.ops.op_ping()
 
     def _handler(self, op: str) -> Callable[..., Any]:
-        for part in (self, self.ops, self.budget, self.fetcher, self.registry):
+        for part in (self, self.ops, self.run_ops, self.budget, self.fetcher, self.registry):
             method = getattr(part, f"op_{op}", None)
             if method is not None:
                 break
