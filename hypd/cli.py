@@ -156,7 +156,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         info = c.call("info", run=args.run, reports=args.reports if args.verbose else 0)
     r = info["run"]
     lines = [
-        f"run        {r['name']}  (trial {trial_no(r['trial'])}, attempt {r['attempt']}; retries allowed {info['retries']})",
+        f"run        {r['name']}  (trial {trial_no(r['trial'])}"
+        f"{', replicate ' + str(r['replicate']) if r.get('replicate', 1) > 1 else ''}, attempt {r['attempt']}; "
+        f"retries allowed {info['retries']})",
         f"state      {r['state']}  {r['reason']}",
         f"params     {fmt_params(r['params'])}",
         f"where      {where(r)}",

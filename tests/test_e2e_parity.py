@@ -104,6 +104,8 @@ def test_replicates_run_each_trial_n_times_and_rank_it_by_their_mean(daemon: Dae
     assert board["runs"][0]["sem"] == pytest.approx(1 / 3 ** 0.5)
     text = daemon.cli("leaderboard", "rep").stdout
     assert "12 [11–13] (3)" in text and "22 [21–23] (3)" in text
+    second = next(r for r in runs if r["replicate"] == 2 and r["state"] == "completed")
+    assert f"(trial {second['trial'] + 1}, replicate 2, attempt 2;" in daemon.cli("info", second["name"]).stdout
     every = daemon.cli_json("leaderboard", "rep", "--runs")["runs"]
     assert [r["objective"] for r in every] == [11.0, 12.0, 13.0, 21.0, 22.0, 23.0]
     assert "REP" in daemon.cli("leaderboard", "rep", "--runs").stdout
