@@ -57,8 +57,10 @@ class AlreadyRunning(RuntimeError):
 
 
 class Daemon:
-    def __init__(self, home: Path, config: Config | None = None) -> None:
+    def __init__(self, home: Path, config: Config | None = None, *, start_wait: float = START_WAIT) -> None:
         self.home = home
+        self.start_wait = start_wait  # how long an op waits for the start before it is refused
+        self.starting = "opening the store"  # what the start is doing now, for that refusal
         self.config = config or load_config(home)
         self.bus = EventBus()
         self.shutdown = asyncio.Event()
@@ -162,11 +164,15 @@ class Daemon:
         imports Ax: seconds), then adopting the runs that went on meanwhile, then placing."""
         began = time.monotonic()
         assert self.store is not None
+        self.starting = "building the per-metric summaries of the stored reports (once, for a store made before them)"
         if built := await self.store.build_metric_stats():
             log.info("built the per-metric summaries of %d stored reports (once) in %.1f s", built,
                      time.monotonic() - began)
+        self.starting = "loading studies"
         await self.studies.load()
+        self.starting = "adopting the runs that went on while it was stopped"
         await self.runs.recover()
+        self.starting = "catching up on copies of runs' files"
         await self.fetcher.catch_up()
         tg.create_task(self.runs.serve(), name="runs")
         tg.create_task(self.dispatcher.serve(), name="dispatch")
@@ -245,12 +251,17 @@ class Daemon:
 
         async def once_started(**args: Any) -> Any:
             try:
-                await asyncio.wait_for(self.started.wait(), START_WAIT)
+                await asyncio.wait_for(self.started.wait(), self.start_wait)
             except TimeoutError:
-                raise Refusal("busy", f"the daemon is still loading studies ({len(self.studies.loading)} to go: "
-                                      f"{', '.join(sorted(self.studies.loading)[:5])}); try again shortly") from None
+                raise Refusal("busy", f"the daemon is still {self._starting_what()}; try again shortly") from None
             return await method(**args)
         return once_started
+
+    def _starting_what(self) -> str:
+        if self.starting == "loading studies":
+            loading = sorted(self.studies.loading)
+            return f"loading studies ({len(loading)} to go: {', '.join(loading[:5])})"
+        return self.starting
 
     # ------------------------------------------------------------ events out
 
