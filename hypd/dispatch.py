@@ -19,8 +19,9 @@ from hypd import lifecycle as lc
 from hypd.capacity import Holding, host_capacity
 from hypd.display import trial_no
 from hypd.hosts import Host, HostDownError, HostError
+from hypd.ingest import RunData
 from hypd.metrics import MetricsReader
-from hypd.runs import RunData, Runs
+from hypd.runs import Runs
 from hypd.runstate import RunState, StopIntent
 from hypd.scheduler import HostCapacity, StudyDemand, place
 from hypd.store import Store

@@ -13,43 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from hypd import lifecycle as lc
 from hypd.capacity import Released
 from hypd.hosts import Host, HostError
-from hypd.metrics import METRICS_PREFIX, MetricsReader, fold_objective, keepalive_request, read_lines
+from hypd.ingest import LogIngest, RunData
+from hypd.metrics import MetricsReader
 from hypd.runstate import LIVE, RunState, StopIntent
 from hypd.store import Store, StoreUnavailable
 from hypd.studies import Studies
-from hypd.wrapper import STAGE_MARK
 
 log = logging.getLogger("hypd.runs")
 
 TICK = 0.25  # seconds between the core's clock ticks (timeouts, lost hosts, store retries)
-# The wrapper's own "[hypd] stage X started/failed" lines: a run's last line is the
-# program's (the error a failed run printed), not these.
-STAGE_LINE = f"{STAGE_MARK} stage "
 RELEASED_KEEP = 120.0  # seconds a release is remembered for capacity (until a newer reading)
-
-
-@dataclass
-class RunData:
-    """What the shell keeps of a live run beside the core: where its files are, and its
-    metrics as of the last stored report."""
-
-    ctl_dir: str
-    log_path: str
-    reader: MetricsReader
-    metrics: dict[str, float] = field(default_factory=dict)
-    objective: float | None = None
-    last_line: str = ""
-    gpu_mem_mib: int = 0
-    started: float = 0.0
 
 
 class Runs:
@@ -65,6 +45,7 @@ class Runs:
         self.wake = wake
         self.core = lc.Lifecycle()
         self.data: dict[int, RunData] = {}
+        self.ingest = LogIngest(store, studies, self.data, self.core.attempts, self.feed, publish_run, publish_log)
         self.released: dict[str, list[Released]] = {}
         self.events: asyncio.Queue[object] = asyncio.Queue()
         self._chains: dict[object, asyncio.Task[None]] = {}
@@ -143,7 +124,7 @@ class Runs:
 
     async def _act(self, action: lc.Action) -> None:
         if isinstance(action, lc.Ingest):
-            await self._ingest(action)
+            await self.ingest(action)
         elif isinstance(action, lc.Record):
             await self._durably(self.store.transition, action.run, action.state, action.reason,
                                 exit_code=action.exit_code, exit_stage=action.stage)
@@ -224,54 +205,6 @@ class Runs:
             await call(host)
         except (HostError, OSError, ConnectionError) as exc:
             log.warning("host %s: %s", host_name, exc)
-
-    # ------------------------------------------------------------ reports
-
-    async def _ingest(self, action: lc.Ingest) -> None:
-        data = self.data.get(action.run)
-        attempt = self.core.attempts.get(action.run)
-        if data is None or attempt is None:
-            return
-        rt = self.studies.get(attempt.study)
-        batch = await asyncio.to_thread(_read_log, data.log_path, action.offset, action.final)
-        reader_step = data.reader.next_step
-        metrics, objective, last_line = dict(data.metrics), data.objective, data.last_line
-        reports = []
-        now = time.time()
-        for line in batch.lines:
-            if (window := keepalive_request(line)) is not None:
-                self.feed(lc.KeepaliveAsked(action.run, window))
-                continue
-            if line.strip() and not line.lstrip().startswith((METRICS_PREFIX, STAGE_LINE)):
-                last_line = line.strip()[:500]
-            report = data.reader.line(line)
-            if report is None:
-                continue
-            reports.append((report.step, now, dict(report.values)))
-            metrics.update(report.values)
-            if rt is not None and rt.spec.objective.metric in report.values:
-                o = rt.spec.objective
-                objective = fold_objective(objective, report.values[o.metric], o.minimize, o.use)
-        if batch.end == action.offset and not batch.lines:
-            self.feed(lc.Stored(action.run, batch.end))  # nothing new: no write
-            return
-        try:
-            await self.store.add_reports(action.run, reports, log_offset=batch.end, metrics=metrics,
-                                         objective=_finite(objective), last_line=last_line)
-        except StoreUnavailable as exc:
-            data.reader.next_step = reader_step  # read again from the last commit
-            self.feed(lc.StoreFailed(action.run, str(exc), time.time()))
-            return
-        data.metrics, data.objective, data.last_line = metrics, objective, last_line
-        self.feed(lc.Stored(action.run, batch.end))
-        if batch.lines:
-            self.publish_log(attempt.name, "\n".join(batch.lines) + "\n")
-        if batch.refused:
-            log.warning("%s: %d output line(s) over the length limit were not read for metrics",
-                        attempt.name, batch.refused)
-        if reports:
-            await self.publish_run(action.run)
-            await self.studies.report(attempt.study, attempt.trial, reports, run=action.run)
 
     # ------------------------------------------------------------ trials
 
@@ -377,18 +310,3 @@ class Runs:
         for study in self.studies.all:
             self._carry_out(("tell", study), [lc.Tell(study, -1)])
 
-
-def _read_log(path: str, offset: int, final: bool) -> Any:
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        return read_lines(lambda at, n: b"", offset, final=final)
-    with f:
-        def read(at: int, n: int) -> bytes:
-            f.seek(at)
-            return f.read(n)
-        return read_lines(read, offset, final=final)
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
