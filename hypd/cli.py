@@ -613,9 +613,14 @@ def cmd_hosts_add(args: argparse.Namespace) -> int:
             options["gpus"] = [int(g) for g in args.gpus.split(",") if g.strip()]
         except ValueError:
             raise CliError(f"--gpus {args.gpus!r}: give GPU indexes such as 0,1", ExitCode.USAGE) from None
-    for key in ("max_per_gpu", "key", "workdir", "setup", "cpu_slots", "lost_after"):
+    for key in ("max_per_gpu", "key", "workdir", "setup", "cpu_slots", "lost_after", "partition", "account",
+                "max_jobs"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
+    if args.kind != "ssh":
+        options["kind"] = args.kind
+    if args.sbatch:
+        options["sbatch"] = args.sbatch
     if args.label:
         options["labels"] = [x.strip() for item in args.label for x in item.split(",") if x.strip()]
     if args.known_hosts is not None:
@@ -881,13 +886,23 @@ def build_parser() -> argparse.ArgumentParser:
     hp = hosts.add_parser("ls", help="list the hosts (the default)")
     hp.add_argument("--json", action="store_true")
     hp.set_defaults(fn=cmd_hosts)
-    hp = hosts.add_parser("add", help="add an SSH host: NAME [user@]address[:port]")
+    hp = hosts.add_parser("add", help="add an SSH host: NAME [user@]address[:port]; or a Slurm cluster: "
+                          "NAME LOGIN --kind slurm (LOGIN: [user@]address[:port] of its login node, or local)")
     hp.add_argument("name")
     hp.add_argument("target", metavar="[USER@]ADDRESS[:PORT]")
+    hp.add_argument("--kind", choices=("ssh", "slurm"), default="ssh",
+                    help="ssh: a machine (the default); slurm: a cluster, jobs submitted from its login node")
+    hp.add_argument("--partition", help="slurm: the partition jobs go to (default: the cluster's default)")
+    hp.add_argument("--account", help="slurm: the account jobs are charged to")
+    hp.add_argument("--max-jobs", type=int, help="slurm: hypd's jobs in the queue at once, queued ones included "
+                    "(default 16)")
+    hp.add_argument("--sbatch", action="append", metavar="OPTION",
+                    help="slurm: an sbatch option passed as it is, e.g. --sbatch=--time=02:00:00; repeat for more")
     hp.add_argument("--gpus", help="the GPUs hypd may use there, e.g. 0,1 (default: all)")
     hp.add_argument("--max-per-gpu", type=int, help="runs that may share one GPU (default 1)")
     hp.add_argument("--key", help="private key file (default: as ssh would: agent, ~/.ssh keys and config)")
-    hp.add_argument("--workdir", help="where runs keep their files on the host (default ~/.hypd-runs)")
+    hp.add_argument("--workdir", help="where runs keep their files on the host (default ~/.hypd-runs; for a "
+                    "Slurm cluster, on its shared filesystem, default ~/hypd-runs)")
     hp.add_argument("--setup", help="a line bash runs before each trial's command, e.g. 'source ~/venv/bin/activate' "
                     "(what it exports reaches the command)")
     hp.add_argument("--cpu-slots", type=int, help="CPU slots for gpus = 0 runs (default: its cores)")

@@ -390,7 +390,7 @@ def _duration_text(seconds: float) -> str:
 
 def format_inventory(hosts: Iterable[HostConfig]) -> str:
     """hosts.toml text for `hosts`: address always, other keys only where not the default."""
-    lines = ["# SSH hosts for hypd (see `hypd hosts add --help`); written by hypd, comments are not kept.", ""]
+    lines = ["# Hosts for hypd (see `hypd hosts add --help`); written by hypd, comments are not kept.", ""]
     for host in hosts:
         key = host.name if _BARE_KEY_RE.match(host.name) else _toml_string(host.name)
         lines.append(f"[hosts.{key}]")

@@ -150,9 +150,12 @@ class Registry:
 
     async def op_hosts_add(self, name: str, target: str, options: dict[str, Any]) -> dict[str, Any]:
         try:
-            user, address, port = parse_target(target)
-            values = {"address": address, **({"user": user} if user else {}), **({"port": port} if port else {}),
-                      **options}
+            if options.get("kind") == "slurm":  # the target is its login node, "local" included
+                values = {"login": target, **options}
+            else:
+                user, address, port = parse_target(target)
+                values = {"address": address, **({"user": user} if user else {}), **({"port": port} if port else {}),
+                          **options}
             config = make_host(name, values)
         except InventoryError as exc:
             raise Refusal("invalid", str(exc)) from None

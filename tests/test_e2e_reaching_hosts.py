@@ -79,7 +79,7 @@ def test_known_hosts_options_and_the_ssh_line_to_try_by_hand(cluster: SshdCluste
     text = inventory_path(d.home).read_text()
     assert f'known_hosts = "{cluster.known_hosts}"' in text and "known_hosts = false" in text
     # The file's header names a command that exists.
-    assert text.startswith("# SSH hosts for hypd (see `hypd hosts add --help`)")
+    assert text.startswith("# Hosts for hypd (see `hypd hosts add --help`)")
     assert "--known-hosts PATH" in d.cli("hosts", "add", "--help").stdout
     both = d.cli("hosts", "add", "x", "127.0.0.1", "--known-hosts", "k", "--no-known-hosts", check=False)
     assert both.returncode == 2 and "not allowed with" in both.stderr

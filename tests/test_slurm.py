@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from conftest import DaemonProc, use_hosts, wait_for
+from hypd.inventory import inventory_path, load_inventory
 from hypd.slurm.config import SlurmConfig
 from tests.slurmd import SlurmCluster, slurm_cluster
 from tests.sshd import SshdCluster
@@ -341,3 +342,47 @@ def test_a_studys_files_are_copied_through_the_login_node(clean_slurm: SlurmClus
     d = remote_daemon.start()
     wait_up(d)
     check_files_copied(d, login.root)
+
+
+def test_hosts_add_adds_a_slurm_cluster_that_runs_a_study(clean_slurm: SlurmCluster,
+                                                          remote_daemon: DaemonProc) -> None:
+    calls = clean_slurm.install_commands(remote_daemon.home / "bin")
+    d = remote_daemon.start()
+    refused = d.cli("hosts", "add", "cluster", "local", "--kind", "slurm", "--gpus", "0", check=False)
+    assert refused.returncode != 0 and "hosts.cluster.gpus: unknown key for a Slurm host" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    added = d.cli("hosts", "add", "cluster", "local", "--kind", "slurm", "--partition", clean_slurm.partition,
+                  "--account", "lab42", "--max-jobs", "3", "--sbatch=--time=10", "--sbatch=--nice=0",
+                  "--workdir", str(d.home / "cluster"), "--label", "a100")
+    assert added.stdout.startswith("host cluster added (up")
+    [config] = load_inventory(inventory_path(d.home))
+    assert config == SlurmConfig("cluster", login="local", partition=clean_slurm.partition, account="lab42",
+                                 max_jobs=3, sbatch=("--time=10", "--nice=0"), workdir=str(d.home / "cluster"),
+                                 labels=("a100",))
+    hosts = d.cli("hosts").stdout
+    assert "partition gpu" in hosts and "queued (max 3)" in hosts, hosts
+    d.cli("submit", study(d, "added", n=2, gpus=1, parallel=2, steps=3, sleep=0.1))
+    wait_for(lambda: len(d.runs(study="added", state="completed")) == 2, timeout=120, interval=0.3,
+             what="both runs to complete")
+    assert sbatch_calls(calls) == 2
+    assert {r["host"] for r in d.runs(study="added")} == {"cluster"}
+
+
+@pytest.mark.ssh
+def test_hosts_add_adds_a_slurm_cluster_whose_login_node_is_reached_over_ssh(
+        clean_slurm: SlurmCluster, cluster: SshdCluster, remote_daemon: DaemonProc) -> None:
+    login = cluster.add("login", gpus=None)
+    calls = clean_slurm.install_commands(login.bin_dir)
+    ssh = login.host_config()
+    d = remote_daemon.start()
+    target = f"{ssh.user}@127.0.0.1:{ssh.port}"
+    added = d.cli("hosts", "add", "cluster", target, "--kind", "slurm", "--partition", clean_slurm.partition,
+                  "--key", str(ssh.key), "--known-hosts", str(ssh.known_hosts), "--workdir", str(login.root))
+    assert added.stdout.startswith("host cluster added (up")
+    [config] = load_inventory(inventory_path(d.home))
+    assert (config.kind, config.login, config.key) == ("slurm", target, str(ssh.key))
+    d.cli("submit", study(d, "added", n=2, gpus=1, parallel=2, steps=3, sleep=0.1))
+    wait_for(lambda: len(d.runs(study="added", state="completed")) == 2, timeout=120, interval=0.3,
+             what="both runs to complete")
+    assert sbatch_calls(calls) == 2
+    assert f"slurm via {target}" in d.cli("hosts").stdout
