@@ -24,17 +24,8 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from hypd.tui.model import (
-    STATES,
-    RunFilter,
-    fmt_number,
-    fmt_params,
-    fmt_seconds,
-    haystack,
-    runtime,
-    sorted_names,
-    where,
-)
+from hypd.tui.model import STATES, RunFilter, fmt_seconds, runtime
+from hypd.tui.runrows import RunRows
 from hypd.tui.widgets.common import tight_segments
 
 
@@ -170,100 +161,69 @@ class RunTable(ScrollView, can_focus=True):
     def __init__(self, *, clock: Any = None, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self._clock = clock
-        self.rows: dict[str, Mapping[str, Any]] = {}
-        self.cells: dict[str, dict[str, str]] = {}
-        self.hay: dict[str, str] = {}
-        self.view: list[str] = []
-        self.position: dict[str, int] = {}
-        self.run_filter = RunFilter()
-        self.sort_column = "run"
-        self.sort_reverse = True
-        self.content_width: dict[str, int] = {}
+        self.content = RunRows()
         self.current: str | None = None
         self._columns_cache: tuple[int, list[tuple[Column, int]]] | None = None
         self._strips: LRUCache[tuple[Any, ...], Strip] = LRUCache(1000)
-        self._versions: dict[str, int] = {}
         self._styles: dict[str, Style] = {}
         self._layout_version = 0
+
+    # What it shows, for the screens that read it.
+    @property
+    def rows(self) -> dict[str, Mapping[str, Any]]:
+        return self.content.rows
+
+    @property
+    def view(self) -> list[str]:
+        return self.content.view
+
+    @property
+    def run_filter(self) -> RunFilter:
+        return self.content.run_filter
+
+    @property
+    def sort_column(self) -> str:
+        return self.content.sort_column
+
+    @property
+    def sort_reverse(self) -> bool:
+        return self.content.sort_reverse
 
     # ------------------------------------------------------------ data
 
     def now(self) -> float:
         return self._clock() if self._clock else self.app.clock()  # type: ignore[attr-defined]
 
-    def _format(self, run: Mapping[str, Any]) -> dict[str, str]:
-        return {
-            "run": run.get("name", "?"),
-            "state": run.get("state", "?"),
-            "where": where(run),
-            "objective": fmt_number(run.get("objective")),
-            "params": fmt_params(run.get("params")),
-            "metrics": fmt_params(run.get("metrics")),
-        }
-
-    def _measure(self, cells: Mapping[str, str]) -> None:
-        for key, text in cells.items():
-            if len(text) > self.content_width.get(key, 0):
-                self.content_width[key] = len(text)
-                self._columns_cache = None
-
     def replace_all(self, runs: Iterable[Mapping[str, Any]]) -> None:
         """Show exactly these runs (after a reload)."""
-        self.rows, self.cells, self.hay = {}, {}, {}
-        self.view, self.position = [], {}  # (runs no longer there must not be sorted again)
-        self.content_width = {"time": 6}
+        self.content.clear()
         self._columns_cache = None
         self.upsert(runs)
         self._rebuild()
 
     def upsert(self, runs: Iterable[Mapping[str, Any]]) -> None:
         """Add or update runs in place; re-sorts only if an order may have changed."""
-        resort = False
-        membership = False
-        for run in runs:
-            name = run["name"]
-            old = self.rows.get(name)
-            cells = self._format(run)
-            self.rows[name] = run
-            self.cells[name] = cells
-            self._versions[name] = self._versions.get(name, 0) + 1
-            self.hay[name] = haystack(run)
-            self._measure(cells)
-            was_in = name in self.position
-            now_in = self.run_filter.matches(run, self.hay[name])
-            if was_in != now_in:
-                membership = True
-            elif now_in and (old is None or self._sort_changed(old, run)):
-                resort = True
-        if membership:
+        change, wider = self.content.put(runs)
+        if wider:
+            self._columns_cache = None
+        if change == "rebuild":
             self._rebuild()
-        elif resort:
+        elif change == "resort":
             self._resort()
         else:
             self.refresh()
 
-    def _sort_changed(self, old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-        key = self.sort_column
-        if key == "time":
-            return (old.get("started"), old.get("ended")) != (new.get("started"), new.get("ended"))
-        if key == "run":
-            return False
-        field = {"where": "host"}.get(key, key)
-        return old.get(field) != new.get(field) or (key == "where" and old.get("gpus") != new.get("gpus"))
-
     def _rebuild(self) -> None:
-        names = [n for n, run in self.rows.items() if self.run_filter.matches(run, self.hay[n])]
-        self._set_view(names)
+        self._set_view(self.content.matching())
 
     def _resort(self) -> None:
         self._set_view(self.view)
 
     def _set_view(self, names: list[str]) -> None:
-        self.view = sorted_names(self.rows, names, self.sort_column, self.sort_reverse, self.now())
-        self.position = {n: i for i, n in enumerate(self.view)}
+        self.content.arrange(names, self.now())
         self.virtual_size = Size(self.size.width, len(self.view) + 1)
-        if self.current is not None and self.current in self.position:
-            index = self.position[self.current]
+        if self.current is not None and self.current in self.content.position:
+            index = self.content.position[self.current]
         else:
             index = min(self.cursor, max(0, len(self.view) - 1))
         self._move(index, scroll=self.current is not None)
@@ -271,7 +231,7 @@ class RunTable(ScrollView, can_focus=True):
 
     def set_filter(self, run_filter: RunFilter) -> None:
         if run_filter != self.run_filter:
-            self.run_filter = run_filter
+            self.content.run_filter = run_filter
             self._rebuild()
 
     def sort_by(self, column: str, reverse: bool | None = None) -> None:
@@ -279,7 +239,7 @@ class RunTable(ScrollView, can_focus=True):
             raise ValueError(f"no column {column!r}")
         if reverse is None:
             reverse = (not self.sort_reverse) if column == self.sort_column else column in ("time", "run")
-        self.sort_column, self.sort_reverse = column, reverse
+        self.content.sort_column, self.content.sort_reverse = column, reverse
         self._columns_cache = None
         self._resort()
 
@@ -309,7 +269,7 @@ class RunTable(ScrollView, can_focus=True):
 
     def select(self, name: str) -> bool:
         """Put the cursor on a run; False if it is not shown."""
-        index = self.position.get(name)
+        index = self.content.position.get(name)
         if index is None:
             return False
         self._move(index)
@@ -366,7 +326,7 @@ class RunTable(ScrollView, can_focus=True):
     def _layout(self) -> list[tuple[Column, int]]:
         width = self.scrollable_content_region.width
         if self._columns_cache is None or self._columns_cache[0] != width:
-            self._columns_cache = (width, layout(width, self.content_width, self.sort_column))
+            self._columns_cache = (width, layout(width, self.content.content_width, self.sort_column))
             self._layout_version += 1
         return self._columns_cache[1]
 
@@ -394,11 +354,11 @@ class RunTable(ScrollView, can_focus=True):
         if index >= len(self.view):
             return Strip.blank(width, base)
         name = self.view[index]
-        run = self.rows[name]
-        cells = self.cells[name]
+        run = self.content.rows[name]
+        cells = self.content.cells[name]
         on_cursor = index == self.cursor
         time_text = fmt_seconds(runtime(run, self.now()))
-        key = (name, self._versions.get(name, 0), width, on_cursor and (1 + self.has_focus), time_text,
+        key = (name, self.content.versions.get(name, 0), width, on_cursor and (1 + self.has_focus), time_text,
                self._layout_version, base)
         strip = self._strips.get(key)
         if strip is None:
