@@ -321,6 +321,60 @@ class Ender:
         self.forget(run)
 
 
+class Pidfds:
+    """Runs watched by pidfd (Linux 5.3+): the poll wakes the moment one ends. Without
+    pidfds, each run is looked up in /proc every pass instead."""
+
+    def __init__(self, poller, enabled, children):
+        self.poller = poller
+        self.enabled = enabled
+        self.children = children  # the watcher's wrappers it started: pid -> Popen
+        self.by_fd = {}  # pidfd -> Run
+
+    def fired(self, fd):
+        run = self.by_fd.get(fd)
+        self.close(fd)
+        if run is not None:
+            run.dead = True
+            run.pidfd = None
+
+    def close(self, fd):
+        self.by_fd.pop(fd, None)
+        try:
+            self.poller.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+    def open(self, run):
+        """Watch run.pid with a pidfd when there are pidfds. False if the process is not
+        (any more) the one that started at run.start."""
+        if not self.enabled:
+            return True
+        try:
+            fd = os.pidfd_open(run.pid)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            return True  # out of fds, say: this run is looked up in /proc each tick instead
+        # Opened first, checked after: if the start time still matches, the pidfd holds our process.
+        if live_start(run.pid) != run.start and run.pid not in self.children:
+            os.close(fd)
+            return False
+        run.pidfd = fd
+        self.by_fd[fd] = run
+        self.poller.register(fd, select.POLLIN)
+        return True
+
+    def forget(self, run):
+        if run.pidfd is not None:
+            self.close(run.pidfd)
+            run.pidfd = None
+
+
 class Watcher:
     """The loop: commands from stdin, pidfds, and a pass over every run each tick."""
 
@@ -331,9 +385,9 @@ class Watcher:
         self.use_pidfd = use_pidfd
         self.pid_wait = pid_wait
         self.runs = {}  # key -> Run
-        self.by_fd = {}  # pidfd -> Run
         self.children = {}  # pid -> Popen: wrappers we started, reaped as they end
         self.poller = select.poll()
+        self.pidfds = Pidfds(self.poller, use_pidfd, self.children)
         self.out = Out()
         self.send = self.out.send
         self.error = self.out.error
@@ -349,7 +403,7 @@ class Watcher:
         while True:
             for fd, _mask in self.poller.poll(int(self.timeout() * 1000)):
                 if fd != 0:
-                    self.pidfd_fired(fd)
+                    self.pidfds.fired(fd)
                     continue
                 try:
                     data = os.read(0, 1 << 16)
@@ -377,48 +431,8 @@ class Watcher:
             return min(self.tick, 0.01)  # a launch waits for its pid file: look often
         return self.tick
 
-    def pidfd_fired(self, fd):
-        run = self.by_fd.get(fd)
-        self.close_pidfd(fd)
-        if run is not None:
-            run.dead = True
-            run.pidfd = None
-
-    def close_pidfd(self, fd):
-        self.by_fd.pop(fd, None)
-        try:
-            self.poller.unregister(fd)
-        except (KeyError, ValueError):
-            pass
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-
-    def open_pidfd(self, run):
-        """Watch run.pid with a pidfd when there are pidfds. False if the process is not
-        (any more) the one that started at run.start."""
-        if not self.use_pidfd:
-            return True
-        try:
-            fd = os.pidfd_open(run.pid)
-        except ProcessLookupError:
-            return False
-        except OSError:
-            return True  # out of fds, say: this run is looked up in /proc each tick instead
-        # Opened first, checked after: if the start time still matches, the pidfd holds our process.
-        if live_start(run.pid) != run.start and run.pid not in self.children:
-            os.close(fd)
-            return False
-        run.pidfd = fd
-        self.by_fd[fd] = run
-        self.poller.register(fd, select.POLLIN)
-        return True
-
     def forget(self, run):
-        if run.pidfd is not None:
-            self.close_pidfd(run.pidfd)
-            run.pidfd = None
+        self.pidfds.forget(run)
         if self.runs.get(run.key) is run:
             del self.runs[run.key]
 
@@ -507,7 +521,7 @@ class Watcher:
         run.phase = "launch"
         run.deadline = time.monotonic() + self.pid_wait
         self.runs[key] = run
-        self.open_pidfd(run)
+        self.pidfds.open(run)
 
     def op_watch(self, cmd):
         key = field(cmd, "run", str, empty=False)
@@ -559,7 +573,7 @@ class Watcher:
                 current = None
             start = current
         run.start = start
-        if current is None or current != start or not self.open_pidfd(run):
+        if current is None or current != start or not self.pidfds.open(run):
             run.dead = True
             return
         self.send({"ev": "alive", "run": run.key, "pid": pid, "start": start})
