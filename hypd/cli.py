@@ -351,8 +351,11 @@ def cmd_kill(args: argparse.Namespace) -> int:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     with connect() as c:
-        result = c.call("retry", target=args.target, state=args.state)
-    print("queued " + " ".join(result["retried"]) if result["retried"] else "nothing to retry")
+        result = c.call("retry", target=args.target, state=args.state, prepare=args.prepare)
+    if result["prepared"]:
+        print(f"study {args.target}: its prepare step runs again on every host, before its next run there")
+    if result["retried"] or not result["prepared"]:
+        print("queued " + " ".join(result["retried"]) if result["retried"] else "nothing to retry")
     return 0
 
 
@@ -471,6 +474,8 @@ def cmd_studies(args: argparse.Namespace) -> int:
                      f"{s['metric']} {best}"])
         if s["pause_reason"]:
             notes.append(f"{s['name']} paused: {s['pause_reason']}  (`hypd resume {s['name']}` carries on)")
+        for failed in (s.get("prepare_failed") or {}).values():
+            notes.append(f"{s['name']}: {failed}  (`hypd retry {s['name']} --prepare` once it is fixed)")
         if s["hosts_note"]:
             notes.append(f"{s['name']}: {s['hosts_note']}")
     if rows:
@@ -668,6 +673,8 @@ def cmd_hosts(args: argparse.Namespace) -> int:
             continue
         print(f"{h['name']}  {h['state']}{why}{labels}  cpu slots {h['cpu_used']}/{h['cpu_slots']}"
               + (f"  [{' '.join(h['cpu_runs'])}]" if h["cpu_runs"] else ""))
+        for study, failed in (h.get("prepare_failed") or {}).items():
+            print(f"  unusable for study {study}: {failed}  (`hypd retry {study} --prepare` once it is fixed)")
         if not h["gpus"]:
             note = h.get("gpu_error") or "no GPUs"
             print(f"  no GPUs ({note}): runs with gpus = 0 use CPU slots")
@@ -839,6 +846,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("retry", cmd_retry, "a new attempt of a run's trial, or of a study's runs in a state")
     sp.add_argument("target", metavar="STUDY[:N]")
     sp.add_argument("--state", choices=STATES, help="with a study: retry its runs in this state")
+    sp.add_argument("--prepare", action="store_true", help="with a study: run its [prepare] step again on every host")
     sp = add("pause", _simple("pause", "study", lambda r: f"study {r['study']} paused: nothing new starts"),
              "start nothing new in a study")
     sp.add_argument("study")

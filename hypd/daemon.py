@@ -336,7 +336,10 @@ class Daemon:
                 "cpu_slots": rules.cpu_slots, "cpu_used": sum(1 for a in runs if not a.gpus),
                 "cpu_runs": [a.name for a in runs if not a.gpus], "gpus": gpus,
                 "gpu_source": snap.source if snap else None, "gpu_error": snap.error if snap else None,
-                "runs": [a.name for a in runs], "labels": list(rules.labels), **host.details()}
+                "runs": [a.name for a in runs], "labels": list(rules.labels),
+                "prepare_failed": {study: why for study, failed in self.runs.prepare_failed.items()
+                                   for host_name, (_, why) in failed.items() if host_name == name},
+                **host.details()}
 
 
 class _Shutdown(Exception):

@@ -9,6 +9,7 @@ it waits on, so a freed GPU takes its next run in the same turn of the loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -23,11 +24,11 @@ from hypd.ingest import RunData
 from hypd.metrics import MetricsReader
 from hypd.runs import Runs
 from hypd.runstate import RunState, StopIntent
-from hypd.scheduler import HostCapacity, StudyDemand, place
+from hypd.scheduler import HostCapacity, HostChoice, StudyDemand, place
 from hypd.store import Store
 from hypd.studies import Studies
-from hypd.study import render_commands, run_dir_path
-from hypd.wrapper import RunScript, gpu_env, script_text
+from hypd.study import StudySpec, render_commands, run_dir_path
+from hypd.wrapper import PrepareStep, RunScript, gpu_env, script_text
 
 log = logging.getLogger("hypd.dispatch")
 
@@ -91,8 +92,25 @@ class Dispatcher:
             if waiting or can_create:
                 demands.append(StudyDemand(name, tuple(r["id"] for r in waiting), can_create, running[name],
                                            spec.parallel, spec.gpus, spec.priority, False, rt.last_served,
-                                           spec.gpu_mem_mib, spec.hosts))
+                                           spec.gpu_mem_mib, await self._hosts_for(spec)))
         return demands
+
+    async def _hosts_for(self, spec: StudySpec) -> HostChoice:
+        """Where the study's runs may go: as its file says, less the hosts where its
+        prepare step (as it is now) failed."""
+        failed = self.runs.prepare_failed.get(spec.name)
+        if not failed or spec.prepare is None:
+            return spec.hosts
+        hosts = self.hosts()
+        excluded = []
+        for name, (where, _) in failed.items():
+            host = hosts.get(name)
+            try:
+                if host is not None and where == await asyncio.to_thread(self.runs.prepare_dir, host, spec):
+                    excluded.append(name)
+            except OSError:
+                excluded.append(name)
+        return dataclasses.replace(spec.hosts, excluded=tuple(excluded))
 
     async def place_once(self) -> None:
         if self.runs.stopping:
@@ -159,8 +177,17 @@ class Dispatcher:
         ctl_dir = root / "runs" / spec.name / f"{row['run_no']:04d}"
         # The log is always on this machine: a remote host's watcher streams it here.
         log_path = self.home / "runs" / spec.name / f"{row['run_no']:04d}" / "log"
+        prepare = None
+        if spec.prepare is not None:
+            try:
+                prepare = PrepareStep(spec.prepare.command,
+                                      await asyncio.to_thread(self.runs.prepare_dir, host, spec))
+            except OSError as exc:
+                log.error("%s: cannot read the prepare step's files: %s", row["name"], exc)
+                return  # stays pending
         stages = render_commands(spec, row["params"], run_dir=str(run_dir), run=row["name"],
-                                 run_no=row["run_no"], trial=row["trial"], replicate=row["replicate"])
+                                 run_no=row["run_no"], trial=row["trial"], replicate=row["replicate"],
+                                 prepare_dir=prepare.dir if prepare else "")
         env = dict(spec.env)
         if gpus or not spec.gpus:
             env.update(gpu_env(gpus) if gpus else {"CUDA_VISIBLE_DEVICES": ""})
@@ -173,7 +200,7 @@ class Dispatcher:
             log.error("%s: cannot prepare study on %s: %s", row["name"], host.name, exc)
             return  # stays pending; the host's state says why
         script = RunScript(run=row["name"], ctl_dir=str(ctl_dir), run_dir=str(run_dir), workdir=workdir,
-                           env=env, stages=stages, setup=host.setup)
+                           env=env, stages=stages, setup=host.setup, prepare=prepare)
         now = time.time()
         deadline = now + spec.timeout if spec.timeout else None
         where = (f"{host.name}:{','.join(map(str, gpus))}" if gpus

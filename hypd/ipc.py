@@ -80,7 +80,8 @@ OPS: dict[str, dict[str, Arg]] = {
     # since: only the reports from that sequence number on; the reply's "next" continues.
     "metrics": {"run": Arg(str), "since": Arg(int, 0), "limit": Arg(int, 10_000)},
     "kill": {"target": Arg(str)},
-    "retry": {"target": Arg(str), "state": _opt_str},
+    # prepare: the study's [prepare] step runs again on every host (after a failure)
+    "retry": {"target": Arg(str), "state": _opt_str, "prepare": Arg(bool, False)},
     "pause": {"study": Arg(str)},
     "resume": {"study": Arg(str)},
     # runs: every run with a result (each replicate of a trial), not the best of each trial.
@@ -238,6 +239,7 @@ class StudySummary(TypedDict, total=False):
     archived: bool  # hidden from `studies` and `ls` unless asked for
     hosts: str  # where its runs may go, as the study file says it ("any host" without a choice)
     hosts_note: str  # "" when some host matches that choice, else why its runs wait
+    prepare_failed: dict[str, str]  # host -> why the study's [prepare] step failed there
 
 
 class _HostSummary(TypedDict):
@@ -256,6 +258,7 @@ class _HostSummary(TypedDict):
 
 class HostSummary(_HostSummary, total=False):
     labels: list[str]  # what a study's hosts = { labels = [...] } matches
+    prepare_failed: dict[str, str]  # study -> why its [prepare] step failed here (its runs go elsewhere)
     address: str  # an SSH host's user@address:port; a Slurm cluster's login node ("local")
     partition: str  # a Slurm cluster's: its partition, hypd's jobs there and the limit on them,
     max_jobs: int  #   and the partition's idle GPUs (None when sinfo could not tell)
@@ -300,6 +303,7 @@ class Killed(TypedDict):
 
 class Retried(TypedDict):
     retried: list[str]
+    prepared: bool  # the study's prepare step is to run again everywhere
 
 
 class Paused(TypedDict):

@@ -262,6 +262,7 @@ class Ops:
                 "best_run": best[0]["name"] if best else None, "finished": done, "source": spec.source,
                 "hosts": spec.hosts.describe(), "hosts_note": no_host_note(spec.hosts, host_labels),
                 "archived": rt.archived,
+                "prepare_failed": {h: why for h, (_, why) in self.runs.prepare_failed.get(name, {}).items()},
             })
         for name, why in self.studies.broken.items():
             if only is None or name == only:

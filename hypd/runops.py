@@ -113,11 +113,13 @@ class RunOps:
             await self.ops.publish_study(target)
         return {"killed": killed, "paused": parse_run_name(target) is None}
 
-    async def op_retry(self, target: str, state: str | None) -> dict[str, Any]:
+    async def op_retry(self, target: str, state: str | None, prepare: bool = False) -> dict[str, Any]:
         if parse_run_name(target) is not None:
-            if state is not None:
-                raise Refusal("invalid", "--state goes with a study, not with one run")
+            if state is not None or prepare:
+                raise Refusal("invalid", "--state and --prepare go with a study, not with one run")
             rows = [await self.ops._run(target)]
+        elif prepare and state is None:
+            return {"retried": [], "prepared": await self._prepare_again(target)}
         else:
             self.ops._study(target)
             if state is None:
@@ -146,7 +148,20 @@ class RunOps:
             created.append(new["name"])
             await self.ops.publish_run(new["id"])
         self.ops.wake()
-        return {"retried": created}
+        return {"retried": created, "prepared": await self._prepare_again(target) if prepare else False}
+
+    async def _prepare_again(self, study: str) -> bool:
+        """The study's prepare step runs again on every host (a new folder there), and the
+        hosts where it had failed take its runs again."""
+        rt = self.ops._study(study)
+        if rt.spec.prepare is None:
+            raise Refusal("invalid", f"study {study} has no [prepare] step")
+        runs = self.ops.runs
+        runs.prepare_generation[study] = await self.store.prepare_again(study)
+        runs.prepare_failed.pop(study, None)
+        await self.ops.publish_study(study)
+        self.ops.wake()
+        return True
 
 
 def _log_tail(path: str | None, lines: int) -> list[str]:

@@ -22,9 +22,12 @@ from hypd.capacity import Released
 from hypd.hosts import Host, HostError
 from hypd.ingest import LogIngest, RunData
 from hypd.metrics import MetricsReader
+from hypd.prepare import prepare_dir
 from hypd.runstate import LIVE, RunState, StopIntent
 from hypd.store import Store, StoreUnavailable
 from hypd.studies import Studies
+from hypd.study import StudySpec
+from hypd.wrapper import PREPARE_STAGE
 
 log = logging.getLogger("hypd.runs")
 
@@ -51,6 +54,11 @@ class Runs:
         self._chains: dict[object, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.stopping = False  # `hypd stop --kill-runs`: nothing new, and every run ends
+        # [prepare]: how many times each study's step was asked for again, and the hosts
+        # where it failed (study -> host -> (its folder there, why)): no run of that
+        # study goes there until the step changes or is asked for again.
+        self.prepare_generation: dict[str, int] = {}
+        self.prepare_failed: dict[str, dict[str, tuple[str, str]]] = {}
         self.released_run: Callable[[int, str], None] = lambda run, study: None  # its processes gone, GPUs free
 
     # ------------------------------------------------------------ in
@@ -128,6 +136,8 @@ class Runs:
         elif isinstance(action, lc.Record):
             await self._durably(self.store.transition, action.run, action.state, action.reason,
                                 exit_code=action.exit_code, exit_stage=action.stage)
+            if action.stage == PREPARE_STAGE and action.state is RunState.FAILED:
+                await self._prepare_failed(action)
             await self.publish_run(action.run)  # capacity changes with its Release, not here
         elif isinstance(action, lc.Persist):
             await self._durably(self.store.update_run, action.run, **dict(action.fields))
@@ -257,9 +267,38 @@ class Runs:
         self.data[attempt.id] = data
         self.core.adopt(attempt)
 
+    def prepare_dir(self, host: Host, spec: StudySpec) -> str:
+        return prepare_dir(host.root, spec, self.prepare_generation.get(spec.name, 0))
+
+    async def _prepare_failed(self, action: lc.Record) -> None:
+        """A run's prepare step failed on its host: that host takes no more of the study's
+        runs until the step changes or `hypd retry STUDY --prepare`."""
+        run = await self.store.run_by_id(action.run)
+        rt = self.studies.get(run["study"]) if run else None
+        host = self.hosts().get(run["host"] or "") if run else None
+        if run is None or rt is None or host is None or rt.spec.prepare is None:
+            return
+        study, host_name = run["study"], run["host"]
+        try:
+            where = await asyncio.to_thread(self.prepare_dir, host, rt.spec)
+        except OSError:
+            return
+        if self.prepare_failed.get(study, {}).get(host_name, ("", ""))[0] == where:
+            return  # known already (the runs that waited for it fail with it)
+        why = f"prepare failed on {host_name}: {action.reason} (see {run['name']}'s log)"
+        await self._durably(self.store.add_prepare_failure, study, host_name, where, why)
+        self.prepare_failed.setdefault(study, {})[host_name] = (where, why)
+        log.error("study %s: %s; its runs go to other hosts (hypd retry %s --prepare once it is fixed)",
+                  study, why, study)
+        await self.publish_study(study)
+        self.wake()
+
     async def recover(self) -> None:
         """At start: adopt the runs that went on while no daemon watched them, queue the
         pending ones, and tell the search what it missed."""
+        self.prepare_generation = await self.store.prepare_generations()
+        for study, host_name, where, why in await self.store.prepare_failures():
+            self.prepare_failed.setdefault(study, {})[host_name] = (where, why)
         hosts = self.hosts()
         for study, rt in self.studies.all.items():
             self.core.rules[study] = lc.study_rules(rt.spec)

@@ -129,6 +129,20 @@ CREATE TABLE IF NOT EXISTS metric_stats (
     last_step INTEGER NOT NULL,
     PRIMARY KEY (run_id, metric)
 );
+-- A study's [prepare] step: how many times `hypd retry STUDY --prepare` asked for it
+-- again (part of what names its folder on a host), and the hosts where it failed.
+CREATE TABLE IF NOT EXISTS prepares (
+    study TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS prepare_failures (
+    study TEXT NOT NULL,
+    host TEXT NOT NULL,
+    dir TEXT NOT NULL,             -- the prepare's folder on that host: a changed step has another
+    reason TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (study, host, dir)
+);
 -- What was fetched of a run's artifacts ([run] fetch), and where to: one JSON record.
 CREATE TABLE IF NOT EXISTS artifacts (
     run_id INTEGER PRIMARY KEY REFERENCES runs(id),
@@ -780,6 +794,30 @@ class Store(Queries):
         the stored reports (seconds for millions of them; on the writer's thread, with the
         socket already answering). Returns how many reports were read (0: nothing to do)."""
         return await self.writer.transaction(_build_metric_stats)
+
+    async def prepare_generations(self) -> dict[str, int]:
+        return dict(await self.reader.execute_fetchall("SELECT study, generation FROM prepares"))
+
+    async def prepare_failures(self) -> list[tuple[str, str, str, str]]:
+        """(study, host, dir, reason) of every prepare step that failed."""
+        return list(await self.reader.execute_fetchall("SELECT study, host, dir, reason FROM prepare_failures"))
+
+    async def add_prepare_failure(self, study: str, host: str, dir: str, reason: str) -> None:
+        await self.write("INSERT OR REPLACE INTO prepare_failures (study, host, dir, reason, at) VALUES (?,?,?,?,?)",
+                         (study, host, dir, reason, time.time()))
+
+    async def prepare_again(self, study: str) -> int:
+        """`hypd retry STUDY --prepare`: its failures forgotten and a new generation (a new
+        folder on each host: it runs again everywhere). Returns the generation."""
+
+        def bump(db: sqlite3.Connection) -> int:
+            db.execute("DELETE FROM prepare_failures WHERE study=?", (study,))
+            db.execute("INSERT INTO prepares (study, generation) VALUES (?, 1) "
+                       "ON CONFLICT(study) DO UPDATE SET generation = generation + 1", (study,))
+            ((n,),) = db.execute("SELECT generation FROM prepares WHERE study=?", (study,)).fetchall()
+            return int(n)
+
+        return await self.writer.transaction(bump)  # type: ignore[no-any-return]
 
     async def set_told(self, study: str, trial: int, told: str) -> None:
         await self.write("UPDATE trials SET told=? WHERE study=? AND trial=?", (told, study, trial))

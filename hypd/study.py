@@ -42,7 +42,7 @@ DEFAULT_MAX_TRIALS = 20
 DEFAULT_MAX_FAILURES = 5  # runs failed in a row that pause a study
 GOALS = ("minimize", "maximize")
 # Placeholders every command may use besides the study's parameters.
-BUILTIN_PLACEHOLDERS = ("run_dir", "run", "run_no", "trial", "replicate", "study", "stage")
+BUILTIN_PLACEHOLDERS = ("run_dir", "run", "run_no", "trial", "replicate", "study", "stage", "prepare_dir")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")  # \Z: no trailing newline slips past
 
 MAX_STUDY_BYTES = 256 * 1024
@@ -135,6 +135,15 @@ class EarlyStop:
 
 
 @dataclass(frozen=True)
+class Prepare:
+    """[prepare]: a command run once per host (in the runs' workdir and shell) before the
+    study's runs there, again only when it or its files change."""
+
+    command: str
+    files: tuple[str, ...] = ()  # relative to workdir: their content counts in what "changed" means
+
+
+@dataclass(frozen=True)
 class StudySpec:
     name: str
     objectives: tuple[Objective, ...]
@@ -158,6 +167,7 @@ class StudySpec:
     early_stop: EarlyStop | None = None
     gpu_mem_mib: int = 0  # GPU memory a run needs on each of its GPUs; 0: it takes whole GPUs
     keepalive: float | None = None  # seconds a run may go without output before it is ended as hung
+    prepare: Prepare | None = None  # run once per host before the study's runs there
     replicates: int = 1  # runs of each trial (seeds); the trial's result is their mean
     max_failures: int = DEFAULT_MAX_FAILURES  # runs failed in a row that pause the study; 0: never
     hosts: HostChoice = HostChoice()  # where its runs may go; empty: any host
@@ -259,7 +269,8 @@ _STUDY_KEYS = {
 }
 _RUN_KEYS = {"workdir", "env", "command", "stages", "output_dir", "files", "fetch"}
 _METRICS_KEYS = {"regex"}
-_TOP_KEYS = {"study", "params", "run", "metrics"}
+_TOP_KEYS = {"study", "params", "run", "metrics", "prepare"}
+_PREPARE_KEYS = {"command", "files"}
 
 
 class _Reader:
@@ -620,6 +631,21 @@ class _RunParser(_Reader):
         return _RunSettings(stages=stages, workdir=workdir, output_dir=output_dir,
                             files=tuple(files_raw), env=self.env(run), fetch=self.fetch(run))
 
+    def prepare(self, table: Mapping[str, Any]) -> Prepare | None:
+        if not table:
+            return None
+        self.no_unknown(table, _PREPARE_KEYS, "prepare")
+        command = table.get("command")
+        if not isinstance(command, str) or not command.strip():
+            raise self.fail("prepare.command", 'missing; give the command, e.g. command = "python fetch_data.py"')
+        files = table.get("files", [])
+        if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
+            raise self.fail("prepare.files", 'must be a list of paths relative to workdir, e.g. ["fetch_data.py"]')
+        for f in files:
+            if Path(f).is_absolute() or ".." in Path(f).parts:
+                raise self.fail("prepare.files", f"{f!r}: give paths inside workdir, relative to it")
+        return Prepare(command, tuple(files))
+
     def fetch(self, run: Mapping[str, Any]) -> tuple[str, ...]:
         """[run] fetch: globs relative to a run's folder on its host, copied back when it ends."""
         raw = run.get("fetch", [])
@@ -703,7 +729,7 @@ class _RunParser(_Reader):
                     if self.capped and (len(digits.lstrip("0")) > 9 or int(digits) > MAX_FORMAT_WIDTH):
                         raise self.fail(where, f"placeholder {{{f}:{spec}}}"[:120] + f": width {digits[:30]} is over "
                                                f"the cap of {MAX_FORMAT_WIDTH}; give a smaller width or precision")
-            samples = {"run_dir": "/run", "run": "study:0", "run_no": 0, "trial": 0, "replicate": 1, "study": "study",
+            samples = {"run_dir": "/run", "run": "study:0", "run_no": 0, "trial": 0, "replicate": 1, "prepare_dir": "/prepare", "study": "study",
                        "stage": stage.name}
             longest = _command_bound(stage.command, params)
             for p in params:
@@ -803,6 +829,7 @@ class _Parser(_Reader):
 
         run = self.run_parser.run(self.table(doc, "run", required=True), params)
         metrics_regex = self.run_parser.metrics_regex(self.table(doc, "metrics", required=False))
+        prepare = self.run_parser.prepare(self.table(doc, "prepare", required=False))
         constraints = self.study_parser.string_list(study, "constraints")
         param_constraints = self.study_parser.string_list(study, "param_constraints")
         early_stop = self.study_parser.early_stop(study, settings.objectives)
@@ -824,7 +851,8 @@ class _Parser(_Reader):
             stages=run.stages, metrics_regex=metrics_regex, output_dir=run.output_dir,
             files=run.files, constraints=constraints, param_constraints=param_constraints,
             early_stop=early_stop, gpu_mem_mib=settings.gpu_mem_mib,
-            keepalive=settings.keepalive, replicates=settings.replicates, max_failures=settings.max_failures,
+            keepalive=settings.keepalive, replicates=settings.replicates,
+            prepare=prepare, max_failures=settings.max_failures,
             hosts=settings.hosts, fetch=run.fetch, source=self.source, warnings=tuple(self.warnings),
         )
 
@@ -1103,17 +1131,18 @@ def render_stage(command: str, values: Mapping[str, Any]) -> str:
 
 
 def render_commands(spec: StudySpec, params: Mapping[str, Any], *, run_dir: str,
-                    run: str = "", run_no: int = 0, trial: int = 0, replicate: int = 1
-                    ) -> list[tuple[str, str]]:
+                    run: str = "", run_no: int = 0, trial: int = 0, replicate: int = 1,
+                    prepare_dir: str = "") -> list[tuple[str, str]]:
     """The shell command line of each stage, in order, for one run of a trial (`trial`: as
     stored; `{trial}` is its number as shown, from 1)."""
     values = dict(params)
     values.update(run_dir=run_dir, run=run or f"{spec.name}:{run_no}", run_no=run_no,
-                  trial=trial_no(trial), replicate=replicate, study=spec.name)
+                  trial=trial_no(trial), replicate=replicate, study=spec.name, prepare_dir=prepare_dir)
     return [(s.name, render_stage(s.command, {**values, "stage": s.name})) for s in spec.stages]
 
 
-_BUILTIN_VALUE_BYTES = {"run_dir": 4096, "run": 100, "run_no": 20, "trial": 20, "study": 64, "stage": 64}
+_BUILTIN_VALUE_BYTES = {"run_dir": 4096, "run": 100, "run_no": 20, "trial": 20, "replicate": 20, "study": 64, "stage": 64,
+                        "prepare_dir": 4096}
 
 
 def _command_bound(command: str, params: tuple[Param, ...]) -> int:

@@ -43,6 +43,16 @@ class RunScript:
     env: Mapping[str, str]
     stages: Sequence[tuple[str, str]]  # (name, rendered command line)
     setup: str = ""  # a line run before the stages (e.g. activate a virtualenv)
+    prepare: PrepareStep | None = None  # the study's [prepare], run once per host before its runs
+
+
+@dataclass(frozen=True)
+class PrepareStep:
+    """A study's [prepare] on one host: its command, and its folder there, named by the
+    hash of its command and files (a changed one is a new folder: it runs again)."""
+
+    command: str
+    dir: str
 
 
 def script_text(spec: RunScript) -> str:
@@ -73,6 +83,8 @@ def script_text(spec: RunScript) -> str:
     lines.append(f"export {MARKER_VAR}={q(spec.ctl_dir)}")
     if spec.setup:
         lines.append(f"stage=setup; {spec.setup} || finish $? setup")
+    if spec.prepare is not None:
+        lines += prepare_lines(spec.prepare)
     for name, command in spec.stages:
         lines.append(f"stage={q(name)}")
         if len(spec.stages) > 1:
@@ -84,6 +96,38 @@ def script_text(spec: RunScript) -> str:
         ]
     lines += ["stage=-", "finish 0 -", ""]
     return "\n".join(lines)
+
+
+PREPARE_STAGE = "prepare"
+
+
+def prepare_lines(step: PrepareStep) -> list[str]:
+    """Run the study's prepare command once on this host: the first run to get here runs it
+    (its output in that run's log) while the others wait on the lock (flock, released
+    however the holder ends), and leaves `done` (or `failed`, with its status) in the
+    prepare's folder; a run that finds `done` goes on at once, one that finds `failed`
+    fails too (stage `prepare`) without running it again. Without flock(1) on the host
+    the runs do not wait for each other."""
+    q = shlex.quote
+    d = step.dir
+    return [
+        f"prepare_dir={q(d)}; export HYPD_PREPARE_DIR=\"$prepare_dir\"",
+        'mkdir -p "$prepare_dir" || finish 126 prepare',
+        'exec 9>"$prepare_dir.lock"',
+        "command -v flock >/dev/null 2>&1 && flock 9",
+        'if [ -f "$prepare_dir.failed" ]; then',
+        f"  echo {q(f'{STAGE_MARK} the prepare step failed on this host earlier')} \"($(cat \"$prepare_dir.failed\"))\"",
+        f"  finish 125 {PREPARE_STAGE}",
+        'elif [ ! -f "$prepare_dir.done" ]; then',
+        f"  stage={PREPARE_STAGE}; echo {q(f'{STAGE_MARK} preparing {d}')}",
+        f"  $run_shell -c {q(step.command)}",
+        "  rc=$?",
+        f'  if [ "$rc" -ne 0 ]; then echo "$rc" > "$prepare_dir.failed"; '
+        f'echo {q(f"{STAGE_MARK} the prepare step failed")} "(status $rc)"; finish "$rc" {PREPARE_STAGE}; fi',
+        '  date +%s > "$prepare_dir.done"',
+        "fi",
+        "exec 9>&-",
+    ]
 
 
 def parse_exit_file(text: str) -> tuple[int, str] | None:

@@ -23,6 +23,7 @@ def main() -> None:
     p.add_argument("--momentum", type=float, default=0.0)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", help="a file of targets (from the study's prepare step)")
     p.add_argument("--out", required=True)
     p.add_argument("--seconds-per-epoch", type=float, default=0.05)
     p.add_argument("--plain", action="store_true", help="no METRICS lines: only a plain log")
@@ -31,8 +32,12 @@ def main() -> None:
     rng = random.Random(args.seed)
     dims = 8
     curvature = [10 ** (i / (dims - 1) * 2 - 1) for i in range(dims)]  # 0.1 ... 10
-    target = [rng.uniform(-1, 1) for _ in range(dims)]
-    w = [0.0] * dims
+    if args.data:  # targets prepared once per host ([prepare]); the seed starts the weights
+        target = [float(x) for x in Path(args.data).read_text().split()][:dims]
+        w = [rng.gauss(0.0, 0.5) for _ in range(dims)]
+    else:
+        target = [rng.uniform(-1, 1) for _ in range(dims)]
+        w = [0.0] * dims
     velocity = [0.0] * dims
     loss = float("nan")
     for epoch in range(1, args.epochs + 1):

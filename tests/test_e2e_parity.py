@@ -7,16 +7,19 @@ from __future__ import annotations
 import csv
 import json
 import sqlite3
+import time
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import DaemonProc, wait_for
+from conftest import DaemonProc, use_hosts, wait_for, wait_hosts_up
 from hypd.client import Client, socket_path
 from hypd.replicates import mean_and_sem
 from hypd.search import load_suggester
 from hypd.study import parse_study
+from tests.sshd import SshdCluster
 
 pytestmark = pytest.mark.slow
 
@@ -246,3 +249,118 @@ def test_export_writes_tidy_tables_read_back_with_csv_json_pyarrow_and_pandas(da
 
     missing = daemon.cli("export", "nope", check=False)
     assert missing.returncode == 4 and "nope" in missing.stderr
+
+
+PREPARED = """
+    [study]
+    name = "prep"
+    objective = {{ metric = "loss" }}
+    algorithm = "grid"
+    parallel = 4
+    retries = 1
+    [params]
+    x = {{ values = {values} }}
+    [prepare]
+    command = "python3 prep.py"
+    files = ["prep.py"]
+    [run]
+    command = '''python3 -c "
+    import os, sys
+    assert os.environ['HYPD_PREPARE_DIR'] == sys.argv[1]
+    print('METRICS: loss=%g' % (float(open(sys.argv[1] + '/data.txt').read()) + float(sys.argv[2])))
+    " {{prepare_dir}} {{x}}'''
+"""
+
+PREP = """
+import os, sys, time
+open({count!r}, 'a').write('ran\\n')
+if os.path.exists({flag!r}):
+    sys.exit(3)
+time.sleep(1)
+open(os.path.join(os.environ['HYPD_PREPARE_DIR'], 'data.txt'), 'w').write('{value}')
+"""
+
+
+def test_prepare_runs_once_per_host_before_the_runs_there_and_again_only_when_it_changes(
+        daemon: DaemonProc) -> None:
+    count, flag = daemon.home / "prepared", daemon.home / "fail-prepare"
+    prep = daemon.home / "studies" / "prep.py"
+
+    def submit(values: str, value: str = "10") -> str:
+        prep.parent.mkdir(parents=True, exist_ok=True)
+        prep.write_text(PREP.format(count=str(count), flag=str(flag), value=value))
+        path = daemon.write_study("prep", PREPARED.format(values=values))
+        return daemon.cli("submit", str(path)).stdout
+
+    def prepared() -> int:
+        return len(count.read_text().splitlines()) if count.exists() else 0
+
+    submit("[1, 2, 3, 4]")
+    daemon.wait_finished("prep")
+    runs = daemon.runs(study="prep")
+    assert sorted(r["objective"] for r in runs) == [11.0, 12.0, 13.0, 14.0]  # each read what it prepared
+    assert prepared() == 1  # once, the other runs waiting for it
+    daemon.stop()
+    daemon.start()
+    submit("[1, 2, 3, 4, 5]")  # a restart and a new point: the step is not run again
+    wait_for(lambda: len(daemon.runs(study="prep")) == 5, what="the new point")
+    daemon.wait_finished("prep")
+    assert prepared() == 1
+    submit("[1, 2, 3, 4, 5, 6]", value="20")  # its file changed: it runs again
+    wait_for(lambda: len(daemon.runs(study="prep")) == 6, what="the new point")
+    daemon.wait_finished("prep")
+    assert prepared() == 2 and max(r["objective"] for r in daemon.runs(study="prep")) == 26.0
+
+    flag.touch()  # the step fails from now on
+    submit("[1, 2, 3, 4, 5, 6, 7]", value="30")
+    failed = daemon.wait_state("prep:7", "failed", timeout=30)
+    assert "stage prepare exited with status 3" in failed["reason"]
+    wait_for(lambda: "unusable for study prep" in daemon.cli("hosts").stdout, what="the host marked")
+    assert "prepare failed on local" in daemon.cli("studies").stdout
+    time.sleep(2)  # its retry waits: the only host is unusable for this study
+    assert [r["state"] for r in daemon.runs(study="prep") if r["trial"] == failed["trial"]] == ["failed", "pending"]
+    assert prepared() == 3
+    flag.unlink()
+    assert "runs again on every host" in daemon.cli("retry", "prep", "--prepare").stdout
+    daemon.wait_finished("prep")
+    assert prepared() == 4 and max(r["objective"] or 0 for r in daemon.runs(study="prep")) == 37.0
+    assert "unusable" not in daemon.cli("hosts").stdout
+
+
+SLOW_PREP = """
+import os, time
+open({count!r}, 'a').write(os.environ['HYPD_PREPARE_DIR'] + '\\n')
+time.sleep(4)
+open(os.path.join(os.environ['HYPD_PREPARE_DIR'], 'data.txt'), 'w').write('10')
+"""
+
+
+@pytest.mark.ssh
+def test_prepare_runs_once_on_each_of_two_ssh_hosts_across_a_daemon_restart(
+        cluster: SshdCluster, remote_daemon: DaemonProc) -> None:
+    a, b = cluster.add("a", gpus=None), cluster.add("b", gpus=None)
+    use_hosts(remote_daemon, a.host_config(cpu_slots=2), b.host_config(cpu_slots=2))
+    d = remote_daemon.start()
+    wait_hosts_up(d, "a", "b")
+    count = d.home / "prepared"
+    prep = d.home / "studies" / "prep.py"
+    prep.parent.mkdir(parents=True, exist_ok=True)
+    prep.write_text(SLOW_PREP.format(count=str(count)))
+    path = d.write_study("prep", PREPARED.format(values="[1, 2, 3, 4, 5, 6, 7, 8]"))
+    d.cli("submit", str(path))
+    wait_for(lambda: count.exists() and len(count.read_text().splitlines()) == 2, timeout=30,
+             what="the prepare step started on both hosts")
+    d.kill9()  # while both prepare (their runs and the ones waiting for them go on)
+    d.start()
+    d.wait_finished("prep", timeout=120)
+    dirs = count.read_text().splitlines()
+    assert len(dirs) == 2 and {Path(x).parts[:len(Path(a.root).parts)] == Path(a.root).parts for x in dirs} == \
+        {True, False}  # once in each host's folder, not again after the restart
+    runs = d.runs(study="prep")
+    assert sorted(r["objective"] for r in runs) == [11.0 + i for i in range(8)]
+    assert {r["host"] for r in runs} == {"a", "b"}
+    d.write_study("prep", PREPARED.format(values="[1, 2, 3, 4, 5, 6, 7, 8, 9]"))
+    d.cli("submit", str(path))
+    wait_for(lambda: len(d.runs(study="prep")) == 9, what="the new point")
+    d.wait_finished("prep", timeout=60)
+    assert len(count.read_text().splitlines()) == 2

@@ -331,7 +331,7 @@ REFUSALS = [
     # (id, text, key that must appear, fix hint that must appear)
     ("bad-toml", "[study\nname = 1\n", "line 1", "not valid TOML"),
     ("bad-toml-value", doc(study='name = "q"\nobjective = ', ), "line", "not valid TOML"),
-    ("unknown-top", doc(extra="[search]\nx = 1"), "search", "known keys here: metrics, params, run, study"),
+    ("unknown-top", doc(extra="[search]\nx = 1"), "search", "known keys here: metrics, params, prepare, run, study"),
     ("unknown-study", doc(study=STUDY + "\nmax_trial = 5"), "study.max_trial", "known keys here"),
     ("unknown-run", doc(run=RUN + '\ncmd = "x"'), "run.cmd", "known keys here"),
     ("unknown-float-param", doc(params='lr = { type = "float", low = 0.1, high = 1, lg = true }'),
@@ -430,7 +430,7 @@ REFUSALS = [
      doc(study='name = "g"\nobjective = "loss"\nalgorithm = "grid"'), "params.lr", "max_trials"),
     ("placeholder-unknown", doc(run='command = "python train.py --lr {lrr}"'), "run.command", "{lrr}"),
     ("placeholder-unknown-lists-known", doc(run='command = "python train.py --lr {lrr}"'),
-     "run.command", "known: layers, lr, opt, replicate, run, run_dir, run_no, stage, study, trial"),
+     "run.command", "known: layers, lr, opt, prepare_dir, replicate, run, run_dir, run_no, stage, study, trial"),
     ("placeholder-unknown-in-stage",
      doc(run='[[run.stages]]\nname = "a"\ncommand = "x {lr}"\n[[run.stages]]\nname = "b"\ncommand = "y {nope}"'),
      "run.stages[1].command", "{nope} has no parameter"),
@@ -670,7 +670,7 @@ def test_builtin_placeholders(tmp_path):
     [(_, line)] = render_commands(spec, {"lr": 0.01, "layers": 2, "opt": "adam"},
                                   run_dir="/r", run="q:3#retry", run_no=3, trial=9)
     assert shlex.split(line)[1] == "q:3#retry"
-    assert set(BUILTIN_PLACEHOLDERS) == {"run_dir", "run", "run_no", "trial", "replicate", "study", "stage"}
+    assert set(BUILTIN_PLACEHOLDERS) == {"run_dir", "run", "run_no", "trial", "replicate", "study", "stage", "prepare_dir"}
 
 
 def test_stages_see_same_placeholders(tmp_path):
@@ -937,3 +937,13 @@ def test_bundled_study_loads(path):
     assert [name for name, _ in commands] == [s.name for s in spec.stages]
     for _, line in commands:
         shlex.split(line)
+
+
+def test_prepare_section(tmp_path):
+    spec = load(tmp_path, doc(extra='[prepare]\ncommand = "python fetch.py"\nfiles = ["fetch.py"]\n'))
+    assert spec.prepare is not None and (spec.prepare.command, spec.prepare.files) == ("python fetch.py", ("fetch.py",))
+    assert load(tmp_path, doc()).prepare is None
+    for extra, key in (('[prepare]\nfiles = ["a"]\n', "prepare.command"),
+                       ('[prepare]\ncommand = "x"\nfiles = ["../a"]\n', "prepare.files"),
+                       ('[prepare]\ncommand = "x"\nwhen = 1\n', "prepare.when")):
+        assert key in refusal(tmp_path, doc(extra=extra))

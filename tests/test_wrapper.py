@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hypd.wrapper import STAGE_MARK, RunScript, gpu_env, parse_exit_file, script_text
+from hypd.wrapper import STAGE_MARK, PrepareStep, RunScript, gpu_env, parse_exit_file, script_text
 
 
 @dataclass
@@ -28,7 +28,8 @@ class Result:
 
 
 def run_script(tmp_path: Path, stages: Sequence[tuple[str, str]], env: Mapping[str, str] | None = None,
-               setup: str = "", workdir: Path | None = None, path: str | None = None) -> Result:
+               setup: str = "", workdir: Path | None = None, path: str | None = None,
+               prepare: PrepareStep | None = None) -> Result:
     ctl = tmp_path / "ctl"
     ctl.mkdir(exist_ok=True)
     run_dir = tmp_path / "runs" / "r1"
@@ -36,7 +37,7 @@ def run_script(tmp_path: Path, stages: Sequence[tuple[str, str]], env: Mapping[s
         workdir = tmp_path / "work"
         workdir.mkdir(exist_ok=True)
     spec = RunScript(run="s:1", ctl_dir=str(ctl), run_dir=str(run_dir), workdir=str(workdir), env=env or {},
-                     stages=stages, setup=setup)
+                     stages=stages, setup=setup, prepare=prepare)
     script = ctl / "run.sh"
     script.write_text(script_text(spec))
     with open(ctl / "log", "wb") as log:
@@ -51,6 +52,22 @@ def run_script(tmp_path: Path, stages: Sequence[tuple[str, str]], env: Mapping[s
 
 
 # ------------------------------------------------------------------ running the script
+
+def test_the_prepare_step_runs_once_and_a_failed_one_fails_the_runs_after_it(tmp_path: Path) -> None:
+    where = tmp_path / "prep" / "abc"
+    count = tmp_path / "count"
+    step = PrepareStep(f"echo x >> {count}; echo data > \"$HYPD_PREPARE_DIR/d\"", str(where))
+    stage = [("main", 'cat "$HYPD_PREPARE_DIR/d"')]
+    first = run_script(tmp_path, stage, prepare=step)
+    second = run_script(tmp_path, stage, prepare=step)
+    assert (first.exit, second.exit) == ("0 -\n", "0 -\n") and "data" in second.log
+    assert count.read_text() == "x\n" and (tmp_path / "prep" / "abc.done").exists()
+    failing = PrepareStep(f"echo y >> {count}; exit 4", str(tmp_path / "prep" / "def"))
+    assert run_script(tmp_path, stage, prepare=failing).exit == "4 prepare\n"
+    again = run_script(tmp_path, stage, prepare=failing)  # not run again: the run fails with it
+    assert again.exit == "125 prepare\n" and "failed on this host earlier" in again.log
+    assert count.read_text() == "x\ny\n"
+
 
 def test_success_writes_zero_dash_and_the_pid(tmp_path: Path) -> None:
     r = run_script(tmp_path, [("main", "echo hello")])
