@@ -622,14 +622,19 @@ class _RunParser(_Reader):
         workdir = (self.base_dir / Path(workdir_raw).expanduser()).resolve()
         output_raw = self.string(run, "output_dir", "run")
         output_dir = str((workdir / Path(output_raw).expanduser()).resolve()) if output_raw else None
-        files_raw = run.get("files", [])
-        if not isinstance(files_raw, list) or not all(isinstance(f, str) and f for f in files_raw):
-            raise self.fail("run.files", 'must be a list of paths relative to workdir, e.g. ["train.py", "data/"]')
-        for f in files_raw:
-            if Path(f).is_absolute() or ".." in Path(f).parts:
-                raise self.fail("run.files", f"{f!r}: give paths inside workdir, relative to it")
         return _RunSettings(stages=stages, workdir=workdir, output_dir=output_dir,
-                            files=tuple(files_raw), env=self.env(run), fetch=self.fetch(run))
+                            files=self.workdir_files(run, "run", '["train.py", "data/"]'), env=self.env(run),
+                            fetch=self.fetch(run))
+
+    def workdir_files(self, table: Mapping[str, Any], where: str, example: str) -> tuple[str, ...]:
+        """`files`: paths inside the workdir, relative to it."""
+        raw = table.get("files", [])
+        if not isinstance(raw, list) or not all(isinstance(f, str) and f for f in raw):
+            raise self.fail(f"{where}.files", f"must be a list of paths relative to workdir, e.g. {example}")
+        for f in raw:
+            if Path(f).is_absolute() or ".." in Path(f).parts:
+                raise self.fail(f"{where}.files", f"{f!r}: give paths inside workdir, relative to it")
+        return tuple(raw)
 
     def prepare(self, table: Mapping[str, Any]) -> Prepare | None:
         if not table:
@@ -638,13 +643,7 @@ class _RunParser(_Reader):
         command = table.get("command")
         if not isinstance(command, str) or not command.strip():
             raise self.fail("prepare.command", 'missing; give the command, e.g. command = "python fetch_data.py"')
-        files = table.get("files", [])
-        if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
-            raise self.fail("prepare.files", 'must be a list of paths relative to workdir, e.g. ["fetch_data.py"]')
-        for f in files:
-            if Path(f).is_absolute() or ".." in Path(f).parts:
-                raise self.fail("prepare.files", f"{f!r}: give paths inside workdir, relative to it")
-        return Prepare(command, tuple(files))
+        return Prepare(command, self.workdir_files(table, "prepare", '["fetch_data.py"]'))
 
     def fetch(self, run: Mapping[str, Any]) -> tuple[str, ...]:
         """[run] fetch: globs relative to a run's folder on its host, copied back when it ends."""
