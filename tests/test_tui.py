@@ -136,6 +136,21 @@ async def test_a_study_that_pauses_itself_says_why(daemon: DaemonProc) -> None:
         assert ("study typo paused", f"{why}. Fix the cause, then resume it (p).") in toasts
 
 
+async def test_a_failed_prepare_step_says_which_host_is_unusable(daemon: DaemonProc) -> None:
+    app = app_for(daemon)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await until(pilot, lambda: app.loaded and app.events_received, what="the load and the first event")
+        text = study("prep", "echo ran") + '[prepare]\ncommand = "echo no dataset >&2; exit 3"\n'
+        await submit(daemon, "prep", text)
+        await until(pilot, lambda: app.studies.get("prep", {}).get("prepare_failed"), what="the failure shown")
+        why = app.studies["prep"]["prepare_failed"]["local"]
+        assert why.startswith("prepare failed on local: stage prepare exited with status 3")
+        toasts = [(n.title, n.message) for n in app._notifications]
+        assert ("study prep: host local unusable", f"{why}. Fix it, then `hypd retry prep --prepare`.") in toasts
+        await until(pilot, lambda: app.hosts.get("local", {}).get("prepare_failed") == {"prep": why},
+                    what="the host's summary")
+
+
 async def test_kill_a_running_run_from_the_dashboard(daemon: DaemonProc) -> None:
     await submit(daemon, "sleepy", study("sleepy", "python3 -c 'import time; time.sleep(60)'", "[1, 2]"))
     app = app_for(daemon)

@@ -176,6 +176,12 @@ class HypdApp(DaemonActions, App[int]):
                     # hypd paused it itself (its runs kept failing): say so wherever the user is.
                     self.notify(f"{reason}. Fix the cause, then resume it (p).", title=f"study {data['name']} paused",
                                 severity="warning", timeout=30)
+                known = (old or {}).get("prepare_failed") or {}
+                for host, why in (data.get("prepare_failed") or {}).items():
+                    if known.get(host) != why:  # its runs now go elsewhere: say so wherever the user is
+                        self.notify(f"{why}. Fix it, then `hypd retry {data['name']} --prepare`.",
+                                    title=f"study {data['name']}: host {host} unusable", severity="error",
+                                    timeout=30)
         elif topic == "host":
             if self.hosts.get(data["name"]) != data:
                 self.hosts[data["name"]] = data

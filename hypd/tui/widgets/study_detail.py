@@ -57,6 +57,8 @@ class StudySummary(Static):
             parts += ["\n", ("paused: ", "$text-warning bold"), (s["pause_reason"], "$text-warning")]
         if s.get("hosts_note"):
             parts += ["\n", ("waiting: ", "$text-warning bold"), (s["hosts_note"], "$text-warning")]
+        for why in (s.get("prepare_failed") or {}).values():
+            parts += ["\n", ("unusable: ", "$text-error bold"), (why, "$text-error")]
         parts.append("\n")
         parts.append((f"{done}/{total} done", "bold"))
         for key in ("running", "pending", "failed", "killed", "stopped", "lost"):
