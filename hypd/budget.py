@@ -91,6 +91,8 @@ class StudyBudget:
         await self.store.remove_study(study)
         self.studies.forget(study)
         self.ops.runs.core.forget_study(study)
+        self.ops.runs.prepare_failed.pop(study, None)  # (its rows went with the study's)
+        self.ops.runs.prepare_generation.pop(study, None)
         removed: list[str] = []
         left = sorted({r["host"] for r in runs if r["host"] and r["host"] != "local"})
         if files:
