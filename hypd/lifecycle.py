@@ -757,7 +757,8 @@ class Lifecycle:
         if a is None or a.phase is Phase.ENDED:
             return []
         a.keepalive = e.seconds
-        return [Note("info", f"{a.name}: keepalive window set to {format_duration(e.seconds)} by the run")]
+        return [Persist(a.id, (("keepalive", e.seconds),)),  # kept across a restart (its line is read once)
+                Note("info", f"{a.name}: keepalive window set to {format_duration(e.seconds)} by the run")]
 
     def _on_Tick(self, e: Tick) -> list[Action]:
         self.clock = e.now

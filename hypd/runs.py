@@ -308,7 +308,7 @@ class Runs:
                                      columns=("id", "study", "run_no", "trial", "replicate", "state", "host", "gpus", "pid",
                                               "proc_start", "ctl_dir", "log_path", "log_offset", "reports",
                                               "metrics", "objective", "last_line", "deadline", "stop_intent",
-                                              "stop_reason", "started", "reason"))
+                                              "stop_reason", "started", "reason", "keepalive"))
         # What the store knows of each replicate of a trial: failed attempts, a completed one.
         failures: dict[tuple[str, int, int], int] = {}
         settled: set[tuple[str, int, int]] = set()
@@ -342,6 +342,7 @@ class Runs:
                 StopIntent(row["stop_intent"]) if row["stop_intent"] else None, row["stop_reason"] or "",
                 log_size=row["log_offset"], stored=row["log_offset"], asked=row["log_offset"],
                 unreachable_since=None if host.up else (host.down_since or time.time()), replicate=row["replicate"],
+                keepalive=row["keepalive"],
                 queued=(row["reason"].removeprefix("queued: ") or "queued") if row["state"] == RunState.QUEUED.value
                 else None)
             self._carry_out(row["id"], self.core.adopt(attempt, failures.get(key, 0), key in settled))

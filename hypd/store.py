@@ -94,6 +94,7 @@ CREATE TABLE IF NOT EXISTS runs (
     stop_intent TEXT,
     stop_sent REAL,
     stop_reason TEXT NOT NULL DEFAULT '',  -- hypd's own words for why it is ending the run
+    keepalive REAL,                -- the keepalive window the run asked for (HYPD: keepalive 20m)
     created REAL NOT NULL,
     started REAL,
     ended REAL,
@@ -220,7 +221,7 @@ def unavailable_reason(exc: BaseException, path: Path, busy_timeout_ms: int = DE
 # still reads the store.
 _ADDED_COLUMNS = {"studies": {"pause_reason": "TEXT NOT NULL DEFAULT ''", "archived": "INTEGER NOT NULL DEFAULT 0"},
                   "runs": {"exit_stage": "TEXT", "stop_reason": "TEXT NOT NULL DEFAULT ''",
-                           "replicate": "INTEGER NOT NULL DEFAULT 1"}}
+                           "replicate": "INTEGER NOT NULL DEFAULT 1", "keepalive": "REAL"}}
 
 
 def _add_columns(db: sqlite3.Connection) -> None:
@@ -1009,5 +1010,5 @@ def _JSON(column: str) -> str:  # noqa: N802 - reads as the SQL it writes
 
 
 _ALL_COLUMNS = RUN_COLUMNS + ("pid", "proc_start", "ctl_dir", "log_offset", "stop_intent", "stop_sent",
-                              "stop_reason")
+                              "stop_reason", "keepalive")
 _WRITABLE = set(_ALL_COLUMNS) - {"id", "study", "run_no", "trial", "attempt", "params", "created"}

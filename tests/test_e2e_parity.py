@@ -44,7 +44,7 @@ def test_a_silent_run_is_ended_as_hung_and_retried_and_a_run_may_widen_its_windo
         if {x} == 1:
             time.sleep(300)
         print('HYPD: keepalive 30s')
-        time.sleep(4)
+        time.sleep(8)
         print('METRICS: loss=0.5')
         "'''
     """)
@@ -53,6 +53,12 @@ def test_a_silent_run_is_ended_as_hung_and_retried_and_a_run_may_widen_its_windo
     assert hung["reason"] == "no output for 2s (keepalive)"
     retry = daemon.wait_state("hang:3", "failed", timeout=30)  # retried like any failure
     assert retry["trial"] == hung["trial"] and retry["reason"] == "no output for 2s (keepalive)"
+    def asked() -> bool:
+        with sqlite3.connect(daemon.home / "hypd.db") as db:
+            return db.execute("SELECT keepalive FROM runs WHERE run_no=2").fetchone()[0] == 30.0
+    wait_for(asked, timeout=30, what="hang:2's own window stored")
+    daemon.kill9()  # its own window outlives the daemon: silent past the study's 2 s, it is not ended
+    daemon.start()
     widened = daemon.wait_state("hang:2", "completed", timeout=30)
     assert widened["objective"] == 0.5
     assert "keepalive window set to 30s by the run" in (daemon.home / "daemon.log").read_text()

@@ -291,7 +291,9 @@ def test_a_run_may_widen_its_own_keepalive() -> None:
     lc = Lifecycle({"s": StudyRules(keepalive=60.0)})
     start(lc)
     lc.handle(Tick(0.0))
-    assert of(lc.handle(KeepaliveAsked(1, 1200.0)), Note)[0].text == "s-1: keepalive window set to 20m by the run"
+    asked = lc.handle(KeepaliveAsked(1, 1200.0))
+    assert of(asked, Note)[0].text == "s-1: keepalive window set to 20m by the run"
+    assert of(asked, Persist) == [Persist(1, (("keepalive", 1200.0),))]  # a restarted daemon keeps it
     assert lc.handle(Tick(1199.0)) == []
     out = lc.handle(Tick(1200.0))
     assert of(out, Signal) == [Signal(1, "h")]
