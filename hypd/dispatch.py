@@ -28,7 +28,7 @@ from hypd.scheduler import HostCapacity, HostChoice, StudyDemand, place
 from hypd.store import Store
 from hypd.studies import Studies
 from hypd.study import StudySpec, render_commands, run_dir_path
-from hypd.wrapper import PrepareStep, RunScript, gpu_env, script_text
+from hypd.wrapper import PrepareStep, RunScript, gpu_env, prepare_heartbeat, script_text
 
 log = logging.getLogger("hypd.dispatch")
 
@@ -181,7 +181,8 @@ class Dispatcher:
         if spec.prepare is not None:
             try:
                 prepare = PrepareStep(spec.prepare.command,
-                                      await asyncio.to_thread(self.runs.prepare_dir, host, spec))
+                                      await asyncio.to_thread(self.runs.prepare_dir, host, spec),
+                                      heartbeat=prepare_heartbeat(spec.keepalive))
             except OSError as exc:
                 log.error("%s: cannot read the prepare step's files: %s", row["name"], exc)
                 return  # stays pending

@@ -53,6 +53,15 @@ class PrepareStep:
 
     command: str
     dir: str
+    # Seconds between the lines a run waiting for another run's prepare prints: the wait is
+    # output, so a study's keepalive does not end a run as hung while it waits.
+    heartbeat: float = 30.0
+
+
+def prepare_heartbeat(keepalive: float | None) -> float:
+    """How often a run waiting for the prepare step says so: a third of the study's
+    keepalive window (between 1 and 30 s), so that the wait never looks like a hang."""
+    return 30.0 if keepalive is None else min(30.0, max(1.0, keepalive / 3))
 
 
 def script_text(spec: RunScript) -> str:
@@ -104,7 +113,7 @@ PREPARE_STAGE = "prepare"
 def prepare_lines(step: PrepareStep) -> list[str]:
     """Run the study's prepare command once on this host: the first run to get here runs it
     (its output in that run's log) while the others wait on the lock (flock, released
-    however the holder ends), and leaves `done` (or `failed`, with its status) in the
+    however the holder ends; a line every `heartbeat` seconds while they wait), and leaves `done` (or `failed`, with its status) in the
     prepare's folder; a run that finds `done` goes on at once, one that finds `failed`
     fails too (stage `prepare`) without running it again. Without flock(1) on the host
     the runs do not wait for each other."""
@@ -114,7 +123,12 @@ def prepare_lines(step: PrepareStep) -> list[str]:
         f"prepare_dir={q(d)}; export HYPD_PREPARE_DIR=\"$prepare_dir\"",
         'mkdir -p "$prepare_dir" || finish 126 prepare',
         'exec 9>"$prepare_dir.lock"',
-        "command -v flock >/dev/null 2>&1 && flock 9",
+        # flock -w gives up with status 1 after the heartbeat: say so and wait again; any
+        # other failure goes on unlocked, as on a host without flock.
+        "if command -v flock >/dev/null 2>&1; then",
+        f"  until flock -w {step.heartbeat:g} 9; rc=$?; [ \"$rc\" -ne 1 ]; do "
+        f"echo {q(f'{STAGE_MARK} waiting for the prepare step on this host')}; done",
+        "fi",
         'if [ -f "$prepare_dir.failed" ]; then',
         f"  echo {q(f'{STAGE_MARK} the prepare step failed on this host earlier')} \"($(cat \"$prepare_dir.failed\"))\"",
         f"  finish 125 {PREPARE_STAGE}",

@@ -3,16 +3,26 @@ folder; the exit file parser; the GPU environment."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from hypd.wrapper import STAGE_MARK, PrepareStep, RunScript, gpu_env, parse_exit_file, script_text
+from hypd.wrapper import (
+    STAGE_MARK,
+    PrepareStep,
+    RunScript,
+    gpu_env,
+    parse_exit_file,
+    prepare_heartbeat,
+    script_text,
+)
 
 
 @dataclass
@@ -67,6 +77,33 @@ def test_the_prepare_step_runs_once_and_a_failed_one_fails_the_runs_after_it(tmp
     again = run_script(tmp_path, stage, prepare=failing)  # not run again: the run fails with it
     assert again.exit == "125 prepare\n" and "failed on this host earlier" in again.log
     assert count.read_text() == "x\ny\n"
+
+
+def test_a_run_waiting_for_another_runs_prepare_says_so_every_heartbeat(tmp_path: Path) -> None:
+    # Another run holds the prepare's lock (as flock(1) takes it) for a while: this one waits,
+    # printing a line each heartbeat (output a keepalive sees), then finds it done and goes on.
+    where = tmp_path / "prep" / "abc"
+    where.parent.mkdir()
+    (tmp_path / "prep" / "abc.done").write_text("1\n")
+    step = PrepareStep("echo should-not-run", str(where), heartbeat=0.3)
+    with open(f"{where}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        releaser = threading.Timer(1.6, fcntl.flock, (lock, fcntl.LOCK_UN))
+        releaser.start()
+        try:
+            r = run_script(tmp_path, [("main", "echo trained")], prepare=step)
+        finally:
+            releaser.join()
+    assert r.exit == "0 -\n", r.log
+    assert r.log.count("waiting for the prepare step on this host") >= 3
+    assert "trained" in r.log and "should-not-run" not in r.log
+
+
+def test_the_prepare_heartbeat_is_a_third_of_the_keepalive_within_bounds() -> None:
+    assert prepare_heartbeat(None) == 30.0
+    assert prepare_heartbeat(60.0) == 20.0
+    assert prepare_heartbeat(600.0) == 30.0
+    assert prepare_heartbeat(1.5) == 1.0
 
 
 def test_success_writes_zero_dash_and_the_pid(tmp_path: Path) -> None:
