@@ -17,7 +17,17 @@ from pathlib import Path
 
 from hypd import __version__
 from hypd.client import Client, DaemonError, ExitCode, hypd_home, socket_path
-from hypd.display import fmt_exit, fmt_number, fmt_seconds, fmt_time, runtime, state_text, trial_no, where
+from hypd.display import (
+    fmt_exit,
+    fmt_number,
+    fmt_params,
+    fmt_seconds,
+    fmt_time,
+    runtime,
+    state_text,
+    trial_no,
+    where,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -34,10 +44,6 @@ class CliError(Exception):
 
 
 # ------------------------------------------------------------------ formatting
-
-def fmt_params(params: dict[str, Any]) -> str:
-    return " ".join(f"{k}={fmt_number(v)}" for k, v in params.items())
-
 
 def display_width(text: str) -> int:
     """Terminal cells `text` takes: a CJK character or an emoji takes two, a combining mark

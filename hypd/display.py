@@ -18,20 +18,31 @@ def trial_no(trial: int) -> int:
     return trial + 1
 
 
-def fmt_number(value: Any) -> str:
+def fmt_number(value: Any, digits: int = 6) -> str:
+    """A parameter's or metric's value as a user reads it: floats to `digits` significant
+    digits (nan and inf as such), booleans as TOML writes them."""
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return f"{value:.{digits}g}"
     return str(value)
+
+
+def fmt_params(params: Mapping[str, Any] | None, sep: str = " ", digits: int = 6) -> str:
+    return sep.join(f"{k}={fmt_number(v, digits)}" for k, v in (params or {}).items())
 
 
 def fmt_seconds(seconds: float | None) -> str:
     if seconds is None:
         return "-"
-    seconds = int(seconds)
-    h, rest = divmod(seconds, 3600)
+    seconds = max(0, int(seconds))
+    d, rest = divmod(seconds, 86400)
+    h, rest = divmod(rest, 3600)
     m, s = divmod(rest, 60)
+    if d:
+        return f"{d}d{h:02d}h"
     if h:
         return f"{h}h{m:02d}m"
     if m:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from hypd import display
 from hypd.display import runtime, trial_no, where
 
 STATES = ("pending", "queued", "running", "completed", "failed", "killed", "stopped", "lost")
@@ -41,37 +42,11 @@ class DaemonClient(Protocol):
 # ------------------------------------------------------------------ formatting
 
 def fmt_number(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return f"{value:.{digits}g}"
-    return str(value)
+    return display.fmt_number(value, digits)  # the dashboard's cells are narrower: 4 digits
 
 
 def fmt_params(params: Mapping[str, Any] | None, sep: str = " ") -> str:
-    return sep.join(f"{k}={fmt_number(v)}" for k, v in (params or {}).items())
-
-
-def fmt_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = max(0, int(seconds))
-    d, rest = divmod(seconds, 86400)
-    h, rest = divmod(rest, 3600)
-    m, s = divmod(rest, 60)
-    if d:
-        return f"{d}d{h:02d}h"
-    if h:
-        return f"{h}h{m:02d}m"
-    if m:
-        return f"{m}m{s:02d}s"
-    return f"{s}s"
+    return display.fmt_params(params, sep, digits=4)
 
 
 def fmt_mib(mib: float | None) -> str:

@@ -10,8 +10,8 @@ from rich.text import Text
 from textual.content import Content
 from textual.widgets import RichLog, Static
 
-from hypd.display import fmt_exit, trial_no
-from hypd.tui.model import STATE_STYLE, fmt_number, fmt_seconds, int_ticks, runtime, where, wide_range
+from hypd.display import fmt_exit, fmt_seconds, trial_no
+from hypd.tui.model import STATE_STYLE, fmt_number, int_ticks, runtime, where, wide_range
 from hypd.tui.widgets.common import tight
 from hypd.tui.widgets.plots import PlotGrid, ReplottedPlot
 

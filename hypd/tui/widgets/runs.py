@@ -24,7 +24,8 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from hypd.tui.model import STATES, RunFilter, fmt_seconds, runtime
+from hypd.display import fmt_seconds
+from hypd.tui.model import STATES, RunFilter, runtime
 from hypd.tui.runrows import RunRows
 from hypd.tui.widgets.common import tight_segments
 

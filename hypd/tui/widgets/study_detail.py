@@ -12,12 +12,12 @@ from textual.content import Content
 from textual.widget import Widget
 from textual.widgets import DataTable, Static
 
+from hypd.display import fmt_seconds
 from hypd.tui.model import (
     STATE_STYLE,
     Heatmap,
     fmt_number,
     fmt_params,
-    fmt_seconds,
     runtime,
     study_done,
     study_state,
