@@ -25,7 +25,7 @@ from hypd.ipc import AsyncClient, socket_path
 from hypd.tui import make_app
 from hypd.tui.app import HypdApp
 from hypd.tui.model import LogBuffer, RunFilter, grid_heatmap, objective_series
-from hypd.tui.screens.confirm import ConfirmScreen
+from hypd.tui.screens.confirm import ConfirmScreen, NumberScreen
 from hypd.tui.screens.dashboard import DashboardScreen
 from hypd.tui.screens.help import HelpScreen
 from hypd.tui.screens.run import RunScreen
@@ -383,6 +383,120 @@ async def test_focus_returns_to_where_the_user_was(daemon: DaemonProc) -> None:
             await asyncio.to_thread(daemon.wait_state, f"naps:{n}", "killed", timeout=15)
         await until(pilot, lambda: app.studies["naps"]["paused"], what="the study paused")
         assert app.focused is studies
+
+
+def sampled(name: str, trials: int, body: str, run_extra: str = "") -> str:
+    """A random search over an int (a study `extend` can grow; a grid of all its points cannot)."""
+    return textwrap.dedent(f"""\
+        [study]
+        name = "{name}"
+        objective = {{ metric = "loss" }}
+        algorithm = "random"
+        max_trials = {trials}
+        parallel = 4
+        gpus = 0
+        retries = 0
+
+        [params]
+        x = {{ type = "int", low = 0, high = 1000 }}
+
+        [run]
+        command = "echo METRICS: loss={{x}}; {body}"
+        """) + run_extra
+
+
+def toasts(app: HypdApp) -> list[tuple[str, str]]:
+    return [(n.title, n.message) for n in app._notifications]
+
+
+async def test_extend_archive_and_remove_a_study_by_keys(daemon: DaemonProc) -> None:
+    """e asks how many trials (10 first) and extends; a archives and x removes, each after a
+    confirmation naming the study; the daemon's refusal while runs go is a notification."""
+    await submit(daemon, "grow", sampled("grow", 2, "true"))
+    await submit(daemon, "busy", sampled("busy", 1, "sleep 60"))
+    await asyncio.to_thread(daemon.wait_finished, "grow")
+    app = app_for(daemon)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await until(pilot, lambda: app.studies.get("grow", {}).get("finished") and state_of(app, "busy:1") == "running",
+                    what="grow finished, busy:1 running")
+        dashboard = app.screen
+        app.open_study("grow")
+        await until(pilot, lambda: isinstance(app.screen, StudyScreen), what="the study screen")
+        # Escape, and a number below 1, extend nothing.
+        await pilot.press("e")
+        ask = await until(pilot, lambda: isinstance(app.screen, NumberScreen) and app.screen, what="the question")
+        assert "Add trials to study grow" in str(ask.prompt) and ask.query_one("#number").value == "10"
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(app.screen, StudyScreen))
+        await pilot.press("e")
+        await until(pilot, lambda: isinstance(app.screen, NumberScreen))
+        await pilot.press("0", "enter")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, NumberScreen) and ("", "a whole number, at least 1") in toasts(app)
+        await pilot.press("backspace", "3", "enter")
+        await until(pilot, lambda: ("", "study grow extended to 5 trials; 3 trial(s) queued") in toasts(app),
+                    what="the extension said")
+        assert isinstance(app.screen, StudyScreen)
+        await asyncio.to_thread(daemon.wait_finished, "grow")
+        await until(pilot, lambda: app.studies["grow"]["done"] == 5, what="5 trials done")
+        # Archive: the confirmation names the study; afterwards the study screen closes.
+        await pilot.press("a")
+        confirm = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen)
+        assert "Archive study grow?" in str(confirm.prompt)
+        await pilot.press("y")
+        await until(pilot, lambda: app.screen is dashboard and "grow" not in app.studies, what="grow archived")
+        assert ("", "study grow archived") in toasts(app)
+        assert (await asyncio.to_thread(daemon.call, "studies", archived=True))[0]["archived"]
+        # Remove while a run goes: refused, said in one line, nothing lost.
+        app.open_study("busy")
+        await until(pilot, lambda: isinstance(app.screen, StudyScreen), what="the study screen")
+        await pilot.press("x")
+        confirm = await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen)
+        assert "Remove study busy and its 1 run(s)?" in str(confirm.prompt)
+        await pilot.press("y")
+        refusal = await until(pilot, lambda: next((m for t, m in toasts(app) if t == "rm failed"), None),
+                              what="the refusal")
+        assert "busy:1 (running)" in refusal and "hypd kill busy" in refusal
+        assert isinstance(app.screen, StudyScreen) and "busy" in app.studies
+        # From the dashboard's studies table, once its run is killed.
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen is dashboard)
+        await asyncio.to_thread(daemon.cli, "kill", "busy")
+        await until(pilot, lambda: state_of(app, "busy:1") == "killed", what="busy:1 killed")
+        await pilot.press("shift+tab")
+        assert dashboard.query_one("#studies", StudiesTable).current_study == "busy"
+        await pilot.press("x")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: "busy" not in app.studies and not table_of(app).rows, what="busy removed")
+        assert ("", "study busy removed (1 runs)") in toasts(app)
+        assert [s["name"] for s in await asyncio.to_thread(daemon.call, "studies", archived=True)] == ["grow"]
+
+
+async def test_pull_a_runs_artifacts_by_key(daemon: DaemonProc) -> None:
+    """d on the run screen: where the artifacts went, or the daemon's one line."""
+    await submit(daemon, "art", sampled("art", 1, "echo kept > $HYPD_RUN_DIR/out.txt",
+                                        run_extra='fetch = ["out.txt", "nothing*"]\n'))
+    await submit(daemon, "plain", sampled("plain", 1, "true"))
+    await asyncio.to_thread(daemon.wait_finished, "art")
+    await asyncio.to_thread(daemon.wait_finished, "plain")
+    app = app_for(daemon)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await until(pilot, lambda: app.loaded and {"art:1", "plain:1"} <= set(app.runs), what="the runs")
+        run_dir = app.runs["art:1"]["run_dir"]
+        app.open_run("art:1")
+        await until(pilot, lambda: isinstance(app.screen, RunScreen), what="the run screen")
+        await pilot.press("d")
+        await until(pilot, lambda: ("", f"out.txt copied to {run_dir}; nothing matched nothing*") in toasts(app),
+                    what="where the artifacts went")
+        await pilot.press("escape")
+        app.open_run("plain:1")
+        await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.run_name == "plain:1")
+        await pilot.press("d")
+        refusal = await until(pilot, lambda: next((m for t, m in toasts(app) if t == "pull failed"), None),
+                              what="the refusal")
+        assert refusal.startswith("study plain names no artifacts: add [run] fetch")
+        assert isinstance(app.screen, RunScreen)
 
 
 # ------------------------------------------------------------------ no daemon needed

@@ -1,5 +1,6 @@
-"""What a user can ask the daemon to do from any screen (kill, retry, pause), with a
-confirmation first where it cannot be undone. Mixed into the app, so screens call
+"""What a user can ask the daemon to do from any screen (kill, retry, pause; extend,
+archive or remove a study; pull a run's artifacts), with a confirmation first where it
+cannot be undone. Mixed into the app, so screens call
 `self.app.kill(target)`; it uses the app's `call`, `runs`, `studies` and `push_screen`.
 
 A confirmation is a ModalScreen: when it closes, Textual gives focus back to the widget
@@ -13,16 +14,20 @@ from typing import Any
 from textual import work
 from textual.content import Content
 
-from hypd.tui.model import study_live, where
+from hypd.tui.model import run_study, study_live, where
+
+EXTEND_BY = 10  # what the "how many trials" dialog offers first
 
 
 class DaemonActions:
-    """Kill, retry and pause, for HypdApp."""
+    """Kill, retry, pause, extend, archive, remove and pull, for HypdApp."""
 
     runs: dict[str, dict[str, Any]]
     studies: dict[str, dict[str, Any]]
     notify: Any
     push_screen: Any
+    pop_screen: Any
+    screen: Any
     call: Any
 
     def run_op(self, op: str, done: Callable[[Any], str] | None = None, **args: Any) -> None:
@@ -103,6 +108,75 @@ class DaemonActions:
             self.run_op("resume", lambda r: f"study {r['study']} resumed", study=study)
         else:
             self.run_op("pause", lambda r: f"study {r['study']} paused: nothing new starts", study=study)
+
+    def extend(self, study: str) -> None:
+        """Ask how many trials to add (EXTEND_BY first), then `extend`."""
+        from hypd.tui.screens.confirm import NumberScreen
+
+        total = (self.studies.get(study) or {}).get("total", "?")
+
+        def answer(trials: int | None) -> None:
+            if trials:
+                self.run_op("extend", _extended, study=study, trials=trials)
+
+        self.push_screen(NumberScreen(Content.from_markup("Add trials to study [b]$study[/b]", study=study),
+                                      Content(f"It has {total} trial(s); its search carries on where it was."),
+                                      value=EXTEND_BY, yes="Extend"),
+                         answer)
+
+    def archive(self, study: str) -> None:
+        """Hide a study (the daemon refuses while any of its runs is going), after a confirmation."""
+        from hypd.tui.screens.confirm import ConfirmScreen
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.run_op("archive", lambda r: self._left_study(study, "archived"), study=study)
+
+        self.push_screen(ConfirmScreen(Content.from_markup("Archive study [b]$study[/b]?", study=study),
+                                       Content("It leaves the dashboard, `hypd studies` and `hypd ls`; "
+                                               f"`hypd archive {study} --undo` brings it back."),
+                                       yes="Archive"),
+                         answer)
+
+    def remove(self, study: str) -> None:
+        """Remove a study and its runs (refused while any is going), after a confirmation."""
+        from hypd.tui.screens.confirm import ConfirmScreen
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.run_op("rm", lambda r: self._left_study(study, f"removed ({r['runs']} runs)"), study=study)
+
+        runs = sum(1 for r in self.runs.values() if r.get("study") == study)
+        self.push_screen(ConfirmScreen(Content.from_markup("Remove study [b]$study[/b] and its $runs run(s)?",
+                                                           study=study, runs=str(runs)),
+                                       Content("The daemon forgets them; their logs and outputs are kept "
+                                               f"(`hypd rm {study} --files` removes those too)."),
+                                       yes="Remove"),
+                         answer)
+
+    def _left_study(self, study: str, what: str) -> str:
+        """The study is gone from the dashboard: leave its screens (and its runs')."""
+        while getattr(self.screen, "study_name", None) == study or \
+                run_study(getattr(self.screen, "run_name", "") or "") == study:
+            self.pop_screen()
+        return f"study {study} {what}"
+
+    def pull(self, run: str) -> None:
+        """Copy a run's artifacts ([run] fetch) back from its host now."""
+        self.notify(f"copying the artifacts of {run} ...")
+        self.run_op("pull", _pulled, run=run)
+
+
+def _extended(result: dict[str, Any]) -> str:
+    queued = f"; {result['queued']} trial(s) queued" if result["queued"] else ""
+    paused = " (paused: p resumes it)" if result["paused"] else ""
+    return f"study {result['study']} extended to {result['max_trials']} trials{queued}{paused}"
+
+
+def _pulled(record: dict[str, Any]) -> str:
+    files = ", ".join(record["files"]) or "nothing"
+    missing = f"; nothing matched {', '.join(record['missing'])}" if record["missing"] else ""
+    return f"{files} copied to {record['dir']}{missing}"
 
 
 def _retried(result: dict[str, Any]) -> str:

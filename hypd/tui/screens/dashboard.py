@@ -30,6 +30,12 @@ class DashboardScreen(Screen[None]):
         Binding("k", "kill", "Kill", tooltip="kill the highlighted run (the study, in the studies table); asks first"),
         Binding("r", "retry", "Retry", tooltip="a new attempt of the highlighted run's trial (a study's failed runs)"),
         Binding("p", "pause", "Pause", tooltip="pause or resume the highlighted study: nothing new starts"),
+        Binding("e", "study_op('extend')", "Extend", show=False,
+                tooltip="more trials for the highlighted study (asks how many)"),
+        Binding("a", "study_op('archive')", "Archive", show=False,
+                tooltip="hide the highlighted study (asks first; none of its runs going)"),
+        Binding("x", "study_op('remove')", "Remove", show=False,
+                tooltip="remove the highlighted study and its runs (asks first; none of its runs going)"),
         Binding("s", "cycle_state", "State", tooltip="show only runs in one state: pending, running, ... (again: next)"),
         Binding("f", "filter_study", "Study", show=False,
                 tooltip="show only the highlighted study's runs (again: every study)"),
@@ -176,12 +182,21 @@ class DashboardScreen(Screen[None]):
         if target:
             self.app.retry(target)  # type: ignore[attr-defined]
 
+    def _highlighted_study(self) -> str | None:
+        """The studies table's row when it has focus, else the highlighted run's study."""
+        return self._focused_study() or run_study(self._selected_run() or "") or None
+
     def action_pause(self) -> None:
-        study = self._focused_study()
-        if study is None and self._selected_run():
-            study = run_study(self._selected_run() or "")
+        study = self._highlighted_study()
         if study:
             self.app.toggle_pause(study)  # type: ignore[attr-defined]
+
+    def action_study_op(self, op: str) -> None:
+        """e, a, x: extend, archive or remove the highlighted study (HypdApp.extend, ...)."""
+        app: Any = self.app
+        study = self._highlighted_study()
+        if study:
+            {"extend": app.extend, "archive": app.archive, "remove": app.remove}[op](study)
 
     # ------------------------------------------------------------ filter, sort, search
 
@@ -200,7 +215,7 @@ class DashboardScreen(Screen[None]):
         if self.table.run_filter.study is not None:
             self.set_filter(study=None)
             return
-        study = self._focused_study() or (run_study(self._selected_run() or "") or None)
+        study = self._highlighted_study()
         if study:
             self.set_filter(study=study)
 

@@ -40,6 +40,7 @@ class RunScreen(Screen[None]):
         Binding("f", "follow", "Follow", tooltip="keep the newest log line in view, or stop"),
         Binding("l", "log_only", "Log only", tooltip="hide the parameters and plots, or show them"),
         Binding("s", "study", "Study", tooltip="this run's study: leaderboard and plots"),
+        Binding("d", "pull", "Pull artifacts", tooltip="copy this run's artifacts ([run] fetch) back from its host now"),
         Binding("m", "more_metrics", "More plots", show=False, tooltip="the metric plots that do not fit"),
     ]
 
@@ -264,12 +265,17 @@ class RunScreen(Screen[None]):
     def action_pause(self) -> None:
         self.app.toggle_pause(run_study(self.run_name))  # type: ignore[attr-defined]
 
+    def action_pull(self) -> None:
+        self.app.pull(self.run_name)  # type: ignore[attr-defined]
+
     def action_study(self) -> None:
         self.app.open_study(run_study(self.run_name))  # type: ignore[attr-defined]
 
     def commands(self) -> Iterable[SystemCommand]:
         yield SystemCommand(f"Kill run {self.run_name}", "after a confirmation", self.action_kill)
         yield SystemCommand(f"Retry run {self.run_name}", "a new attempt of its trial", self.action_retry)
+        yield SystemCommand(f"Pull the artifacts of {self.run_name}", "copy them back from its host now",
+                            self.action_pull)
         yield SystemCommand("Follow the log / stop following", "keep the newest line in view", self.action_follow)
         yield SystemCommand("Show the log only", "hide the parameters and plots", self.action_log_only)
         yield SystemCommand(f"Open study {run_study(self.run_name)}", "its leaderboard and plots", self.action_study)

@@ -44,6 +44,12 @@ class StudyScreen(Screen[None]):
         Binding("k", "kill", "Kill study", tooltip="kill every run of this study and pause it (asks first)"),
         Binding("r", "retry", "Retry failed", tooltip="a new attempt of each failed trial (asks first)"),
         Binding("f", "show_runs", "Its runs", tooltip="the dashboard's runs table, showing this study's runs"),
+        Binding("e", "extend", "Extend", show=False,
+                tooltip="more trials for this study (asks how many); its search carries on"),
+        Binding("a", "archive", "Archive", show=False,
+                tooltip="hide this study from the dashboard and `hypd studies` (asks first; none of its runs going)"),
+        Binding("x", "remove", "Remove", show=False,
+                tooltip="remove this study and its runs from the daemon (asks first; none of its runs going)"),
         Binding("m", "more_params", "More parameter plots", show=False,
                 tooltip="the parameter plots that do not fit, a page at a time"),
         Binding("g", "toggle_heatmap", "Heatmap", show=False,
@@ -196,6 +202,15 @@ class StudyScreen(Screen[None]):
     def action_retry(self) -> None:
         self.app.retry(self.study_name)  # type: ignore[attr-defined]
 
+    def action_extend(self) -> None:
+        self.app.extend(self.study_name)  # type: ignore[attr-defined]
+
+    def action_archive(self) -> None:
+        self.app.archive(self.study_name)  # type: ignore[attr-defined]
+
+    def action_remove(self) -> None:
+        self.app.remove(self.study_name)  # type: ignore[attr-defined]
+
     def action_show_runs(self) -> None:
         """Back to the dashboard (from however deep) with the runs table showing this
         study's runs only, and the focus on it: the keys then act on a run, not the study."""
@@ -214,6 +229,9 @@ class StudyScreen(Screen[None]):
         yield SystemCommand(f"Pause or resume study {s}", "nothing new starts while paused", self.action_pause)
         yield SystemCommand(f"Kill study {s}", "kill its runs and pause it, after a confirmation", self.action_kill)
         yield SystemCommand(f"Retry failed runs of study {s}", "after a confirmation", self.action_retry)
+        yield SystemCommand(f"Extend study {s}", "more trials; asks how many", self.action_extend)
+        yield SystemCommand(f"Archive study {s}", "hide it, after a confirmation", self.action_archive)
+        yield SystemCommand(f"Remove study {s}", "and its runs, after a confirmation", self.action_remove)
         yield SystemCommand(f"Show the runs of study {s}", "the dashboard's runs table, filtered", self.action_show_runs)
         if self.has_heatmap:
             yield SystemCommand("Heatmap / parameter plots", "the objective over the grid, or a scatter per parameter",
