@@ -225,6 +225,21 @@ def test_kill_study_confirmation(snap_compare: Any) -> None:
     assert snap_compare(recorded_app(), terminal_size=(80, 24), run_before=run_before)
 
 
+def test_extend_study_asks_how_many(snap_compare: Any) -> None:
+    """`e` on the studies table: how many trials to add, 10 offered and selected."""
+
+    async def run_before(pilot: Pilot) -> None:
+        await settle(pilot)
+        studies = pilot.app.screen.query_one(StudiesTable)
+        studies.focus()
+        studies.select("resnet")
+        await pilot.pause()
+        await pilot.press("e")
+        await settle(pilot, lambda: screen_name("NumberScreen")(pilot))
+
+    assert snap_compare(recorded_app(), terminal_size=(80, 24), run_before=run_before)
+
+
 async def test_a_finished_study_with_none_done_shows_an_empty_bar() -> None:
     """6 trials, each failed twice (a retry each): nothing is done, so nothing fills the bar."""
     sweep = RECORDED["studies"][1]
