@@ -33,7 +33,7 @@ import re
 import shlex
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,13 @@ def _describe(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
+def setup_line(value: Any, fail: Callable[[str], InventoryError]) -> str:
+    """A host's `setup` (any kind of host): one line of shell run before each run's stages."""
+    if not isinstance(value, str) or "\n" in value or "\r" in value:
+        raise fail('must be one line of shell, e.g. setup = "source ~/venv/bin/activate"')
+    return value.strip()
+
+
 def _check_value(key: str, value: Any, where: str = "") -> Any:
     """The value for HostConfig field `key`, converted (lists to tuples, durations to
     seconds); InventoryError saying how to write it otherwise."""
@@ -172,9 +179,7 @@ def _check_value(key: str, value: Any, where: str = "") -> Any:
             raise fail(f'must be absolute or start with ~/, e.g. workdir = "{DEFAULT_WORKDIR}"')
         return value
     if key == "setup":
-        if not isinstance(value, str) or "\n" in value or "\r" in value:
-            raise fail('must be one line of shell, e.g. setup = "source ~/venv/bin/activate"')
-        return value.strip()
+        return setup_line(value, fail)
     if key == "busy_memory_mib":
         return whole(0, "1024")
     if key == "busy_utilization":

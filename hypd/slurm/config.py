@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hypd.inventory import DEFAULT_LOST_AFTER, HostConfig, InventoryError, parse_target
+from hypd.inventory import DEFAULT_LOST_AFTER, HostConfig, InventoryError, parse_target, setup_line
 from hypd.scheduler import label_list
 from hypd.study import parse_duration
 
@@ -120,9 +120,7 @@ def _check(key: str, value: Any, what: str) -> Any:
             raise fail(f'must be absolute or start with ~/ (on the shared filesystem), e.g. workdir = "{DEFAULT_WORKDIR}"')
         return path
     if key == "setup":
-        if not isinstance(value, str) or "\n" in value or "\r" in value:
-            raise fail('must be one line of shell, e.g. setup = "source ~/venv/bin/activate"')
-        return value.strip()
+        return setup_line(value, fail)
     if key in ("poll", "lost_after"):
         try:
             seconds = parse_duration(value)
