@@ -759,7 +759,9 @@ def detach(home: Path) -> int:
         pass
     log_path = home / "daemon.log"
     log_from = log_path.stat().st_size if log_path.exists() else 0
-    with open(home / "daemon.out", "ab") as out:
+    from hypd.private import append_private
+
+    with open(append_private(home / "daemon.out"), "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "hypd", "serve", "--quiet"], stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=out, start_new_session=True, close_fds=True)
     deadline = time.time() + 30

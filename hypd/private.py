@@ -68,3 +68,9 @@ def private_files(folder: Path, names: tuple[str, ...] = HOME_FILES) -> list[str
             os.chmod(folder / name, 0o600)
             tightened.append(name)
     return tightened
+
+
+def append_private(path: Path) -> int:
+    """A descriptor appending to `path`, created 0600 (not left to the umask, then
+    tightened with a warning)."""
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from hypd.private import append_private
 from hypd.watchproto import (
     Alive,
     Clean,
@@ -360,10 +361,10 @@ def _local_size(path: str) -> int | None:
 
 def _append(path: str, data: bytes) -> None:
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = append_private(Path(path))
     except FileNotFoundError:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = append_private(Path(path))
     try:
         view = memoryview(data)
         while view:

@@ -132,3 +132,23 @@ def test_files_are_private_whatever_the_umask_and_an_open_home_is_tightened(
         assert mode(Path(run["run_dir"]) / "out.txt") == 0o666
     finally:
         d.stop(kill_runs=True)
+
+
+def test_a_first_detached_start_makes_its_files_private_without_a_warning(tmp_path: Path,
+                                                                           daemon_env: dict[str, str]) -> None:
+    # A new user's first `hypd serve --detach` under the usual umask: nothing to tighten
+    # (its own files are made 0600), so no warning about files other users could read.
+    home = tmp_path / "fresh-home"
+    env = {**daemon_env, "HYPD_HOME": str(home)}
+    old = os.umask(0o022)
+    try:
+        started = subprocess.run([sys.executable, "-m", "hypd", "serve", "--detach"], env=env,
+                                 capture_output=True, text=True, timeout=60)
+    finally:
+        os.umask(old)
+    try:
+        assert started.returncode == 0, started.stderr
+        assert "other users could read" not in started.stdout + started.stderr
+        assert mode(home / "daemon.out") == 0o600 and mode(home) == 0o700
+    finally:
+        subprocess.run([sys.executable, "-m", "hypd", "stop"], env=env, capture_output=True, timeout=60)
