@@ -1,9 +1,15 @@
-"""Adaptive searches (Ax) run in a child process.
+"""Adaptive searches (Ax) run in child processes, a small pool of them.
 
 Fitting a Bayesian model is seconds of Python and PyTorch work; in a thread of the daemon
 it would hold the GIL and slow every socket reply. In a process of its own it cannot, and
 a search that crashes or leaks memory takes only that process down: the next call starts
-a fresh one and reloads each study from its last stored state.
+a fresh one and reloads each of that process's studies from its last stored state.
+
+Each adaptive study is served by a process of its own (`SearchPool`), so two studies'
+fits run in parallel, up to `DEFAULT_WORKERS` processes; past that, a new study shares
+the process serving the fewest studies. A process serves one call at a time, so calls
+of one study never overlap (the daemon also makes them one at a time). Each process holds
+Ax and torch once imported: about 0.4 GB, which is why the cap is small.
 
 `RemoteSuggester` has the `Suggester` interface; its methods block (the daemon calls them
 in worker threads, as it calls every search method).
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 import warnings
@@ -27,6 +34,9 @@ log = logging.getLogger("hypd.search")
 
 # Algorithms whose work is heavy enough to belong in the worker process.
 REMOTE_ALGORITHMS = ("ax", "sobol")
+
+# Search processes at most: one per adaptive study up to this, then studies share.
+DEFAULT_WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 
 def _serve(conn: Connection) -> None:
@@ -49,9 +59,6 @@ def _serve(conn: Connection) -> None:
             elif method == "__spec__":
                 suggesters[study].spec = args[0]
                 value = None
-            elif method == "__drop__":
-                suggesters.pop(study, None)
-                value = None
             else:
                 value = getattr(suggesters[study], method)(*args)
             conn.send((True, value))
@@ -60,10 +67,11 @@ def _serve(conn: Connection) -> None:
 
 
 class SearchWorker:
-    """The child process, started on first use and again after it dies."""
+    """One child process, started on first use and again after it dies."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        self.studies: set[str] = set()  # those the pool assigned to it
         self.process: multiprocessing.process.BaseProcess | None = None
         self.conn: Connection | None = None
         self.generation = 0  # bumped at each start: suggesters then reload
@@ -115,6 +123,43 @@ class SearchWorker:
                     self.process.kill()
                     self.process.join(5)
             self.process = self.conn = None
+
+
+class SearchPool:
+    """The search processes: a study is assigned one when its suggester opens (a process
+    of its own while fewer than `size` exist, else the one serving fewest studies) and
+    keeps it until `release`."""
+
+    def __init__(self, size: int = DEFAULT_WORKERS) -> None:
+        self.size = max(1, size)
+        self.workers: list[SearchWorker] = []
+        self.lock = threading.Lock()  # assignment happens in worker threads
+
+    def assign(self, study: str) -> SearchWorker:
+        with self.lock:
+            for worker in self.workers:
+                if study in worker.studies:
+                    return worker
+            if len(self.workers) < self.size:
+                self.workers.append(SearchWorker())
+            # The least loaded; an idle one first (a new one is idle).
+            worker = min(self.workers, key=lambda w: len(w.studies))
+            worker.studies.add(study)
+            return worker
+
+    def release(self, study: str) -> None:
+        """The study no longer counts in its process's load. (Its suggester stays in the
+        process, unused, until the process restarts: dropping it would wait for the
+        process's current call; a study opened again under the name is loaded afresh.)"""
+        with self.lock:
+            for worker in self.workers:
+                worker.studies.discard(study)
+
+    def close(self) -> None:
+        with self.lock:
+            workers, self.workers = self.workers, []
+        for worker in workers:
+            worker.close()
 
 
 class RemoteSuggester(Suggester):
@@ -173,8 +218,13 @@ class RemoteSuggester(Suggester):
         raise NotImplementedError
 
 
-def open_suggester(spec: StudySpec, state: str | None, worker: SearchWorker) -> Suggester:
-    """The study's search: adaptive ones in the worker process, the others in place."""
+def open_suggester(spec: StudySpec, state: str | None, pool: SearchPool) -> Suggester:
+    """The study's search: adaptive ones in a search process, the others in place."""
     if spec.algorithm in REMOTE_ALGORITHMS:
-        return RemoteSuggester(spec, state, worker)
+        worker = pool.assign(spec.name)
+        try:
+            return RemoteSuggester(spec, state, worker)
+        except BaseException:
+            pool.release(spec.name)
+            raise
     return load_suggester(spec, state)

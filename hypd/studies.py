@@ -1,7 +1,7 @@
 """The daemon's studies: their specs, their searches, and what the search is told.
 
-Search calls (Ax fitting) run off the event loop (the search worker process, reached from
-a thread), one call at a time per study. The search's state is stored with what changed
+Search calls (Ax fitting) run off the event loop (a search process, reached from a
+thread), one call at a time per study. The search's state is stored with what changed
 it in one transaction: new trials with the state that proposed them, and the outcomes of
 ended trials with the state that learnt them and their `told` marks — so after a crash
 the stored state and the marks never disagree, and every ended trial is told exactly once.
@@ -20,7 +20,7 @@ from hypd.asha import Asha, Ledger
 from hypd.replicates import combine
 from hypd.runstate import RunState
 from hypd.search import SearchError, Suggester
-from hypd.searchworker import SearchWorker, open_suggester
+from hypd.searchworker import SearchPool, open_suggester
 from hypd.store import Store, StudyRow
 from hypd.study import StudyError, StudySpec, parse_study
 
@@ -50,7 +50,7 @@ class StudyRuntime:
 class Studies:
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.worker = SearchWorker()
+        self.pool = SearchPool()
         self.all: dict[str, StudyRuntime] = {}
         self.broken: dict[str, str] = {}  # name -> why it cannot be loaded
         self.loading: set[str] = set()  # stored studies not loaded yet (at start)
@@ -72,7 +72,7 @@ class Studies:
     async def _load_one(self, row: StudyRow) -> None:
         try:
             spec = await asyncio.to_thread(parse_study, row.text, row.source, row.base_dir, row.name, False)
-            suggester = await asyncio.to_thread(open_suggester, spec, row.search_state, self.worker)
+            suggester = await asyncio.to_thread(open_suggester, spec, row.search_state, self.pool)
         except (StudyError, SearchError, ValueError) as exc:
             self.broken[row.name] = str(exc)
             log.error("study %s cannot be loaded: %s", row.name, exc)
@@ -88,7 +88,7 @@ class Studies:
         """A new study, and the new runs of its trials. A search that is not adaptive
         proposes every trial now, and they are stored with the study in one transaction: a
         daemon killed meanwhile leaves the whole study or none of it."""
-        suggester = await asyncio.to_thread(open_suggester, spec, None, self.worker)
+        suggester = await asyncio.to_thread(open_suggester, spec, None, self.pool)
         trials: list[tuple[int, dict[str, Any]]] = []
         if not suggester.adaptive:
             trials = await asyncio.to_thread(suggester.ask, suggester.budget())
@@ -113,6 +113,7 @@ class Studies:
         """A study removed from the store (`hypd rm`)."""
         self.all.pop(name, None)
         self.broken.pop(name, None)
+        self.pool.release(name)
 
     async def set_paused(self, rt: StudyRuntime, paused: bool, reason: str = "") -> None:
         """Pause (start nothing new) or resume a study; `reason` when hypd pauses it itself."""
@@ -257,7 +258,7 @@ class Studies:
         return rt.asha
 
     def close(self) -> None:
-        self.worker.close()
+        self.pool.close()
 
 
 def _report_all(suggester: Suggester, trial: int, reports: list[tuple[int, float, dict[str, float]]]) -> None:
