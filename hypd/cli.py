@@ -18,6 +18,7 @@ from pathlib import Path
 from hypd import __version__
 from hypd.client import Client, DaemonError, ExitCode, hypd_home, socket_path
 from hypd.display import (
+    fmt_ahead,
     fmt_exit,
     fmt_number,
     fmt_params,
@@ -468,16 +469,16 @@ def cmd_studies(args: argparse.Namespace) -> int:
     notes = []
     for s in studies:
         if "error" in s:
-            rows.append([s["name"], "-", "broken", "-", "-", "-", "-", "-", "-", s["error"]])
+            rows.append([s["name"], "-", "broken", "-", "-", "-", "-", "-", "-", "-", s["error"]])
             continue
         if s.get("state") == "loading":
-            rows.append([s["name"], "-", "loading", "-", "-", "-", "-", "-", "-", "-"])
+            rows.append([s["name"], "-", "loading", "-", "-", "-", "-", "-", "-", "-", "-"])
             continue
         n, o = s["counts"], s["outcomes"]
         best = f"{fmt_number(s['best'])} ({s['best_run']})" if s["best_run"] else "-"
         rows.append([s["name"], s["algorithm"], study_state(s), f"{s['done']}/{s['total']}", str(n["running"] + n.get("queued", 0)),
                      str(n["pending"]), str(o["failed"] + o["lost"]), str(o["killed"]), str(s["retried"]),
-                     f"{s['metric']} {best}"])
+                     fmt_ahead(s.get("ahead")), f"{s['metric']} {best}"])
         if s["pause_reason"]:
             notes.append(f"{s['name']} paused: {s['pause_reason']}  (`hypd resume {s['name']}` carries on)")
         for failed in (s.get("prepare_failed") or {}).values():
@@ -486,7 +487,7 @@ def cmd_studies(args: argparse.Namespace) -> int:
             notes.append(f"{s['name']}: {s['hosts_note']}")
     if rows:
         print(table(rows, ["STUDY", "ALGORITHM", "STATE", "DONE", "RUNNING", "PENDING", "FAILED", "KILLED",
-                           "RETRIED", "BEST"]))
+                           "RETRIED", "AHEAD", "BEST"]))
         for note in notes:
             print(note)
     else:

@@ -26,7 +26,7 @@ from hypd.runs import Runs
 from hypd.runstate import RunState, StopIntent
 from hypd.scheduler import HostCapacity, HostChoice, StudyDemand, place
 from hypd.store import Store
-from hypd.studies import Studies
+from hypd.studies import Studies, StudyRuntime
 from hypd.study import StudySpec, render_commands, run_dir_path
 from hypd.wrapper import PrepareStep, RunScript, gpu_env, prepare_heartbeat, script_text
 
@@ -43,23 +43,63 @@ class Dispatcher:
         self.home = home
         self.wakeup = asyncio.Event()
         self.placing = False  # a placement is under way: its launches may not be in the core yet
+        self.asking: dict[str, asyncio.Task[None]] = {}  # study -> its suggestions being asked ahead
+        self.pending_trial: dict[int, int] = {}  # run id -> trial, of the pending runs the last demands named
 
     def wake(self) -> None:
         self.wakeup.set()
 
     async def serve(self) -> None:
-        while True:
-            await self.wakeup.wait()
-            self.wakeup.clear()
-            self.placing = True
-            try:
-                await self.place_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("placing runs failed; carrying on")
-            finally:
-                self.placing = False
+        try:
+            while True:
+                await self.wakeup.wait()
+                self.wakeup.clear()
+                self.placing = True
+                try:
+                    self._refresh_ahead()
+                    await self.place_once()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("placing runs failed; carrying on")
+                finally:
+                    self.placing = False
+        finally:
+            for task in self.asking.values():
+                task.cancel()
+
+    # ------------------------------------------------------------ suggestions asked ahead
+
+    def _refresh_ahead(self) -> None:
+        """Each adaptive study keeps suggestions ready (hypd/ahead.py): those that need
+        asking again or topping up are asked in the background, one task per study."""
+        if self.runs.stopping:
+            return
+        for name, rt in self.studies.all.items():
+            if name not in self.asking and self.studies.wants_ahead(rt):
+                task = asyncio.create_task(self._ask_ahead(name, rt), name=f"ask-ahead {name}")
+                self.asking[name] = task
+
+    async def _ask_ahead(self, study: str, rt: StudyRuntime) -> None:
+        try:
+            replaced, rows = await self.studies.ask_ahead(rt)
+            for trial in replaced:
+                self.runs.core.replaced(study, trial)
+            for row in rows:
+                self.runs.core.queued(study, row["trial"], row["id"], replicate=row["replicate"])
+            for row in rows:
+                await self.runs.publish_run(row["id"])
+            if rows:
+                await self.runs.publish_study(study)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a search that breaks must not stop the others
+            log.exception("search of study %s failed asking ahead; it proposes nothing more until resubmitted",
+                          study)
+            rt.exhausted = True
+        finally:
+            self.asking.pop(study, None)
+        self.wake()  # its new pending runs, and maybe another refresh (results came meanwhile)
 
     # ------------------------------------------------------------ capacity and demand
 
@@ -85,7 +125,11 @@ class Dispatcher:
             room = spec.parallel - running[name]
             if rt.paused or room <= 0:
                 continue
-            waiting = await self.store.runs(state=RunState.PENDING.value, study=name, limit=room, columns=("id",))
+            claimed = rt.ahead.replacing  # being asked again: not to be launched
+            waiting = [r for r in await self.store.runs(state=RunState.PENDING.value, study=name,
+                                                        limit=room + len(claimed), columns=("id", "trial"))
+                       if r["trial"] not in claimed][:room]
+            self.pending_trial.update((r["id"], r["trial"]) for r in waiting)
             can_create = 0
             if rt.suggester.adaptive and not rt.exhausted:
                 can_create = max(0, min(room - len(waiting), ((spec.max_trials or 0) - rt.trials) * spec.replicates))
@@ -118,6 +162,7 @@ class Dispatcher:
         capacities = self.capacities()
         if not any(c.free_gpus or c.free_cpu_slots or c.job_slots for c in capacities if c.accepting):
             return
+        self.pending_trial.clear()
         placements = place(capacities, await self._demands())
         if not placements:
             return
@@ -139,6 +184,7 @@ class Dispatcher:
                 return
             if len(rows) < count * rt.spec.replicates:
                 rt.exhausted = True
+            rt.ahead.asked_on_path(len({row["trial"] for row in rows}))
             for row in rows:
                 self.runs.core.queued(study, row["trial"], row["id"], replicate=row["replicate"])
             created[study] = [r["id"] for r in rows]
@@ -150,12 +196,15 @@ class Dispatcher:
         launches = []
         for p in placements:
             run_id = p.run_id
+            rt = self.studies.all[p.study]
             if run_id is None:
                 ids = created.get(p.study) or []
                 if not ids:
                     continue
                 run_id = ids.pop(0)
-            self.studies.all[p.study].last_served = now
+            elif not rt.ahead.take(self.pending_trial.get(run_id, -1), now):
+                continue  # asked again this moment (the search has more data): its fresh trial comes next
+            rt.last_served = now
             launches.append(self._launch(run_id, self.hosts()[p.host], p.gpus))
         # Launched together: each waits on its own host, not on the others.
         for outcome in await asyncio.gather(*launches, return_exceptions=True):

@@ -102,3 +102,12 @@ def one_line(text: object, limit: int = 300) -> str:
     """Text on one line (whitespace runs made one space), cut at `limit` characters."""
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def fmt_ahead(ahead: Mapping[str, Any] | None) -> str:
+    """An adaptive study's suggestions asked ahead, `2 ready, lead 8.1s` (the lead: how long
+    before its launch a suggestion was ready); '-' for a study that asks nothing ahead."""
+    if not ahead:
+        return "-"
+    lead = ahead.get("lead")
+    return f"{ahead.get('ready', 0)} ready" + (f", lead {lead:.1f}s" if lead is not None else "")

@@ -213,6 +213,17 @@ class RunInfo(_RunInfo, total=False):
     artifacts: Artifacts | None  # None: nothing fetched (yet)
 
 
+class AheadSummary(TypedDict):
+    """An adaptive study's suggestions asked ahead (hypd/ahead.py)."""
+
+    ready: int  # asked and waiting for a slot
+    lead: float | None  # seconds a suggestion was ready before its launch (median of the last
+    #                      launches; 0 for one asked when its slot freed); None before any launch
+    behind: float | None  # results that reached the search between its ask and its launch (median)
+    replaced: int  # suggestions asked again, with more data, before they ran
+    launches: int  # launches the medians are over
+
+
 class StudySummary(TypedDict, total=False):
     name: str
     error: str  # only this and the name when the study cannot be loaded
@@ -240,6 +251,7 @@ class StudySummary(TypedDict, total=False):
     hosts: str  # where its runs may go, as the study file says it ("any host" without a choice)
     hosts_note: str  # "" when some host matches that choice, else why its runs wait
     prepare_failed: dict[str, str]  # host -> why the study's [prepare] step failed there
+    ahead: AheadSummary  # adaptive studies only
 
 
 class _HostSummary(TypedDict):

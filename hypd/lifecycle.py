@@ -513,6 +513,11 @@ class Lifecycle:
         """A pending attempt exists (a new trial, a retry, or one found at start)."""
         self.trials.queued(study, trial, run, failures, replicate)
 
+    def replaced(self, study: str, trial: int) -> None:
+        """A trial that never started is gone (asked ahead, then asked again with more data):
+        its pending attempts now belong to another trial, queued anew."""
+        self.trials.trials.pop((study, trial), None)
+
     def dropped(self, study: str, trial: int, run: int, state: RunState, replicate: int = 1) -> list[Action]:
         """A pending attempt ended before it started (killed, superseded)."""
         self.book(study, trial, replicate).live.discard(run)

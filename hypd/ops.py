@@ -263,6 +263,7 @@ class Ops:
                 "hosts": spec.hosts.describe(), "hosts_note": no_host_note(spec.hosts, host_labels),
                 "archived": rt.archived,
                 "prepare_failed": {h: why for h, (_, why) in self.runs.prepare_failed.get(name, {}).items()},
+                **({"ahead": rt.ahead.summary()} if rt.suggester.adaptive else {}),
             })
         for name, why in self.studies.broken.items():
             if only is None or name == only:

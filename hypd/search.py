@@ -84,6 +84,12 @@ class Suggester(ABC):
     def abandon(self, trial: int) -> None:
         """The trial ended without a verdict (killed, or lost with its host)."""
 
+    def withdraw(self, trial: int) -> None:
+        """A trial proposed and never run, taken back (the daemon asked ahead and asked
+        again with more data): the search forgets it, and it does not count against
+        max_trials. Default: abandoned."""
+        self.abandon(trial)
+
     def early_stop(self, running: list[int]) -> list[int]:
         """Of these running trials, the ones to stop now. Default: none."""
         return []
@@ -571,13 +577,16 @@ def _client_from_state(state: Mapping[str, Any], space: _AxSpace) -> Any:
     return client
 
 
+WITHDRAWN = "withdrawn: asked again with more data before it ran"
+
+
 class AxSuggester(Suggester):
     """Ax (1.x, `ax.Client`): "ax" is Ax's default generation strategy (the centre of the
     space, then Sobol points, then Bayesian optimisation with a GP, "MBM"); "sobol" stays on
     scrambled Sobol points for good (no model).
 
     Trial numbers are Ax's trial indices. All trials Ax creates, hand-given ones included,
-    count against `max_trials`.
+    count against `max_trials`, but those withdrawn (`withdraw`).
 
     - Fixed parameters are not given to Ax; they are added back to every trial's params.
     - A stepped range becomes an ordered choice in Ax (up to 1000 points; beyond that it
@@ -680,7 +689,8 @@ class AxSuggester(Suggester):
             ax = _ax()
             experiment = self._client._experiment
             budget = self.spec.max_trials if self.spec.max_trials is not None else 1 << 62
-            k = min(n, budget - len(experiment.trials))
+            withdrawn = sum(1 for t in experiment.trials.values() if t.status_reason == WITHDRAWN)
+            k = min(n, budget - len(experiment.trials) + withdrawn)
             if self._space.size is not None:
                 # A finite space: never ask Ax for more new points than are left (it
                 # deduplicates against every arm but those of FAILED trials). Asked for
@@ -748,6 +758,14 @@ class AxSuggester(Suggester):
         with self._session():
             if not self._ended(self._trial(trial).status):
                 self._client.mark_trial_abandoned(trial)
+
+    def withdraw(self, trial: int) -> None:
+        # FAILED, not ABANDONED: Ax keeps an abandoned trial's point pending for good (the
+        # acquisition would keep away from it), while a failed one without data is out of
+        # the model, the initialisation count and the deduplication.
+        with self._session():
+            if not self._ended(self._trial(trial).status):
+                self._client.mark_trial_failed(trial, failed_reason=WITHDRAWN)
 
     def early_stop(self, running: list[int]) -> list[int]:
         if self.spec.early_stop is None or self.spec.early_stop.rule != "percentile":

@@ -198,6 +198,9 @@ class RemoteSuggester(Suggester):
     def abandon(self, trial: int) -> None:
         self._call("abandon", trial)
 
+    def withdraw(self, trial: int) -> None:
+        self._call("withdraw", trial)
+
     def early_stop(self, running: list[int]) -> list[int]:
         return list(self._call("early_stop", list(running)))
 

@@ -727,6 +727,45 @@ class Store(Queries):
 
         return await self.writer.transaction(add)
 
+    async def replace_trials(self, study: str, stale: Sequence[int], fresh: Sequence[tuple[int, Mapping[str, Any]]],
+                             search_state: str, replicates: int = 1) -> tuple[list[int], list[dict[str, Any]]]:
+        """Trials asked ahead and not started, replaced by fresher ones (hypd/ahead.py), with
+        the search's new state, in one transaction. A stale trial whose runs are all still
+        pending (never started, never told) goes, and its runs take the next fresh trial and
+        its parameters (their run numbers stay); fresh trials left over get runs of their
+        own; a stale trial with a run that ended meanwhile stays as it is. Returns the
+        trials replaced and the fresh trials' runs (existing and new)."""
+        fresh = list(fresh)
+
+        def replace(db: sqlite3.Connection) -> tuple[list[int], list[dict[str, Any]]]:
+            replaced: list[int] = []
+            runs: list[dict[str, Any]] = []
+            waiting = list(fresh)
+            now, pending = time.time(), RunState.PENDING.value
+            for trial in stale:
+                if not waiting:
+                    break
+                rows = db.execute("SELECT id, run_no, replicate, state, attempt FROM runs WHERE study=? AND trial=? "
+                                  "ORDER BY replicate", (study, trial)).fetchall()
+                told = db.execute("SELECT told FROM trials WHERE study=? AND trial=?", (study, trial)).fetchone()
+                if not rows or told is None or told[0] is not None or any(r[3] != pending or r[4] != 1 for r in rows):
+                    continue
+                new_trial, params = waiting.pop(0)
+                text = json.dumps(params)
+                db.execute("DELETE FROM trials WHERE study=? AND trial=?", (study, trial))
+                db.execute("INSERT INTO trials (study, trial, params, created, source) VALUES (?,?,?,?,?)",
+                           (study, new_trial, text, now, "search"))
+                db.execute("UPDATE runs SET trial=?, params=? WHERE study=? AND trial=?", (new_trial, text, study, trial))
+                replaced.append(trial)
+                runs += [{"id": run_id, "study": study, "run_no": run_no, "trial": new_trial, "attempt": 1,
+                          "replicate": replicate, "params": dict(params), "name": f"{study}:{run_no}"}
+                         for run_id, run_no, replicate, _, _ in rows]
+            runs += _insert_trials(db, study, waiting, "search", replicates)
+            db.execute("UPDATE studies SET search_state=? WHERE name=?", (search_state, study))
+            return replaced, runs
+
+        return await self.writer.transaction(replace)
+
     async def add_retry(self, study: str, trial: int, reason: str, replicate: int = 1) -> dict[str, Any]:
         """A new attempt (pending run) of a replicate of an existing trial."""
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hypd.ahead import AheadQueue, depth_for, refresh_plan
 from hypd.asha import Asha, Ledger
 from hypd.replicates import combine
 from hypd.runstate import RunState
@@ -45,6 +46,13 @@ class StudyRuntime:
     pause_reason: str = ""  # why hypd paused it itself ("" when a user did, or it is not paused)
     archived: bool = False  # hidden from `studies` and `ls` unless asked for
     asha: Ledger | None = None  # early_stop rule "asha": the runs' arrivals at the rungs (read at first use)
+    ahead: AheadQueue = field(default_factory=AheadQueue)  # its suggestions asked ahead (hypd/ahead.py)
+
+    def room(self) -> int:
+        """How many more trials its search may propose now (0: none)."""
+        if self.paused or self.exhausted or not self.suggester.adaptive:
+            return 0
+        return max(0, self.spec.max_trials - self.trials) if self.spec.max_trials is not None else 1 << 30
 
 
 class Studies:
@@ -212,8 +220,47 @@ class Studies:
             state = await asyncio.to_thread(rt.suggester.dump)
             await self.store.record_told(study, state, told)
             rt.dirty_since = None
+            rt.ahead.results += len(told)
         finally:
             rt.lock.release()
+
+    def wants_ahead(self, rt: StudyRuntime) -> bool:
+        """Whether the study's suggestions asked ahead need a refresh (no I/O: the
+        dispatcher asks at each of its turns)."""
+        stale, add = refresh_plan(rt.ahead.queued(), rt.ahead.results, depth_for(rt.spec.parallel), rt.room())
+        return bool(stale or add) and rt.suggester.adaptive and not rt.paused
+
+    async def ask_ahead(self, rt: StudyRuntime) -> tuple[list[int], list[dict[str, Any]]]:
+        """Refresh the study's suggestions asked ahead (hypd/ahead.py): those asked with
+        fewer results than the search has now are asked again (and withdrawn from the
+        search), and the queue is topped up. The store takes the fresh trials, the stale
+        ones' removal and the search's state in one transaction. Returns the trials
+        replaced and the fresh trials' runs."""
+        async with rt.lock:
+            q = rt.ahead
+            q.keep(r["trial"] for r in await self.store.runs(state=RunState.PENDING.value, study=rt.spec.name,
+                                                               columns=("trial",)))
+            claimed, add = refresh_plan(q.queued(), q.results, depth_for(rt.spec.parallel), rt.room())
+            if not claimed and not add:
+                return [], []
+            q.claim(claimed)  # from now on the dispatcher leaves them be
+            results = q.results
+            try:
+                fresh = await asyncio.to_thread(rt.suggester.ask, len(claimed) + add)
+                stale = claimed[:len(fresh)]  # any not asked again (the search is exhausted) stay as they are
+                for trial in stale:
+                    await asyncio.to_thread(rt.suggester.withdraw, trial)
+                state = await asyncio.to_thread(rt.suggester.dump)
+                replaced, runs = await self.store.replace_trials(rt.spec.name, stale, fresh, state,
+                                                                 rt.spec.replicates)
+            finally:
+                q.unclaim(claimed)
+            rt.dirty_since = None
+            rt.trials += len(fresh) - len(replaced)
+            rt.exhausted = rt.exhausted or len(fresh) < len(claimed) + add
+            q.replaced += len(replaced)
+            q.add((t for t, _ in fresh), time.time(), results)
+            return replaced, runs
 
     @staticmethod
     def _tell_one(rt: StudyRuntime, row: dict[str, Any]) -> str:
