@@ -3,7 +3,9 @@ and new trials from the studies, `scheduler.place` to match them, then launches.
 
 It runs whenever something may have freed or added capacity or work (a run's processes
 gone, a host up, a GPU reading that changed, a submit, a retry): `wake()` sets the event
-it waits on, so a freed GPU takes its next run in the same turn of the loop.
+it waits on, so a freed GPU takes its next run in the same turn of the loop. An adaptive
+study's next trials are asked ahead in the background (hypd/ahead.py): a freed GPU takes
+one of those, pending, with no search call on the way.
 """
 
 from __future__ import annotations
@@ -94,8 +96,9 @@ class Dispatcher:
         except asyncio.CancelledError:
             raise
         except Exception:  # a search that breaks must not stop the others
-            log.exception("search of study %s failed asking ahead; it proposes nothing more until resubmitted",
-                          study)
+            if self.studies.get(study) is rt:  # (not merely removed meanwhile)
+                log.exception("search of study %s failed asking ahead; it proposes nothing more until "
+                              "resubmitted", study)
             rt.exhausted = True
         finally:
             self.asking.pop(study, None)

@@ -169,6 +169,9 @@ class Runs:
             # safe: the search ignores a trial it was told about already.
             await self._durably(self.studies.tell, action.study)
             await self.publish_study(action.study)
+            rt = self.studies.get(action.study)
+            if rt is not None and self.studies.wants_ahead(rt):
+                self.wake()  # its suggestions asked ahead are stale now: the dispatcher asks again
         elif isinstance(action, lc.PauseStudy):
             await self._pause_study(action)
         elif isinstance(action, lc.Note):

@@ -144,3 +144,21 @@ def test_socket_answers_while_ax_fits(daemon: DaemonProc) -> None:
     assert len(busy) > 50
     # Generous bounds: this runs on 2 shared cores beside Ax's own process.
     assert statistics.median(busy) < max(0.05, 5 * statistics.median(idle)), (statistics.median(idle), statistics.median(busy))
+
+
+def test_a_slot_that_frees_starts_a_suggestion_asked_ahead(daemon: DaemonProc) -> None:
+    """One slot, runs of 2 s: while a run goes, the next trial is asked (and fitted) in the
+    background, so each run after the first starts from the queue: its lead (ready before
+    its launch) shows in `hypd studies`."""
+    daemon.cli("submit", branin(daemon, trials=8, parallel=1, sleep=2.0))
+    daemon.wait_finished("branin", timeout=150)
+    (study,) = daemon.call("studies")
+    ahead = study["ahead"]
+    assert ahead["launches"] == 8 and ahead["ready"] == 0
+    assert ahead["lead"] > 0  # most launches took a suggestion ready before the slot freed
+    trials = trials_of(daemon, "branin")
+    assert len(trials) == 8 and all(r[0]["state"] == "completed" for r in trials.values())
+    assert len(trials) + ahead["replaced"] == max(trials) + 1  # a trial number is skipped only for a replaced one
+    text = daemon.cli("studies").stdout
+    print(text, ahead)
+    assert "AHEAD" in text and f"0 ready, lead {ahead['lead']:.1f}s" in text
