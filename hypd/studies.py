@@ -98,10 +98,14 @@ class Studies:
         daemon killed meanwhile leaves the whole study or none of it."""
         suggester = await asyncio.to_thread(open_suggester, spec, None, self.pool)
         trials: list[tuple[int, dict[str, Any]]] = []
-        if not suggester.adaptive:
-            trials = await asyncio.to_thread(suggester.ask, suggester.budget())
-        state = await asyncio.to_thread(suggester.dump)
-        runs = await self.store.add_study(spec.name, path, text, base_dir, state, trials, spec.replicates)
+        try:
+            if not suggester.adaptive:
+                trials = await asyncio.to_thread(suggester.ask, suggester.budget())
+            state = await asyncio.to_thread(suggester.dump)
+            runs = await self.store.add_study(spec.name, path, text, base_dir, state, trials, spec.replicates)
+        except BaseException:
+            self.pool.release(spec.name)  # its search process serves it no more
+            raise
         rt = StudyRuntime(spec, suggester, False, 0.0)
         rt.trials = len(trials)
         rt.exhausted = not suggester.adaptive
@@ -227,8 +231,10 @@ class Studies:
     def wants_ahead(self, rt: StudyRuntime) -> bool:
         """Whether the study's suggestions asked ahead need a refresh (no I/O: the
         dispatcher asks at each of its turns)."""
+        if not rt.suggester.adaptive or rt.paused:
+            return False
         stale, add = refresh_plan(rt.ahead.queued(), rt.ahead.results, depth_for(rt.spec.parallel), rt.room())
-        return bool(stale or add) and rt.suggester.adaptive and not rt.paused
+        return bool(stale or add)
 
     async def ask_ahead(self, rt: StudyRuntime) -> tuple[list[int], list[dict[str, Any]]]:
         """Refresh the study's suggestions asked ahead (hypd/ahead.py): those asked with
