@@ -15,10 +15,13 @@ same order under every rule), on 4 workers in simulated time; each freed worker 
 one trial. Rules compared on the same trials:
 
 - none: every trial runs its MAX_STEP epochs;
-- default: hypd's `early_stop = { min_step }` (Ax's percentile rule, called as the daemon
-  calls it: every report to the Suggester, `early_stop(running)` after each report);
+- default: hypd's `early_stop = { min_step }` (rule "trend", hypd/trend.py's Ledger fed
+  each report and asked after each, as the daemon does; every report also reaches the
+  Suggester);
 - asha: `early_stop = { rule = "asha", min_step, max_step, eta = 3 }`, hypd/asha.py's
-  Ledger fed each report, as the daemon does.
+  Ledger the same way;
+- percentile (not run by default): `early_stop = { rule = "percentile", min_step }`, Ax's
+  percentile rule, called as the daemon calls it (`early_stop(running)` after each report).
 
 Figure: GPU-seconds until a trial completes whose true (noise-free) final loss is within
 1 % of the best true final loss among the trials proposed (the budget's best), median
@@ -36,12 +39,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from hypd.asha import Asha, Ledger
+from hypd import asha, trend
 from hypd.search import Suggester, make_suggester
 from hypd.study import StudySpec, parse_study
 
 MAX_STEP = 27
-NOISE = 0.02
+NOISE = 0.02  # the default; --curve-noise varies it to check the rules' robustness
 WORKERS = 4
 TARGET = 0.01  # within 1 % of the best final loss
 BEST_LR = {"adam": -2.7, "sgd": -1.2, "adamw": -2.5}  # log10 of each optimiser's best lr
@@ -58,6 +61,7 @@ RULES = {
     "none": "",
     "default": "early_stop = {{ min_step = {min_step} }}",
     "asha": 'early_stop = {{ rule = "asha", min_step = {min_step}, max_step = {max_step}, eta = 3 }}',
+    "percentile": 'early_stop = {{ rule = "percentile", min_step = {min_step} }}',
 }
 
 
@@ -106,12 +110,14 @@ class _Step:
     step: int = field(compare=False)
 
 
-def simulate(rule: str, seed: int, trials: int, min_step: int) -> Outcome:
+def simulate(rule: str, seed: int, trials: int, min_step: int, noise: float = NOISE) -> Outcome:
     began = time.perf_counter()
     spec = spec_for(rule, trials, seed, min_step)
     s: Suggester = make_suggester(spec)
-    asha_rule = Asha.of(spec.early_stop)
-    ledger = Ledger(asha_rule) if asha_rule is not None else None
+    own = asha.Asha.of(spec.early_stop) or trend.Trend.of(spec.early_stop)
+    ledger: asha.Ledger | trend.Ledger | None = None
+    if own is not None:
+        ledger = asha.Ledger(own) if isinstance(own, asha.Asha) else trend.Ledger(own)
     rng = random.Random(seed * 7919 + 1)
     params: dict[int, dict[str, Any]] = {}
     started: dict[int, float] = {}
@@ -131,7 +137,7 @@ def simulate(rule: str, seed: int, trials: int, min_step: int) -> Outcome:
         ev = heapq.heappop(events)
         t, trial, step = ev.at, ev.trial, ev.step
         p = params[trial]
-        value = loss_at(p, step) + rng.gauss(0.0, NOISE)
+        value = loss_at(p, step) + rng.gauss(0.0, noise)
         if step == MAX_STEP - 1:
             ended[trial] = t
             if spec.early_stop is not None:
@@ -181,9 +187,10 @@ def crossing(trials: int, seed: int, step: int) -> tuple[float, float]:
     return flips / len(pairs), rank / len(ps)
 
 
-def early_stopping(seeds: list[int], trials: int, min_step: int, rules: list[str], say: Any = print) -> dict[str, list[Outcome]]:
+def early_stopping(seeds: list[int], trials: int, min_step: int, rules: list[str], say: Any = print,
+                   noise: float = NOISE) -> dict[str, list[Outcome]]:
     cross = [crossing(trials, seed, min_step) for seed in seeds]
-    say(f"\nlearning curves: {trials} trials (sobol), {WORKERS} workers, {MAX_STEP} epochs, noise sd {NOISE}, "
+    say(f"\nlearning curves: {trials} trials (sobol), {WORKERS} workers, {MAX_STEP} epochs, noise sd {noise}, "
         f"min_step {min_step}, {len(seeds)} seeds. Curves cross: after {min_step} epochs "
         f"{statistics.median(c for c, _ in cross):.0%} of pairs of trials are in the wrong order, and the "
         f"best trial is behind {statistics.median(r for _, r in cross):.0%} of the others (median over seeds)")
@@ -191,7 +198,7 @@ def early_stopping(seeds: list[int], trials: int, min_step: int, rules: list[str
         f"{'GPU-s, all trials':>18} {'stopped':>8} {'s/seed':>7}")
     out: dict[str, list[Outcome]] = {}
     for rule in rules:
-        res = [simulate(rule, seed, trials, min_step) for seed in seeds]
+        res = [simulate(rule, seed, trials, min_step, noise) for seed in seeds]
         out[rule] = res
         med = statistics.median(r.to_target for r in res)
         q = statistics.quantiles([r.to_target for r in res], n=4) if len(res) > 1 else [med, med, med]

@@ -157,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--curve-trials", type=int, default=40, help="trials per seed on the learning curves")
     parser.add_argument("--min-step", type=int, default=3, help="early_stop min_step on the learning curves")
+    parser.add_argument("--curve-noise", type=float, default=0.02, help="noise sd on each report of the learning curves")
+    parser.add_argument("--first-seed", type=int, default=0, help="the learning curves' first seed (robustness checks)")
+    parser.add_argument("--rules", default="none,default,asha",
+                        help="early-stopping rules on the learning curves (also: percentile, Ax's)")
     parser.add_argument("--png", default=".", help="folder for the PNG curves ('' for none)")
     args = parser.parse_args(argv)
     # Ax, BoTorch, pandas and Optuna warn about their own internals; keep the tables clean.
@@ -177,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     if "quality" in parts:
         quality(problems, systems, budgets, list(range(seeds)), Path(args.png) if args.png else None)
     if "curves" in parts:
-        early_stopping(list(range(seeds)), args.curve_trials, args.min_step, ["none", "default", "asha"],
-                       say=lambda line: print(line, flush=True))
+        early_stopping(list(range(args.first_seed, args.first_seed + seeds)), args.curve_trials, args.min_step,
+                       args.rules.split(","), say=lambda line: print(line, flush=True), noise=args.curve_noise)
         print(f"  ({load()})", flush=True)
     if "timing" in parts:
         ask_cost([30, 100, 200], 1 if args.quick else 3)

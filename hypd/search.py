@@ -95,7 +95,7 @@ class Suggester(ABC):
         return []
 
     def stopped(self, trial: int) -> None:
-        """The trial was stopped early by hypd's own rule (ASHA); its reports stand."""
+        """The trial was stopped early by hypd's own rule (trend or ASHA); its reports stand."""
 
     def best(self) -> dict[str, Any] | None:
         """The model's predicted best parameters, with predictions, if it has a model."""
@@ -482,7 +482,7 @@ def _attach_early_stopping(client: Any, spec: StudySpec) -> None:
     if metric not in client._experiment.metrics:
         client.configure_tracking_metrics([metric])
     client.configure_metrics([ax.MapMetric(name=metric, lower_is_better=lower_is_better)])
-    if es.rule == "percentile":  # ASHA is hypd's own (hypd/asha.py): Ax only learns the curves
+    if es.rule == "percentile":  # trend and ASHA are hypd's own (hypd/trend.py, asha.py): Ax only learns the curves
         client.set_early_stopping_strategy(ax.PercentileEarlyStoppingStrategy(
             metric_signatures=[metric], min_progression=es.min_step))
 
@@ -596,14 +596,15 @@ class AxSuggester(Suggester):
       in outcome constraints, the early-stopping metric); others are ignored. If an
       objective's value is missing or not finite (NaN, inf), the trial cannot be completed
       in Ax and is marked FAILED instead (Ax then avoids that region).
-    - `early_stop` uses Ax's PercentileEarlyStoppingStrategy on `early_stop.metric` (its
+    - `early_stop` rule "percentile" uses Ax's PercentileEarlyStoppingStrategy on `early_stop.metric` (its
       defaults: a running trial whose latest value is in the worse half of the curves at
       that step is stopped, once at least 5 trials have COMPLETED with curve data and the
       trial has reached `min_step`). The trials it returns are already marked
       EARLY_STOPPED in Ax, and the data they reported stays in the model. Later calls of
       `complete`, `fail` or `abandon` for such a trial are accepted: `complete` adds its
       values, the others leave it EARLY_STOPPED.
-    - With `early_stop` rule "asha", hypd's own rule (hypd/asha.py) decides; the curves
+    - With `early_stop` rule "trend" (the default) or "asha", hypd's own rule
+      (hypd/trend.py, hypd/asha.py) decides; the curves
       still reach Ax, and `stopped` marks a trial it stopped EARLY_STOPPED.
     - `complete`, `fail`, `abandon` on a trial that has already ended are ignored.
 

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hypd import asha, trend
 from hypd.ahead import AheadQueue, depth_for, refresh_plan
-from hypd.asha import Asha, Ledger
 from hypd.replicates import combine
 from hypd.runstate import RunState
 from hypd.search import SearchError, Suggester
@@ -45,7 +45,7 @@ class StudyRuntime:
     tell_queued: bool = False  # a tell waits for the lock: it will tell every trial ended by then
     pause_reason: str = ""  # why hypd paused it itself ("" when a user did, or it is not paused)
     archived: bool = False  # hidden from `studies` and `ls` unless asked for
-    asha: Ledger | None = None  # early_stop rule "asha": the runs' arrivals at the rungs (read at first use)
+    ledger: asha.Ledger | trend.Ledger | None = None  # hypd's own early_stop rule's view of the reports (read at first use)
     ahead: AheadQueue = field(default_factory=AheadQueue)  # its suggestions asked ahead (hypd/ahead.py)
 
     def room(self) -> int:
@@ -187,14 +187,15 @@ class Studies:
 
     async def report(self, study: str, trial: int, reports: list[tuple[int, float, dict[str, float]]],
                      run: int | None = None) -> None:
-        """Intermediate reports of a run, for early stopping: its arrivals at ASHA's rungs,
-        and the search (whose model learns from the curves, and whose own rule may stop it)."""
+        """Intermediate reports of a run, for early stopping: to hypd's own rule (trend,
+        ASHA), and the search (whose model learns from the curves, and whose own rule may
+        stop it)."""
         rt = self.all.get(study)
         if rt is None or rt.spec.early_stop is None or not reports:
             return
-        if rt.asha is not None and run is not None:
+        if rt.ledger is not None and run is not None:
             metric = rt.spec.early_stop.metric
-            rt.asha.add(run, [(step, at, values[metric]) for step, at, values in reports if metric in values])
+            rt.ledger.add(run, [(step, at, values[metric]) for step, at, values in reports if metric in values])
         await self.call(rt, _report_all, rt.suggester, trial, reports, changes=False)
         rt.dirty_since = rt.dirty_since or time.time()
 
@@ -287,28 +288,31 @@ class Studies:
 
     async def early_stops(self, study: str, running: dict[int, int]) -> dict[int, str]:
         """Of the running runs (run id -> trial), those to stop now, each with its reason:
-        by ASHA over the reports, or as the search judges (Ax's percentile rule)."""
+        by hypd's own rule over the reports (trend, ASHA), or as the search judges (Ax's
+        percentile rule)."""
         rt = self.all.get(study)
         if rt is None or rt.spec.early_stop is None or not running:
             return {}
         rt.last_early_stop = time.time()
-        rule = Asha.of(rt.spec.early_stop)
+        rule = asha.Asha.of(rt.spec.early_stop) or trend.Trend.of(rt.spec.early_stop)
         if rule is not None:
-            ledger = await self._asha_ledger(rt, rule)
+            ledger = await self._ledger(rt, rule)
             return {run: f"early-stopped: {why}" for run, why in ledger.to_stop(sorted(running)).items()}
         trials = await self.call(rt, rt.suggester.early_stop, sorted(set(running.values())), changes=bool)
         return {run: "" for run, trial in running.items() if trial in trials}
 
-    async def _asha_ledger(self, rt: StudyRuntime, rule: Asha) -> Ledger:
-        """The study's ASHA ledger; made from the stored reports at first use (and after the
-        rule changed). It takes reports as they come from the moment it exists: those
-        stored while it is read are added twice, which a ledger takes (the earliest counts)."""
-        if rt.asha is None or rt.asha.rule != rule:
-            rt.asha = ledger = Ledger(rule)
+    async def _ledger(self, rt: StudyRuntime, rule: asha.Asha | trend.Trend) -> asha.Ledger | trend.Ledger:
+        """The study's ledger for hypd's own rule; made from the stored reports at first use
+        (and after the rule changed). It takes reports as they come from the moment it
+        exists: those stored while it is read are added twice, which a ledger takes (the
+        earliest counts)."""
+        if rt.ledger is None or rt.ledger.rule != rule:
+            ledger = asha.Ledger(rule) if isinstance(rule, asha.Asha) else trend.Ledger(rule)
+            rt.ledger = ledger
             metric = rt.spec.early_stop.metric if rt.spec.early_stop else ""
             for run, reports in (await self.store.study_reports(rt.spec.name, metric)).items():
                 ledger.add(run, reports)
-        return rt.asha
+        return rt.ledger
 
     def close(self) -> None:
         self.pool.close()

@@ -122,15 +122,18 @@ class Stage:
 
 @dataclass(frozen=True)
 class EarlyStop:
-    """`early_stop` in [study]. rule "percentile": Ax's percentile rule (the search judges);
+    """`early_stop` in [study]. rule "trend" (the default): hypd's rule over the reports
+    (hypd/trend.py), by rank at each step with a guard for runs still falling fast;
     rule "asha": asynchronous successive halving over the reports (hypd/asha.py), with
-    rungs at min_step * eta^k below max_step."""
+    rungs at min_step * eta^k below max_step; rule "percentile": Ax's percentile rule
+    (the search judges; algorithm "ax" or "sobol" only)."""
 
     metric: str
     min_step: int = 0
-    rule: str = "percentile"  # or "asha"
+    rule: str = "trend"  # or "asha", "percentile"
     max_step: int | None = None  # asha only
     eta: int = 3  # asha only: 1/eta of the runs at a rung go on
+    guard: bool = True  # asha only: spare a run whose trend can still reach the kept runs
     minimize: bool = True  # the metric's direction: the objective's, else lower is better
 
 
@@ -439,22 +442,22 @@ class _StudySectionParser(_Reader):
         if "early_stop" not in study:
             return None
         es = study["early_stop"]
+        where = "study.early_stop"
         if not isinstance(es, dict):
-            raise self.fail("study.early_stop", 'must be { metric = "loss", min_step = 3 } or '
-                                                '{ rule = "asha", min_step = 1, max_step = 81, eta = 3 }')
-        rule = es.get("rule", "percentile")
-        if rule not in ("percentile", "asha"):
-            raise self.fail("study.early_stop.rule", f'must be "percentile" or "asha", got {rule!r}')
-        known = {"metric", "min_step", "rule"} | ({"max_step", "eta"} if rule == "asha" else set())
-        self.no_unknown(es, known, "study.early_stop")
+            raise self.fail(where, 'must be { metric = "loss", min_step = 3 } or '
+                                   '{ rule = "asha", min_step = 1, max_step = 81, eta = 3 }')
+        rule = es.get("rule", "trend")
+        if rule not in ("trend", "asha", "percentile"):
+            raise self.fail(f"{where}.rule", f'must be "trend", "asha" or "percentile", got {rule!r}')
+        known = {"metric", "min_step", "rule"} | ({"max_step", "eta", "guard"} if rule == "asha" else set())
+        self.no_unknown(es, known, where)
         metric = es.get("metric", objectives[0].metric)
         if not isinstance(metric, str):
-            raise self.fail("study.early_stop.metric", "must be a metric name")
+            raise self.fail(f"{where}.metric", "must be a metric name")
         minimize = next((o.minimize for o in objectives if o.metric == metric), True)
-        if rule == "percentile":
-            min_step = self.integer(es, "min_step", "study.early_stop", 0, 0)
-            return EarlyStop(metric, min_step or 0, minimize=minimize)
-        where = "study.early_stop"
+        if rule != "asha":
+            min_step = self.integer(es, "min_step", where, 0, 0)
+            return EarlyStop(metric, min_step or 0, rule=rule, minimize=minimize)
         if "min_step" not in es or "max_step" not in es:
             raise self.fail(where, 'rule "asha" needs min_step and max_step, e.g. '
                                    '{ rule = "asha", min_step = 1, max_step = 81, eta = 3 }')
@@ -464,7 +467,10 @@ class _StudySectionParser(_Reader):
         assert min_step is not None and max_step is not None and eta is not None
         if max_step <= min_step:
             raise self.fail(f"{where}.max_step", f"must be above min_step ({min_step}), got {max_step}")
-        return EarlyStop(metric, min_step, rule="asha", max_step=max_step, eta=eta, minimize=minimize)
+        guard = es.get("guard", True)
+        if not isinstance(guard, bool):
+            raise self.fail(f"{where}.guard", f"must be true or false, got {guard!r}")
+        return EarlyStop(metric, min_step, rule="asha", max_step=max_step, eta=eta, minimize=minimize, guard=guard)
 
     def string_list(self, table: Mapping[str, Any], key: str) -> tuple[str, ...]:
         value = table.get(key, [])

@@ -99,7 +99,7 @@ def test_hand_given_trial_and_continuing_a_study(daemon: DaemonProc) -> None:
     assert "study wide submitted" in daemon.cli("submit", str(changed), "--as", "wide").stdout
 
 
-def test_an_unpromising_run_is_early_stopped(daemon: DaemonProc) -> None:
+def test_an_unpromising_run_is_early_stopped_by_axs_percentile_rule(daemon: DaemonProc) -> None:
     # Every trial reports a curve; a large x is worse at every step.
     path = daemon.write_study("es", """
         [study]
@@ -108,7 +108,7 @@ def test_an_unpromising_run_is_early_stopped(daemon: DaemonProc) -> None:
         max_trials = 6
         parallel = 3
         seed = 1
-        early_stop = { metric = "loss", min_step = 3 }
+        early_stop = { rule = "percentile", metric = "loss", min_step = 3 }
         [params]
         x = { type = "float", low = 0.0, high = 1.0 }
         [run]

@@ -313,7 +313,7 @@ def curve(final: float, step: int) -> float:
 
 def test_early_stopping_stops_the_clearly_worse_curve():
     spec = study(BRANIN_PARAMS, algorithm="sobol", max_trials=20,
-                 extra='early_stop = { metric = "loss", min_step = 2 }')
+                 extra='early_stop = { rule = "percentile", metric = "loss", min_step = 2 }')
     s = make_suggester(spec)
     # Ax's percentile strategy waits for 5 trials COMPLETED with curves
     done = s.ask(5)
@@ -346,11 +346,11 @@ def test_early_stopping_stops_the_clearly_worse_curve():
     assert df["step"].max() == 3 and df.loc[df["step"] == 3, "mean"].item() == 1.05
 
 
-def test_with_asha_ax_learns_the_curves_and_is_told_of_a_stop():
-    spec = study(BRANIN_PARAMS, algorithm="sobol", max_trials=20,
-                 extra='early_stop = { rule = "asha", min_step = 1, max_step = 9 }')
+@pytest.mark.parametrize("early_stop", ['{ rule = "asha", min_step = 1, max_step = 9 }', '{ min_step = 1 }'])
+def test_with_hypds_own_rule_ax_learns_the_curves_and_is_told_of_a_stop(early_stop):
+    spec = study(BRANIN_PARAMS, algorithm="sobol", max_trials=20, extra=f'early_stop = {early_stop}')
     s = make_suggester(spec)
-    assert s._client._maybe_early_stopping_strategy is None  # the rule is hypd's (hypd/asha.py)
+    assert s._client._maybe_early_stopping_strategy is None  # the rule is hypd's (hypd/asha.py, trend.py)
     trials = [t for t, _ in s.ask(2)]
     for t in trials:
         for step in range(3):
@@ -375,7 +375,7 @@ def test_an_edited_study_file_takes_effect_on_the_next_call():
     # The daemon swaps in an edited study file (same space) with update_spec.
     plain = study(BRANIN_PARAMS, algorithm="sobol", seed=1)
     edited = study(BRANIN_PARAMS, algorithm="sobol", seed=2, max_trials=3,
-                   extra='early_stop = { metric = "loss", min_step = 1 }')
+                   extra='early_stop = { rule = "percentile", metric = "loss", min_step = 1 }')
     s = make_suggester(plain)
     s.ask(1)
     s.update_spec(edited)

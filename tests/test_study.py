@@ -269,7 +269,7 @@ def test_workdir_output_dir_env_and_extras(tmp_path):
     assert spec.constraints == ("lr <= 0.05",)
     assert spec.param_constraints == ("layers <= 3",)
     assert spec.early_stop is not None
-    assert (spec.early_stop.metric, spec.early_stop.min_step) == ("loss", 2)
+    assert spec.early_stop == EarlyStop("loss", 2, rule="trend")  # hypd's own rule is the default
 
 
 def test_early_stop_asha(tmp_path):
@@ -280,6 +280,10 @@ def test_early_stop_asha(tmp_path):
              'early_stop = { rule = "asha", min_step = 2, max_step = 30, eta = 2 }')
     es = load(tmp_path, doc(study=study)).early_stop
     assert es == EarlyStop("acc", 2, rule="asha", max_step=30, eta=2, minimize=False)
+    study = STUDY + '\nearly_stop = { rule = "asha", min_step = 1, max_step = 81, guard = false }'
+    assert load(tmp_path, doc(study=study)).early_stop == EarlyStop("loss", 1, rule="asha", max_step=81, guard=False)
+    study = STUDY + '\nearly_stop = { rule = "percentile", min_step = 3 }'
+    assert load(tmp_path, doc(study=study)).early_stop == EarlyStop("loss", 3, rule="percentile")
 
 
 def test_objective_forms(tmp_path):
@@ -477,7 +481,11 @@ REFUSALS = [
     ("workdir-not-string", doc(run=RUN + "\nworkdir = 3"), "run.workdir", "must be a string"),
     ("constraints-not-strings", doc(study=STUDY + "\nconstraints = [1]"), "study.constraints", "list of strings"),
     ("early-stop-rule", doc(study=STUDY + '\nearly_stop = { rule = "hyperband" }'), "study.early_stop.rule",
-     '"percentile" or "asha"'),
+     '"trend", "asha" or "percentile"'),
+    ("asha-guard-not-bool", doc(study=STUDY + '\nearly_stop = { rule = "asha", min_step = 1, max_step = 9, guard = 1 }'),
+     "study.early_stop.guard", "true or false"),
+    ("trend-guard", doc(study=STUDY + '\nearly_stop = { min_step = 1, guard = false }'), "study.early_stop.guard",
+     "unknown key"),
     ("asha-no-max-step", doc(study=STUDY + '\nearly_stop = { rule = "asha", min_step = 1 }'), "study.early_stop",
      "needs min_step and max_step"),
     ("asha-max-below-min", doc(study=STUDY + '\nearly_stop = { rule = "asha", min_step = 9, max_step = 3 }'),
