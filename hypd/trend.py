@@ -127,10 +127,10 @@ def score(value: float, minimize: bool) -> float:
     return value if minimize else -value
 
 
-def out_of_reach(curve: Curve, threshold: float, noise: float) -> bool:
+def out_of_reach(curve: Curve, threshold: float, noise: float, z: float = Z) -> bool:
     """The trend guard: even its optimistic final value is worse than `threshold` by more
-    than Z noise sd (of a difference of two smoothed values)."""
-    margin = Z * noise * math.sqrt(2 / SMOOTH)
+    than `z` noise sd (of a difference of two smoothed values)."""
+    margin = z * noise * math.sqrt(2 / SMOOTH)
     return curve.optimistic() > threshold + margin
 
 
