@@ -20,13 +20,15 @@ one trial. Rules compared on the same trials:
   Suggester);
 - asha: `early_stop = { rule = "asha", min_step, max_step, eta = 3 }`, hypd/asha.py's
   Ledger the same way;
-- percentile (not run by default): `early_stop = { rule = "percentile", min_step }`, Ax's
-  percentile rule, called as the daemon calls it (`early_stop(running)` after each report).
+- not run by default (`--rules`): asha-textbook (`guard = false`), and percentile
+  (`early_stop = { rule = "percentile", min_step }`, Ax's percentile rule, called as the
+  daemon calls it: `early_stop(running)` after each report).
 
 Figure: GPU-seconds until a trial completes whose true (noise-free) final loss is within
 1 % of the best true final loss among the trials proposed (the budget's best), median
-over seeds; how many seeds stopped that best configuration early; the GPU-seconds of
-the whole budget.
+over seeds, and how many times cheaper than none (none's median over this median, and
+the median of the per-seed ratios); how many seeds stopped that best configuration
+early; the GPU-seconds of the whole budget.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ RULES = {
     "none": "",
     "default": "early_stop = {{ min_step = {min_step} }}",
     "asha": 'early_stop = {{ rule = "asha", min_step = {min_step}, max_step = {max_step}, eta = 3 }}',
+    "asha-textbook": 'early_stop = {{ rule = "asha", min_step = {min_step}, max_step = {max_step}, eta = 3, guard = false }}',
     "percentile": 'early_stop = {{ rule = "percentile", min_step = {min_step} }}',
 }
 
@@ -194,7 +197,7 @@ def early_stopping(seeds: list[int], trials: int, min_step: int, rules: list[str
         f"min_step {min_step}, {len(seeds)} seeds. Curves cross: after {min_step} epochs "
         f"{statistics.median(c for c, _ in cross):.0%} of pairs of trials are in the wrong order, and the "
         f"best trial is behind {statistics.median(r for _, r in cross):.0%} of the others (median over seeds)")
-    say(f"  {'rule':<8} {'GPU-s to within 1% of best':>27} {'vs none':>8} {'best stopped':>13} "
+    say(f"  {'rule':<13} {'GPU-s to within 1% of best':>27} {'vs none':>8} {'per seed':>9} {'best stopped':>13} "
         f"{'GPU-s, all trials':>18} {'stopped':>8} {'s/seed':>7}")
     out: dict[str, list[Outcome]] = {}
     for rule in rules:
@@ -202,10 +205,11 @@ def early_stopping(seeds: list[int], trials: int, min_step: int, rules: list[str
         out[rule] = res
         med = statistics.median(r.to_target for r in res)
         q = statistics.quantiles([r.to_target for r in res], n=4) if len(res) > 1 else [med, med, med]
-        ratio = ""
+        ratio = per_seed = ""  # none's median / this median; the median of the per-seed ratios
         if "none" in out and rule != "none":
-            ratio = f"{statistics.median(out['none'][i].to_target / r.to_target for i, r in enumerate(res)):.2f}x"
-        say(f"  {rule:<8} {med:>10.0f} [{q[0]:.0f}, {q[2]:.0f}]".ljust(38) + f" {ratio:>8} "
+            ratio = f"{statistics.median(r.to_target for r in out['none']) / med:.2f}x"
+            per_seed = f"{statistics.median(out['none'][i].to_target / r.to_target for i, r in enumerate(res)):.2f}x"
+        say(f"  {rule:<13} {med:>10.0f} [{q[0]:.0f}, {q[2]:.0f}]".ljust(43) + f" {ratio:>8} {per_seed:>9} "
             f"{sum(r.best_stopped for r in res):>6} of {len(res):<4} {statistics.median(r.total for r in res):>18.0f} "
             f"{statistics.median(r.stopped for r in res):>8.0f} {statistics.median(r.seconds for r in res):>7.1f}")
     return out

@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--curve-noise", type=float, default=0.02, help="noise sd on each report of the learning curves")
     parser.add_argument("--first-seed", type=int, default=0, help="the learning curves' first seed (robustness checks)")
     parser.add_argument("--rules", default="none,default,asha",
-                        help="early-stopping rules on the learning curves (also: percentile, Ax's)")
+                        help="early-stopping rules on the learning curves (also: asha-textbook, percentile)")
     parser.add_argument("--png", default=".", help="folder for the PNG curves ('' for none)")
     args = parser.parse_args(argv)
     # Ax, BoTorch, pandas and Optuna warn about their own internals; keep the tables clean.
