@@ -282,7 +282,7 @@ def test_early_stop_asha(tmp_path):
     assert es == EarlyStop("acc", 2, rule="asha", max_step=30, eta=2, minimize=False)
     study = STUDY + '\nearly_stop = { rule = "asha", min_step = 1, max_step = 81, guard = false }'
     assert load(tmp_path, doc(study=study)).early_stop == EarlyStop("loss", 1, rule="asha", max_step=81, guard=False)
-    study = STUDY + '\nearly_stop = { rule = "percentile", min_step = 3 }'
+    study = STUDY.replace('"random"', '"sobol"') + '\nearly_stop = { rule = "percentile", min_step = 3 }'
     assert load(tmp_path, doc(study=study)).early_stop == EarlyStop("loss", 3, rule="percentile")
 
 
@@ -484,6 +484,8 @@ REFUSALS = [
      '"trend", "asha" or "percentile"'),
     ("asha-guard-not-bool", doc(study=STUDY + '\nearly_stop = { rule = "asha", min_step = 1, max_step = 9, guard = 1 }'),
      "study.early_stop.guard", "true or false"),
+    ("percentile-grid", doc(study=STUDY + '\nearly_stop = { rule = "percentile" }'),
+     "study.early_stop.rule", 'needs algorithm "ax" or "sobol"'),
     ("trend-guard", doc(study=STUDY + '\nearly_stop = { min_step = 1, guard = false }'), "study.early_stop.guard",
      "unknown key"),
     ("asha-no-max-step", doc(study=STUDY + '\nearly_stop = { rule = "asha", min_step = 1 }'), "study.early_stop",
