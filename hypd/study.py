@@ -847,7 +847,8 @@ class _Parser(_Reader):
         if early_stop is not None and settings.replicates > 1:
             raise self.fail("study.early_stop", "cannot go with replicates (the search judges one run per trial); "
                                                 "drop one of the two")
-        if early_stop is not None and early_stop.rule == "percentile" and settings.algorithm not in ("ax", "sobol"):
+        if (self.capped and early_stop is not None and early_stop.rule == "percentile"  # (a study stored before loads)
+                and settings.algorithm not in ("ax", "sobol")):
             raise self.fail("study.early_stop.rule", f'"percentile" is Ax\'s rule: it needs algorithm "ax" or '
                                                      f'"sobol", not {settings.algorithm!r}; hypd\'s "trend" (the '
                                                      'default) and "asha" work with any')
