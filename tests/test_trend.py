@@ -30,13 +30,13 @@ def flat(level: float, steps: int, wobble: float = 0.003) -> Reports:
 
 def test_a_curve_smooths_over_its_last_two_reports_and_keeps_the_first_at_a_step() -> None:
     c = Curve()
-    for step, t, v in [(3, 3.0, 0.4), (0, 0.0, 1.0), (1, 1.0, 0.8), (3, 4.0, 0.3), (2, 2.0, 0.6)]:
-        c.add(step, t, v)
-    assert c.steps == [0, 1, 2, 3] and c.scores == [1.0, 0.8, 0.6, 0.4]
-    assert c.value_at(3) == 0.5 and c.value_at(1) == 0.9 and c.value_at(0) == 1.0
+    for step, t, v in [(3, 3.0, 0.4), (0, 0.0, 1.0), (1, 1.0, 0.8), (3, 4.0, 0.3), (2, 2.0, 0.6), (1, 0.5, 0.85)]:
+        c.add(step, t, v)  # at steps 3 and 1, the earlier report counts, whichever came first
+    assert list(c.steps) == [0, 1, 2, 3] and list(c.scores) == [1.0, 0.85, 0.6, 0.4]
+    assert c.value_at(3) == 0.5 and c.value_at(1) == 0.925 and c.value_at(0) == 1.0
     assert c.value_at(-5) == 1.0  # before its first report: its first
-    # gained 0.4 since step 1 (0.9 -> 0.5): at best 0.5 - 1.5 * 0.4
-    assert math.isclose(c.optimistic(), -0.1)
+    # gained 0.425 since step 1 (0.925 -> 0.5): at best 0.5 - 1.5 * 0.425
+    assert math.isclose(c.optimistic(), 0.5 - 1.5 * 0.425)
 
 
 def test_the_noise_is_read_from_second_differences() -> None:
