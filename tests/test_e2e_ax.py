@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import statistics
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from conftest import DaemonProc, wait_for
+from conftest import FAST_CONFIG, DaemonProc, wait_for
 from hypd.ipc import ExitCode
 
 pytestmark = pytest.mark.slow
@@ -160,5 +164,67 @@ def test_a_slot_that_frees_starts_a_suggestion_asked_ahead(daemon: DaemonProc) -
     assert len(trials) == 8 and all(r[0]["state"] == "completed" for r in trials.values())
     assert len(trials) + ahead["replaced"] == max(trials) + 1  # a trial number is skipped only for a replaced one
     text = daemon.cli("studies").stdout
-    print(text, ahead)
     assert "AHEAD" in text and f"0 ready, lead {ahead['lead']:.1f}s" in text
+
+
+RANDOM_SLEEPER = """
+[study]
+name = "other"
+objective = {{ metric = "value", goal = "minimize" }}
+algorithm = "random"
+max_trials = {trials}
+parallel = 1
+
+[params]
+x = {{ type = "float", low = 0.0, high = 1.0 }}
+
+[run]
+command = "python3 -c 'import time; time.sleep({sleep}); print(\\"METRICS: value={{x}}\\")'"
+"""
+
+
+@pytest.fixture
+def one_slot(hypd_home: Path, daemon_env: dict[str, str]) -> Iterator[DaemonProc]:
+    (hypd_home / "config.toml").write_text(FAST_CONFIG.replace("cpu_slots = 4", "cpu_slots = 1"))
+    d = DaemonProc(hypd_home, daemon_env)
+    yield d.start()
+    d.stop(kill_runs=True)
+
+
+def live_trials(home: Path, study: str) -> tuple[set[int], set[int]]:
+    """What a daemon started now would load: the trials the stored search state has (but
+    those withdrawn), and the trials the store holds."""
+    from hypd.search import WITHDRAWN, load_suggester
+    from hypd.study import parse_study
+
+    with contextlib.closing(sqlite3.connect(home / "hypd.db")) as db:
+        text, state = db.execute("SELECT text, search_state FROM studies WHERE name=?", (study,)).fetchone()
+        stored = {t for (t,) in db.execute("SELECT trial FROM trials WHERE study=?", (study,))}
+    search = load_suggester(parse_study(text), state)
+    in_search = {t for t, trial in search._client._experiment.trials.items() if trial.status_reason != WITHDRAWN}
+    return in_search, stored
+
+
+@pytest.mark.filterwarnings(r"ignore::Warning:(ax|botorch|gpytorch|linear_operator|torch|pandas)(\.|$)")
+def test_a_suggestion_that_waited_while_a_result_came_is_asked_again_and_survives_sigkill(
+        one_slot: DaemonProc) -> None:
+    """One slot shared by two studies: when the Ax study's run ends the slot goes to the
+    other study, so its queued suggestion waits while its result reaches the search; it
+    is asked again with that result. Killed and restarted meanwhile, the daemon finds the
+    store and the search agreeing on every trial."""
+    d = one_slot
+    d.cli("submit", branin(d, name="ax", trials=6, parallel=1, sleep=1.0))
+    d.cli("submit", str(d.write_study("other", RANDOM_SLEEPER.format(trials=6, sleep=1.0))))
+    wait_for(lambda: {s["name"]: s for s in d.call("studies")}["ax"]["ahead"]["replaced"] >= 1, timeout=120,
+             what="a suggestion asked again")
+    in_search, stored = live_trials(d.home, "ax")
+    assert in_search == stored
+    d.kill9()
+    d.start()
+    d.wait_finished("ax", timeout=150)
+    d.wait_finished("other", timeout=60)
+    in_search, stored = live_trials(d.home, "ax")
+    assert in_search == stored and len(stored) == 6  # withdrawn trials took none of the budget
+    runs = d.runs(study="ax")
+    assert sorted(r["run_no"] for r in runs) == list(range(1, 7))  # a replaced suggestion kept its run
+    assert {r["state"] for r in runs} == {"completed"} and {r["trial"] for r in runs} == stored
