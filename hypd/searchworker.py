@@ -9,7 +9,8 @@ Each adaptive study is served by a process of its own (`SearchPool`), so two stu
 fits run in parallel, up to `DEFAULT_WORKERS` processes; past that, a new study shares
 the process serving the fewest studies. A process serves one call at a time, so calls
 of one study never overlap (the daemon also makes them one at a time). Each process holds
-Ax and torch once imported: about 0.4 GB, which is why the cap is small.
+Ax and torch once imported: about 0.55 GB (resident, after a fit), which is why the cap
+is small.
 
 `RemoteSuggester` has the `Suggester` interface; its methods block (the daemon calls them
 in worker threads, as it calls every search method).
@@ -37,11 +38,19 @@ REMOTE_ALGORITHMS = ("ax", "sobol")
 
 # Search processes at most: one per adaptive study up to this, then studies share.
 DEFAULT_WORKERS = max(1, min(4, os.cpu_count() or 1))
+# Torch threads per search process. One: a fit at hypd's sizes (tens to hundreds of points)
+# gains little from more, and on a busy machine torch's threads spin against each other
+# and everything else. Two Ax asks (GP, 10 trials) on 2 busy cores (load 6): 7-10 s with
+# 2 threads, 1.6-2.0 s with 1. Parallel fits come from the processes.
+SEARCH_THREADS = 1
 
 
-def _serve(conn: Connection) -> None:
+def _serve(conn: Connection, threads: int) -> None:
     """The worker's loop: (study, method, args) in, (ok, value) out, until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the daemon's to handle
+    # Torch (imported with Ax, later) takes a thread per core by default (unless the user
+    # set OMP_NUM_THREADS): see SEARCH_THREADS.
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     # BoTorch warns at length about optimizer restarts and jitter: routine for it, noise in
     # the daemon's log.
     warnings.simplefilter("ignore")
@@ -69,9 +78,10 @@ def _serve(conn: Connection) -> None:
 class SearchWorker:
     """One child process, started on first use and again after it dies."""
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int = SEARCH_THREADS) -> None:
         self.lock = threading.Lock()
         self.studies: set[str] = set()  # those the pool assigned to it
+        self.threads = threads  # torch's threads in the process
         self.process: multiprocessing.process.BaseProcess | None = None
         self.conn: Connection | None = None
         self.generation = 0  # bumped at each start: suggesters then reload
@@ -79,7 +89,8 @@ class SearchWorker:
     def _start(self) -> None:
         ctx = multiprocessing.get_context("spawn")  # never fork a threaded asyncio process
         parent, child = ctx.Pipe()
-        self.process = ctx.Process(target=_serve, args=(child,), name="hypd-search", daemon=True)
+        self.process = ctx.Process(target=_serve, args=(child, self.threads), name="hypd-search",
+                                   daemon=True)
         self.process.start()
         child.close()
         self.conn = parent
