@@ -24,11 +24,13 @@ are, never replaced (at worst one suggestion made with a result less).
 A withdrawn trial is not a pending point of the search any more, and it does not count
 against `max_trials` (`Suggester.withdraw`).
 
-Between the daemon's two paths, claims in memory on the event loop: the refresh claims
-the stale trials before it asks (the dispatcher no longer takes them; a slot that frees
-meanwhile takes another queued one, or waits as it would without this), and the
-dispatcher `take`s a queued trial when it decides to launch it (the refresh no longer
-replaces it).
+Between the daemon's two paths, claims in memory on the event loop. The refresh claims
+the stale trials before it asks (`claim`), but a slot that frees during the fit still
+takes one (`take`): a stale suggestion run now beats a GPU idle for a fit. Once the fit is
+done, the refresh `commit`s to replacing those still there, and from then until its
+transaction is stored (withdrawing them from the search, storing the state: no fit) the
+dispatcher leaves them be. A trial the dispatcher took is never replaced; its fresh
+counterpart joins the queue.
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ class AheadQueue:
     """One study's suggestions asked ahead (trials), and what their launches saw."""
 
     asked: dict[int, Asked] = field(default_factory=dict)
-    replacing: set[int] = field(default_factory=set)  # claimed by the refresh: not to be launched
+    refreshing: dict[int, Asked] = field(default_factory=dict)  # claimed, being asked again; still launchable
+    withdrawing: set[int] = field(default_factory=set)  # being replaced: not to be launched
     results: int = 0  # results told to the search since the daemon started
     leads: deque[float] = field(default_factory=lambda: deque(maxlen=LEADS_KEPT))
     behind: deque[int] = field(default_factory=lambda: deque(maxlen=LEADS_KEPT))  # results since each was asked
@@ -92,21 +95,39 @@ class AheadQueue:
             del self.asked[trial]
 
     def claim(self, trials: Iterable[int]) -> None:
+        """The refresh asks these again (a slot may still take them meanwhile)."""
         for trial in trials:
-            if self.asked.pop(trial, None) is not None:
-                self.replacing.add(trial)
+            if (asked := self.asked.pop(trial, None)) is not None:
+                self.refreshing[trial] = asked
 
-    def unclaim(self, trials: Iterable[int]) -> None:
-        """After the refresh: replaced trials are gone; a claimed one not replaced (its
-        run ended meanwhile) is no longer queued either."""
-        self.replacing.difference_update(trials)
+    def commit(self, limit: int) -> list[int]:
+        """The refresh has fresh trials for `limit` of its claimed ones: those still
+        untaken (up to `limit`) are to be replaced, and no longer launchable; any others
+        are queued again."""
+        chosen = sorted(self.refreshing)[:limit]
+        self.withdrawing.update(chosen)
+        for trial in chosen:
+            del self.refreshing[trial]
+        self.asked.update(self.refreshing)
+        self.refreshing.clear()
+        return chosen
 
-    def take(self, trial: int, now: float, adaptive: bool = True) -> bool:
-        """The dispatcher launches a run of `trial`: False if the refresh has claimed it.
-        A trial asked ahead leaves the queue with its lead time recorded."""
-        if trial in self.replacing:
+    def settle(self) -> None:
+        """The refresh is over (stored or failed): what it was replacing is gone from the
+        queue, and whatever it still held claimed is queued again."""
+        self.withdrawing.clear()
+        self.asked.update(self.refreshing)
+        self.refreshing.clear()
+
+    def launchable(self, trial: int) -> bool:
+        return trial not in self.withdrawing
+
+    def take(self, trial: int, now: float) -> bool:
+        """The dispatcher launches a run of `trial`: False if it is being replaced. A trial
+        asked ahead leaves the queue with its lead time recorded."""
+        if trial in self.withdrawing:
             return False
-        asked = self.asked.pop(trial, None)
+        asked = self.asked.pop(trial, None) or self.refreshing.pop(trial, None)
         if asked is not None:
             self.leads.append(max(0.0, now - asked.ready_at))
             self.behind.append(self.results - asked.results)
@@ -119,7 +140,7 @@ class AheadQueue:
 
     def summary(self) -> dict[str, float | int | None]:
         """As hypd/ipc.py's AheadSummary."""
-        return {"ready": len(self.asked), "lead": float(median(self.leads)) if self.leads else None,
+        return {"ready": len(self.asked) + len(self.refreshing),
+                "lead": float(median(self.leads)) if self.leads else None,
                 "behind": float(median(self.behind)) if self.behind else None, "replaced": self.replaced,
                 "launches": len(self.leads)}
-

