@@ -32,6 +32,19 @@ def load() -> str:
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f} ({os.cpu_count()} cores)"
 
 
+def pyplot() -> Any | None:
+    """matplotlib's pyplot on the Agg backend, or None (said once per call) without it."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("  (no PNG: pip install 'hypd[bench]' for matplotlib)")
+        return None
+    return plt
+
+
 def cli(env: dict[str, str], *args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([sys.executable, "-m", "hypd", *args], env=env, capture_output=True, text=True,
                             timeout=timeout)

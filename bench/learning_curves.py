@@ -24,7 +24,9 @@ one trial. Rules compared on the same trials:
   (`early_stop = { rule = "percentile", min_step }`, Ax's percentile rule, called as the
   daemon calls it: `early_stop(running)` after each report).
 
-Figure: GPU-seconds until a trial completes whose true (noise-free) final loss is within
+Figure (`--png DIR`: DIR/early_stopping.png): how far the best completed trial's true
+final loss is from the budget's best, against the GPU-seconds spent, median and
+quartiles over the seeds, per rule. Table: GPU-seconds until a trial completes whose true (noise-free) final loss is within
 1 % of the best true final loss among the trials proposed (the budget's best), median
 over seeds, and how many times cheaper than none (none's median over this median, and
 the median of the per-seed ratios); how many seeds stopped that best configuration
@@ -39,7 +41,10 @@ import random
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from common import pyplot
 
 from hypd import asha, trend
 from hypd.search import Suggester, make_suggester
@@ -104,6 +109,7 @@ class Outcome:
     total: float  # GPU-seconds of the whole budget
     stopped: int  # trials stopped early
     seconds: float  # wall-clock seconds the simulation took (the rule's own cost included)
+    trace: list[tuple[float, float]]  # at each completion: GPU-seconds so far, best true final loss completed / the budget's best - 1
 
 
 @dataclass(order=True)
@@ -174,8 +180,12 @@ def simulate(rule: str, seed: int, trials: int, min_step: int, noise: float = NO
         return sum(max(0.0, min(ended.get(tr, moment), moment) - started[tr]) for tr in started)
 
     hit = next((t for t, trial in sorted(completions) if finals[trial] <= target), None)
+    trace, best = [], math.inf
+    for t, trial in sorted(completions):
+        best = min(best, finals[trial])
+        trace.append((gpu_until(t), best / finals[best_trial] - 1))
     return Outcome(gpu_until(hit) if hit is not None else math.inf, best_trial in stopped,
-                   gpu_until(math.inf), len(stopped), time.perf_counter() - began)
+                   gpu_until(math.inf), len(stopped), time.perf_counter() - began, trace)
 
 
 def crossing(trials: int, seed: int, step: int) -> tuple[float, float]:
@@ -191,7 +201,7 @@ def crossing(trials: int, seed: int, step: int) -> tuple[float, float]:
 
 
 def early_stopping(seeds: list[int], trials: int, min_step: int, rules: list[str], say: Any = print,
-                   noise: float = NOISE) -> dict[str, list[Outcome]]:
+                   noise: float = NOISE, png_dir: Path | None = None) -> dict[str, list[Outcome]]:
     cross = [crossing(trials, seed, min_step) for seed in seeds]
     say(f"\nlearning curves: {trials} trials (sobol), {WORKERS} workers, {MAX_STEP} epochs, noise sd {noise}, "
         f"min_step {min_step}, {len(seeds)} seeds. Curves cross: after {min_step} epochs "
@@ -212,4 +222,39 @@ def early_stopping(seeds: list[int], trials: int, min_step: int, rules: list[str
         say(f"  {rule:<13} {med:>10.0f} [{q[0]:.0f}, {q[2]:.0f}]".ljust(43) + f" {ratio:>8} {per_seed:>9} "
             f"{sum(r.best_stopped for r in res):>6} of {len(res):<4} {statistics.median(r.total for r in res):>18.0f} "
             f"{statistics.median(r.stopped for r in res):>8.0f} {statistics.median(r.seconds for r in res):>7.1f}")
+    if png_dir is not None:
+        plot(out, f"{trials} trials, {WORKERS} workers, noise sd {noise}, min_step {min_step}, {len(seeds)} seeds",
+             png_dir / "early_stopping.png", say)
     return out
+
+
+def plot(out: dict[str, list[Outcome]], title: str, path: Path, say: Any) -> None:
+    """How far the best completed trial is from the budget's best, against the GPU-seconds
+    spent: median and quartiles over the seeds, per rule."""
+    plt = pyplot()
+    if plt is None:
+        return
+    top = max(r.total for res in out.values() for r in res)
+    grid = [top * i / 200 for i in range(1, 201)]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for rule, res in out.items():
+        xs, med, lo, hi = [], [], [], []
+        for x in grid:
+            gaps = [min((gap for at, gap in r.trace if at <= x), default=math.inf) for r in res]
+            q1, m, q3 = statistics.quantiles(gaps, n=4) if len(gaps) > 1 else (gaps[0],) * 3
+            if math.isfinite(m):
+                xs.append(x), med.append(max(m, 1e-4)), lo.append(max(q1, 1e-4))
+                hi.append(max(q3, 1e-4) if math.isfinite(q3) else 10.0)
+        ax.plot(xs, med, label=rule)
+        ax.fill_between(xs, lo, hi, alpha=0.15)
+    ax.axhline(TARGET, color="grey", linestyle=":", linewidth=1)
+    ax.set_yscale("log")
+    ax.set_ylim(1e-4, 1.0)
+    ax.set_xlabel("GPU-seconds spent")
+    ax.set_ylabel("best completed final loss / best - 1")
+    ax.set_title(f"early stopping: {title}", fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    say(f"  curves: {path}")

@@ -37,6 +37,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from async_search import PROBLEMS, WORKERS, Trace, run, spec_for  # noqa: E402
+from common import pyplot  # noqa: E402
 from learning_curves import early_stopping  # noqa: E402
 
 from hypd.search import make_suggester  # noqa: E402
@@ -86,13 +87,8 @@ def quality(problems: list[str], systems: list[str], budgets: list[int], seeds: 
 
 
 def plot(name: str, traces: dict[str, list[Trace]], top: int, png_dir: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("  (no PNG: pip install 'hypd[bench]' for matplotlib)")
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6, 4))
     for system, runs in traces.items():
@@ -182,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         quality(problems, systems, budgets, list(range(seeds)), Path(args.png) if args.png else None)
     if "curves" in parts:
         early_stopping(list(range(args.first_seed, args.first_seed + seeds)), args.curve_trials, args.min_step,
-                       args.rules.split(","), say=lambda line: print(line, flush=True), noise=args.curve_noise)
+                       args.rules.split(","), say=lambda line: print(line, flush=True), noise=args.curve_noise,
+                       png_dir=Path(args.png) if args.png else None)
         print(f"  ({load()})", flush=True)
     if "timing" in parts:
         ask_cost([30, 100, 200], 1 if args.quick else 3)

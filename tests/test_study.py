@@ -496,7 +496,7 @@ REFUSALS = [
      "study.early_stop.eta", "at least 2"),
     ("asha-min-step-0", doc(study=STUDY + '\nearly_stop = { rule = "asha", min_step = 0, max_step = 9 }'),
      "study.early_stop.min_step", "at least 1"),
-    ("percentile-eta", doc(study=STUDY + '\nearly_stop = { min_step = 1, eta = 3 }'), "study.early_stop.eta",
+    ("trend-eta", doc(study=STUDY + '\nearly_stop = { min_step = 1, eta = 3 }'), "study.early_stop.eta",
      "unknown key"),
 ]
 
