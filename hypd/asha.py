@@ -36,8 +36,8 @@ from hypd.trend import Curves, out_of_reach, score
 # The guard's margin in noise sd. Narrower than the trend rule's (2): ASHA ranks a run
 # once per rung, on the rung's report, so a run near the top is not re-ranked every step
 # and caught below by noise alone now and then; the margin only has to keep noise in
-# its own trend from stopping it (bench/learning_curves.py, 30 seeds: 0 best trials
-# stopped at 0.5, as at 2, and 2.1x cheaper than none where 2 gave 1.9x).
+# its own trend from stopping it. bench/learning_curves.py, seeds 0-29: no best trial
+# stopped with 0.5 or 2, and 1.86x cheaper than none with 0.5, 1.74x with 2.
 GUARD_Z = 0.5
 
 
