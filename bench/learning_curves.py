@@ -6,6 +6,9 @@ A trial is a training run of `MAX_STEP` epochs; its curve depends on its configu
   dropout and optimiser terms (best ~0.25);
 - speed: a lower lr and a wider net converge more slowly (time constant `tau` in epochs),
   so curves cross: the configurations that finish best are often not ahead early on;
+- `--curve-shape hyperbolic`: the same with a longer tail (the excess over the final
+  loss falls as 1 / (1 + epochs / tau) instead of exp(-epochs / tau)), to check the
+  rules' limits;
 - per-step Gaussian noise (sd `NOISE`) on every reported loss; the final report is the
   last step's (noisy) value;
 - cost: an epoch takes 0.5 + width/256 GPU-seconds.
@@ -85,9 +88,14 @@ def tau(p: dict[str, Any]) -> float:
     return min(40.0, max(0.3, 2.5 * 10 ** (-SLOW_LR * u) * (p["width"] / 256) ** SLOW_WIDTH))
 
 
-def loss_at(p: dict[str, Any], step: int) -> float:
-    """The noise-free loss after `step` epochs (step 0 is after the first)."""
-    return final_loss(p) + AMPLITUDE * math.exp(-(step + 1) / tau(p))
+SHAPES = ("exp", "hyperbolic")
+
+
+def loss_at(p: dict[str, Any], step: int, shape: str = "exp") -> float:
+    """The noise-free loss after `step` epochs (step 0 is after the first). "hyperbolic"
+    (a longer tail, to check the rules' limits): the excess falls as 1 / (1 + epochs / tau)."""
+    epochs = (step + 1) / tau(p)
+    return final_loss(p) + AMPLITUDE * (math.exp(-epochs) if shape == "exp" else 1 / (1 + epochs))
 
 
 def cost_per_step(p: dict[str, Any]) -> float:
@@ -119,7 +127,7 @@ class _Step:
     step: int = field(compare=False)
 
 
-def simulate(rule: str, seed: int, trials: int, min_step: int, noise: float = NOISE) -> Outcome:
+def simulate(rule: str, seed: int, trials: int, min_step: int, noise: float = NOISE, shape: str = "exp") -> Outcome:
     began = time.perf_counter()
     spec = spec_for(rule, trials, seed, min_step)
     s: Suggester = make_suggester(spec)
@@ -146,7 +154,7 @@ def simulate(rule: str, seed: int, trials: int, min_step: int, noise: float = NO
         ev = heapq.heappop(events)
         t, trial, step = ev.at, ev.trial, ev.step
         p = params[trial]
-        value = loss_at(p, step) + rng.gauss(0.0, noise)
+        value = loss_at(p, step, shape) + rng.gauss(0.0, noise)
         if step == MAX_STEP - 1:
             ended[trial] = t
             if spec.early_stop is not None:
@@ -188,22 +196,23 @@ def simulate(rule: str, seed: int, trials: int, min_step: int, noise: float = NO
                    gpu_until(math.inf), len(stopped), time.perf_counter() - began, trace)
 
 
-def crossing(trials: int, seed: int, step: int) -> tuple[float, float]:
+def crossing(trials: int, seed: int, step: int, shape: str = "exp") -> tuple[float, float]:
     """How much the proposed configurations' curves cross (a property of the problem): the
     share of pairs whose order after `step` epochs is not their final order, and the best
     configuration's rank then, as a fraction of the trials (0: first)."""
     ps = [p for _, p in make_suggester(spec_for("none", trials, seed, 1)).ask(trials)]
     pairs = [(a, b) for i, a in enumerate(ps) for b in ps[i + 1:]]
-    flips = sum((loss_at(a, step - 1) < loss_at(b, step - 1)) != (final_loss(a) < final_loss(b)) for a, b in pairs)
+    flips = sum((loss_at(a, step - 1, shape) < loss_at(b, step - 1, shape)) != (final_loss(a) < final_loss(b))
+                for a, b in pairs)
     best = min(ps, key=final_loss)
-    rank = sum(loss_at(q, step - 1) < loss_at(best, step - 1) for q in ps)
+    rank = sum(loss_at(q, step - 1, shape) < loss_at(best, step - 1, shape) for q in ps)
     return flips / len(pairs), rank / len(ps)
 
 
 def early_stopping(seeds: list[int], trials: int, min_step: int, rules: list[str], say: Any = print,
-                   noise: float = NOISE, png_dir: Path | None = None) -> dict[str, list[Outcome]]:
-    cross = [crossing(trials, seed, min_step) for seed in seeds]
-    say(f"\nlearning curves: {trials} trials (sobol), {WORKERS} workers, {MAX_STEP} epochs, noise sd {noise}, "
+                   noise: float = NOISE, png_dir: Path | None = None, shape: str = "exp") -> dict[str, list[Outcome]]:
+    cross = [crossing(trials, seed, min_step, shape) for seed in seeds]
+    say(f"\nlearning curves ({shape}): {trials} trials (sobol), {WORKERS} workers, {MAX_STEP} epochs, noise sd {noise}, "
         f"min_step {min_step}, {len(seeds)} seeds. Curves cross: after {min_step} epochs "
         f"{statistics.median(c for c, _ in cross):.0%} of pairs of trials are in the wrong order, and the "
         f"best trial is behind {statistics.median(r for _, r in cross):.0%} of the others (median over seeds)")
@@ -211,7 +220,7 @@ def early_stopping(seeds: list[int], trials: int, min_step: int, rules: list[str
         f"{'GPU-s, all trials':>18} {'stopped':>8} {'s/seed':>7}")
     out: dict[str, list[Outcome]] = {}
     for rule in rules:
-        res = [simulate(rule, seed, trials, min_step, noise) for seed in seeds]
+        res = [simulate(rule, seed, trials, min_step, noise, shape) for seed in seeds]
         out[rule] = res
         med = statistics.median(r.to_target for r in res)
         q = statistics.quantiles([r.to_target for r in res], n=4) if len(res) > 1 else [med, med, med]
@@ -223,8 +232,9 @@ def early_stopping(seeds: list[int], trials: int, min_step: int, rules: list[str
             f"{sum(r.best_stopped for r in res):>6} of {len(res):<4} {statistics.median(r.total for r in res):>18.0f} "
             f"{statistics.median(r.stopped for r in res):>8.0f} {statistics.median(r.seconds for r in res):>7.1f}")
     if png_dir is not None:
-        plot(out, f"{trials} trials, {WORKERS} workers, noise sd {noise}, min_step {min_step}, {len(seeds)} seeds",
-             png_dir / "early_stopping.png", say)
+        plot(out, f"{shape} curves, {trials} trials, {WORKERS} workers, noise sd {noise}, min_step {min_step}, "
+                  f"{len(seeds)} seeds",
+             png_dir / ("early_stopping.png" if shape == "exp" else f"early_stopping_{shape}.png"), say)
     return out
 
 

@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE))
 
 from async_search import PROBLEMS, WORKERS, Trace, run, spec_for  # noqa: E402
 from common import pyplot  # noqa: E402
-from learning_curves import early_stopping  # noqa: E402
+from learning_curves import SHAPES, early_stopping  # noqa: E402
 
 from hypd.search import make_suggester  # noqa: E402
 
@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--curve-trials", type=int, default=40, help="trials per seed on the learning curves")
     parser.add_argument("--min-step", type=int, default=3, help="early_stop min_step on the learning curves")
     parser.add_argument("--curve-noise", type=float, default=0.02, help="noise sd on each report of the learning curves")
+    parser.add_argument("--curve-shape", choices=SHAPES, default="exp",
+                        help="the learning curves' shape (hyperbolic: a longer tail)")
     parser.add_argument("--first-seed", type=int, default=0, help="the learning curves' first seed (robustness checks)")
     parser.add_argument("--rules", default="none,default,asha",
                         help="early-stopping rules on the learning curves (also: asha-textbook, percentile)")
@@ -179,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if "curves" in parts:
         early_stopping(list(range(args.first_seed, args.first_seed + seeds)), args.curve_trials, args.min_step,
                        args.rules.split(","), say=lambda line: print(line, flush=True), noise=args.curve_noise,
-                       png_dir=Path(args.png) if args.png else None)
+                       png_dir=Path(args.png) if args.png else None, shape=args.curve_shape)
         print(f"  ({load()})", flush=True)
     if "timing" in parts:
         ask_cost([30, 100, 200], 1 if args.quick else 3)
