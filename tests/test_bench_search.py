@@ -47,10 +47,13 @@ def test_async_runs_are_the_same_for_a_seed() -> None:
     assert a.regret == b.regret
 
 
-def test_learning_curves_cross_and_asha_saves_gpu_time() -> None:
+def test_learning_curves_cross_and_hypds_rules_save_gpu_time() -> None:
     none = learning_curves.simulate("none", seed=0, trials=16, min_step=3)
-    asha = learning_curves.simulate("asha", seed=0, trials=16, min_step=3)
     assert none.stopped == 0 and not none.best_stopped
-    assert asha.stopped > 0 and asha.total < none.total
+    for rule in ("default", "asha"):  # hypd's trend rule, ASHA with its guard
+        stopped = learning_curves.simulate(rule, seed=0, trials=16, min_step=3)
+        assert stopped.stopped > 0 and stopped.total < none.total, rule
+        assert stopped.trace[-1][1] == 0.0, rule  # the best configuration completed
+        assert [gap for _, gap in stopped.trace] == sorted((gap for _, gap in stopped.trace), reverse=True)
     pairs_crossed, best_behind = learning_curves.crossing(16, seed=0, step=3)
     assert pairs_crossed > 0.05  # the problem is not one where the first epochs tell all
