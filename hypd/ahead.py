@@ -2,8 +2,12 @@
 
 An adaptive search (Ax) takes seconds to propose a trial: a GP fit, then the acquisition.
 Asked when a slot frees, the slot waits that long. So the daemon asks each adaptive study
-for a few trials ahead of need (`ASK_AHEAD`, at most the study's `parallel`), and a slot
-that frees starts one of them at once, with no search call on the way. When a result
+for a few trials ahead of need (the study's `ask_ahead`, `ASK_AHEAD` unless it says, at
+most its `parallel`), and a slot that frees starts one of them at once, with no search
+call on the way. The price: a trial asked ahead has not seen the results that come while
+it waits. With `parallel = 1` the next trial is proposed while the run before it goes,
+so without its result, as if two ran at once; `ask_ahead = 0` makes the slot wait for
+each fit instead. When a result
 reaches the search, the suggestions asked with less data are stale: they are asked again
 in the background, and the stale ones withdrawn.
 
@@ -40,7 +44,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from statistics import median
 
-ASK_AHEAD = 1  # suggestions kept ready per adaptive study (at most its `parallel`)
+ASK_AHEAD = 1  # suggestions kept ready per adaptive study, unless it says (at most its `parallel`)
 LEADS_KEPT = 20  # the launches whose lead times the summary is over
 
 

@@ -234,7 +234,7 @@ class Studies:
         dispatcher asks at each of its turns)."""
         if not rt.suggester.adaptive or rt.paused:
             return False
-        stale, add = refresh_plan(rt.ahead.queued(), rt.ahead.results, depth_for(rt.spec.parallel), rt.room())
+        stale, add = refresh_plan(rt.ahead.queued(), rt.ahead.results, depth_for(rt.spec.parallel, rt.spec.ask_ahead), rt.room())
         return bool(stale or add)
 
     async def ask_ahead(self, rt: StudyRuntime) -> tuple[list[int], list[dict[str, Any]]]:
@@ -247,7 +247,7 @@ class Studies:
             q = rt.ahead
             q.keep(r["trial"] for r in await self.store.runs(state=RunState.PENDING.value, study=rt.spec.name,
                                                                columns=("trial",)))
-            claimed, add = refresh_plan(q.queued(), q.results, depth_for(rt.spec.parallel), rt.room())
+            claimed, add = refresh_plan(q.queued(), q.results, depth_for(rt.spec.parallel, rt.spec.ask_ahead), rt.room())
             if not claimed and not add:
                 return [], []
             q.claim(claimed)

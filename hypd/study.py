@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from hypd.ahead import ASK_AHEAD
 from hypd.display import trial_no
 from hypd.scheduler import HostChoice, label_list
 
@@ -173,6 +174,7 @@ class StudySpec:
     prepare: Prepare | None = None  # run once per host before the study's runs there
     replicates: int = 1  # runs of each trial (seeds); the trial's result is their mean
     max_failures: int = DEFAULT_MAX_FAILURES  # runs failed in a row that pause the study; 0: never
+    ask_ahead: int = ASK_AHEAD  # adaptive searches: trials kept asked ahead (hypd/ahead.py); 0: none
     hosts: HostChoice = HostChoice()  # where its runs may go; empty: any host
     fetch: tuple[str, ...] = ()  # globs in a run's folder copied back from its host when it ends
     source: str = "<study>"
@@ -268,7 +270,7 @@ def format_duration(seconds: float) -> str:
 _STUDY_KEYS = {
     "name", "objective", "algorithm", "max_trials", "parallel", "gpus", "timeout",
     "retries", "priority", "seed", "constraints", "param_constraints", "early_stop", "gpu_mem",
-    "keepalive", "replicates", "max_failures", "hosts",
+    "keepalive", "replicates", "max_failures", "hosts", "ask_ahead",
 }
 _RUN_KEYS = {"workdir", "env", "command", "stages", "output_dir", "files", "fetch"}
 _METRICS_KEYS = {"regex"}
@@ -344,6 +346,7 @@ class _StudySettings:
     replicates: int
     max_failures: int
     hosts: HostChoice
+    ask_ahead: int
 
 
 class _StudySectionParser(_Reader):
@@ -381,7 +384,8 @@ class _StudySectionParser(_Reader):
             name=name, objectives=objectives, algorithm=algorithm, parallel=parallel or 1,
             gpus=gpus or 0, gpu_mem_mib=gpu_mem, retries=retries or 0, priority=priority or 1,
             seed=seed, timeout=self.duration(study, "timeout"), keepalive=self.duration(study, "keepalive"),
-            replicates=replicates or 1, max_failures=max_failures or 0, hosts=self.host_choice(study))
+            replicates=replicates or 1, max_failures=max_failures or 0, hosts=self.host_choice(study),
+            ask_ahead=self.integer(study, "ask_ahead", "study", ASK_AHEAD, 0) or 0)
 
     def host_choice(self, study: Mapping[str, Any]) -> HostChoice:
         """`hosts = ["gpu1", "gpu2"]` (by name) or `hosts = { labels = ["a100"] }` (hosts
@@ -862,7 +866,7 @@ class _Parser(_Reader):
             files=run.files, constraints=constraints, param_constraints=param_constraints,
             early_stop=early_stop, gpu_mem_mib=settings.gpu_mem_mib,
             keepalive=settings.keepalive, replicates=settings.replicates,
-            prepare=prepare, max_failures=settings.max_failures,
+            prepare=prepare, max_failures=settings.max_failures, ask_ahead=settings.ask_ahead,
             hosts=settings.hosts, fetch=run.fetch, source=self.source, warnings=tuple(self.warnings),
         )
 

@@ -218,6 +218,12 @@ def test_defaults_without_algorithm_or_max_trials(tmp_path):
     assert dict(spec.env) == {}
     assert spec.early_stop is None
     assert spec.constraints == () and spec.param_constraints == ()
+    assert spec.ask_ahead == 1
+
+
+def test_ask_ahead_may_be_switched_off(tmp_path):
+    assert load(tmp_path, doc(study=STUDY + "\nask_ahead = 0")).ask_ahead == 0
+    assert load(tmp_path, doc(study=STUDY + "\nask_ahead = 2")).ask_ahead == 2
 
 
 def test_grid_max_trials_optional_without_continuous_range(tmp_path):
@@ -496,6 +502,7 @@ REFUSALS = [
      "study.early_stop.eta", "at least 2"),
     ("asha-min-step-0", doc(study=STUDY + '\nearly_stop = { rule = "asha", min_step = 0, max_step = 9 }'),
      "study.early_stop.min_step", "at least 1"),
+    ("ask-ahead-negative", doc(study=STUDY + "\nask_ahead = -1"), "study.ask_ahead", "at least 0"),
     ("trend-eta", doc(study=STUDY + '\nearly_stop = { min_step = 1, eta = 3 }'), "study.early_stop.eta",
      "unknown key"),
 ]
