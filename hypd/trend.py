@@ -28,7 +28,7 @@ GAIN 1.5: an exponential curve that has covered half its way down between s/2 an
 as much again to go (gain 1), a slower one more; a power law's remaining gain is a
 constant multiple of its last one (1.5 up to step^-0.74). Longer tails break the
 assumption: on curves whose excess falls as 1 / (1 + step/tau) the bench's best trial
-was stopped in 1 of 10 seeds (8 of 30 outside the bench); a later min_step is the
+was stopped in 8 of 30 seeds (`--curve-shape hyperbolic`); a later min_step is the
 remedy there. Z 2 keeps noise alone from stopping a run near the top when its value is
 judged every step.
 
