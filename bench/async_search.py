@@ -125,6 +125,10 @@ class System:
     def tell(self, key: Any, params: Mapping[str, Any], values: Mapping[str, float]) -> None:
         raise NotImplementedError
 
+    def reported(self) -> dict[str, Any] | None:
+        """The parameters the system reports as its best (its model's, where it has one)."""
+        raise NotImplementedError
+
 
 class Hypd(System):
     """hypd's Suggester, called as the daemon calls it, its state dumped after each change."""
@@ -140,6 +144,10 @@ class Hypd(System):
     def tell(self, key: Any, params: Mapping[str, Any], values: Mapping[str, float]) -> None:
         self.s.complete(key, dict(values))
         self.s.dump()
+
+    def reported(self) -> dict[str, Any] | None:
+        best = self.s.best()  # what `hypd best` shows
+        return dict(best["params"]) if best else None
 
 
 class AxDirect(System):
@@ -167,6 +175,13 @@ class AxDirect(System):
 
     def tell(self, key: Any, params: Mapping[str, Any], values: Mapping[str, float]) -> None:
         self.client.complete_trial(trial_index=key, raw_data=dict(values))
+
+    def reported(self) -> dict[str, Any] | None:
+        try:
+            params, *_ = self.client.get_best_parameterization(use_model_predictions=True)
+        except Exception:  # no feasible trial yet
+            return None
+        return self.space.from_ax(self.spec, params)
 
 
 class OptunaTpe(System):
@@ -201,6 +216,12 @@ class OptunaTpe(System):
             key.set_user_attr("constraints", [values[m] - b for m, b in self.bound.items()])
         self.study.tell(key, values["y"])
 
+    def reported(self) -> dict[str, Any] | None:
+        try:
+            return dict(self.study.best_trial.params)
+        except ValueError:  # no completed trial
+            return None
+
 
 SYSTEMS: dict[str, Callable[[StudySpec], System]] = {
     "hypd": Hypd, "ax-direct": AxDirect, "optuna-tpe": OptunaTpe,
@@ -224,6 +245,18 @@ class Trace:
     regret: list[float]  # after each completed trial, in order of completion
     ask_seconds: list[float]
     idle: float  # worker-time spent waiting for the search to propose something
+    # At the end: the true value of the trial the system reports as best (for hypd, what
+    # `hypd best` returns: the model's best under noise), and the best true value among the
+    # feasible trials evaluated; None where the system reports nothing.
+    reported_true: float | None = None
+    best_true_evaluated: float = math.inf
+
+    def reported_gap(self) -> float | None:
+        """How much worse the reported best truly is than the best evaluated, as a fraction
+        of the best evaluated's magnitude (0: it is the best; the goal under noise is <= 0.1)."""
+        if self.reported_true is None or not math.isfinite(self.best_true_evaluated):
+            return None
+        return (self.reported_true - self.best_true_evaluated) / max(abs(self.best_true_evaluated), 1e-12)
 
 
 def run(problem: Problem, system: str, budget: int, seed: int) -> Trace:
@@ -252,7 +285,7 @@ def run(problem: Problem, system: str, budget: int, seed: int) -> Trace:
     for _ in range(WORKERS):
         if not launch():
             idle_since.append(now)
-    best_seen, best_true = math.inf, math.inf
+    best_seen, best_true, best_evaluated = math.inf, math.inf, math.inf
     regret: list[float] = []
     while len(regret) < budget and running:
         done = heapq.heappop(running)
@@ -267,6 +300,8 @@ def run(problem: Problem, system: str, budget: int, seed: int) -> Trace:
         search.tell(done.key, done.params, values)
         if feasible and values["y"] < best_seen:
             best_seen, best_true = values["y"], true
+        if feasible:
+            best_evaluated = min(best_evaluated, true)
         regret.append(best_true - problem.optimum)
         # The freed worker, and any idle ones, ask (never past the budget).
         waiting = [now] + idle_since
@@ -276,4 +311,5 @@ def run(problem: Problem, system: str, budget: int, seed: int) -> Trace:
                 idle += now - since
             elif asked < budget:
                 idle_since.append(since)
-    return Trace(regret, asks, idle)
+    reported = search.reported()
+    return Trace(regret, asks, idle, problem.f(reported) if reported is not None else None, best_evaluated)

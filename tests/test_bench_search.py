@@ -57,3 +57,12 @@ def test_learning_curves_cross_and_hypds_rules_save_gpu_time() -> None:
         assert [gap for _, gap in stopped.trace] == sorted((gap for _, gap in stopped.trace), reverse=True)
     pairs_crossed, best_behind = learning_curves.crossing(16, seed=0, step=3)
     assert pairs_crossed > 0.05  # the problem is not one where the first epochs tell all
+
+
+def test_reported_gap_is_relative_to_the_best_evaluated() -> None:
+    trace = async_search.Trace([1.0], [0.0], 0.0, reported_true=-2.7, best_true_evaluated=-3.0)
+    assert math.isclose(trace.reported_gap(), 0.1)
+    assert async_search.Trace([1.0], [0.0], 0.0, -3.0, -3.0).reported_gap() == 0.0
+    # random search reports no best of its own (no model): no gap, not a made-up one
+    random_run = async_search.run(async_search.PROBLEMS["noisy"], "random", 8, seed=2)
+    assert random_run.reported_gap() is None and math.isfinite(random_run.best_true_evaluated)
