@@ -19,9 +19,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from hypd.axstrategy import generation_strategy, initial_trials
+from hypd.design import initial_design, value_at
 from hypd.study import (
     ChoiceParam,
-    FixedParam,
     FloatParam,
     IntParam,
     Param,
@@ -117,22 +118,7 @@ def _stable_seed(spec: StudySpec) -> int:
 
 def sample_value(param: Param, rng: random.Random) -> Any:
     """One uniformly drawn value (log-uniform on a log scale)."""
-    if isinstance(param, FixedParam):
-        return param.value
-    if isinstance(param, ChoiceParam):
-        return rng.choice(param.values)
-    if isinstance(param, IntParam):
-        if param.log:
-            x = math.exp(rng.uniform(math.log(param.low), math.log(param.high + 1)))
-            return min(param.high, int(math.floor(x)))
-        return rng.randrange(param.low, param.high + 1, param.step)
-    if param.log:
-        x = math.exp(rng.uniform(math.log(param.low), math.log(param.high)))
-        return min(param.high, max(param.low, x))
-    if param.step is not None:
-        count = int(math.floor((param.high - param.low) / param.step + 1e-9)) + 1
-        return min(param.high, round(param.low + rng.randrange(count) * param.step, 12))
-    return rng.uniform(param.low, param.high)
+    return value_at(param, rng.random())
 
 
 class _Enumerated(Suggester):
@@ -413,6 +399,16 @@ class _AxSpace:
     def configs(self) -> list[Any]:
         return [p.config for p in self.params]
 
+    def continuous(self) -> bool:
+        """Every parameter is a continuous range in Ax (no int, no choice)."""
+        return all(p.size is None and isinstance(p.param, FloatParam) for p in self.params)
+
+    def unordered_choice_sizes(self) -> list[int]:
+        """How many values each unordered choice of 3 or more values has (what Ax one-hot
+        encodes; a two-valued choice is one 0/1 input either way)."""
+        return [len(p.param.values) for p in self.params
+                if isinstance(p.param, ChoiceParam) and not p.param.ordered and len(p.param.values) > 2]
+
     def to_ax(self, full: Mapping[str, Any]) -> dict[str, Any]:
         """A trial's full, validated parameters as Ax's parameterisation."""
         return {p.name: p.to_ax(full[p.name]) for p in self.params}
@@ -453,12 +449,8 @@ def _new_ax_client(spec: StudySpec, space: _AxSpace) -> Any:
             method="random_search", initialization_random_seed=spec.seed,
             initialize_with_center=False)
     else:
-        # Ax's default ("fast": centre, 5 Sobol trials in all, then the GP). Exceeding
-        # the Sobol budget keeps parallel slots busy with more Sobol points while the
-        # first results are awaited, instead of Ax refusing to generate.
-        client.configure_generation_strategy(
-            method="fast", initialization_random_seed=spec.seed,
-            allow_exceeding_initialization_budget=True)
+        client.set_generation_strategy(generation_strategy(
+            spec.seed, space.unordered_choice_sizes(), continuous=space.continuous()))
     return client
 
 
@@ -699,13 +691,37 @@ class AxSuggester(Suggester):
                 k = min(k, self._space.size - len(experiment.arms_by_signature_for_deduplication))
             if k <= 0:
                 return []
+            designed = self._initial_design(k)
+            if len(designed) == k:
+                return designed
             try:
-                trials = self._client.get_next_trials(max_trials=k)
+                trials = self._client.get_next_trials(max_trials=k - len(designed))
             except ax.no_trials_now:
-                return []
+                return designed
             finally:
                 _quiet_ax_loggers()
-            return [(int(i), self._full_params(p)) for i, p in sorted(trials.items())]
+            return designed + [(int(i), self._full_params(p)) for i, p in sorted(trials.items())]
+
+    def _initial_design(self, k: int) -> list[tuple[int, dict[str, Any]]]:
+        """(algorithm "ax") Up to k of the study's first trials, from hypd's Latin
+        hypercube (hypd/axstrategy.py says why), attached to Ax; none once as many trials
+        as the design has were proposed (abandoned ones aside) or for "sobol"."""
+        if self.spec.algorithm != "ax":
+            return []
+        experiment = self._client._experiment
+        issued = sum(1 for t in experiment.trials.values() if not t.status.is_abandoned)
+        size = initial_trials(self._space.unordered_choice_sizes())
+        if issued >= size:
+            return []
+        seen = {json.dumps(arm.parameters, sort_keys=True) for arm in experiment.arms_by_name.values()}
+        out = []
+        for point in initial_design(self.spec.searched, size, _stable_seed(self.spec))[issued:issued + k]:
+            full = self._space.from_ax(self.spec, self._space.to_ax(point))
+            ax_params = self._space.to_ax(full)
+            if json.dumps(ax_params, sort_keys=True) in seen:  # a small finite space
+                continue
+            out.append((int(self._client.attach_trial(parameters=ax_params)), full))
+        return out
 
     def attach(self, params: Mapping[str, Any]) -> int:
         with self._session():
