@@ -4,7 +4,7 @@
 (log-uniform on a log scale, every value of a choice or a stepped range equally likely);
 random search draws through it, and the Bayesian search's first trials are a Latin
 hypercube through it: each parameter's range cut into as many equal slices as there are
-points, one point per slice, so a choice with k values gets each value n/k times (give or
+points, one point per slice; a choice with k values gets each value n/k times (give or
 take one) however the other parameters fall.
 """
 
@@ -41,17 +41,21 @@ def value_at(param: Param, u: float) -> Any:
     return param.low + u * (param.high - param.low)
 
 
-def latin_hypercube(n: int, dims: int, rng: random.Random) -> list[list[float]]:
-    """n points in [0, 1)^dims, one in each of the n slices of every axis."""
-    columns = []
-    for _ in range(dims):
-        slices = list(range(n))
-        rng.shuffle(slices)
-        columns.append([(s + rng.random()) / n for s in slices])
-    return [[column[i] for column in columns] for i in range(n)]
-
-
 def initial_design(params: Sequence[Param], n: int, seed: int) -> list[dict[str, Any]]:
-    """The first n trials of a Bayesian search: a Latin hypercube over `params`."""
-    points = latin_hypercube(n, len(params), random.Random(f"hypd-design:{seed}"))
-    return [{p.name: value_at(p, u) for p, u in zip(params, point)} for point in points]
+    """The first n trials of a Bayesian search: a Latin hypercube over `params`, and for a
+    choice its values dealt out evenly (n // k each, the rest to values picked at random),
+    in random order. Each column is shuffled on its own, so no two parameters move together."""
+    rng = random.Random(f"hypd-design:{seed}")
+    columns: list[list[Any]] = []
+    for p in params:
+        if isinstance(p, ChoiceParam):
+            k = len(p.values)
+            offset = rng.randrange(k)
+            column = [p.values[(i + offset) % k] for i in range(n)]
+            rng.shuffle(column)
+        else:
+            slices = list(range(n))
+            rng.shuffle(slices)
+            column = [value_at(p, (s + rng.random()) / n) for s in slices]
+        columns.append(column)
+    return [{p.name: column[i] for p, column in zip(params, columns)} for i in range(n)]
