@@ -7,32 +7,38 @@ asks, runs and tells; hypd's strategy is that default with these changes:
 
 - **Initialisation never blocks a GPU.** Ax's default pauses after its 5 initial points
   until results arrive; hypd's keeps proposing quasi-random (Sobol) points while it waits,
-  and moves to the model as soon as 2 results are in (Ax's own threshold) and the 5
-  initial points have been proposed.
+  and moves to the model as soon as 2 results are in (Ax's own threshold) and the initial
+  design has been proposed.
 
-- **Every value of a choice is seen before the model decides.** How Ax gets stuck on a
-  choice value (measured: `bench/search_quality.py --problems mixed`; the investigation
-  is in the README's "Search quality" section):
-  - Ax's model (`BOTORCH_MODULAR`) one-hot encodes an unordered choice: a 3-way choice is
-    three 0/1 inputs of one GP with one kernel over all inputs, so what it learns of the
-    other parameters (the best learning rate) is shared between the choice's values.
-    When the best learning rate depends on the optimiser, the values that were only tried
-    with a learning rate good for another one look worse everywhere, and the acquisition
-    (which enumerates or searches the discrete part exactly: `optimize_acqf_mixed` or its
-    alternating variant, never a rounded relaxation) rightly finds no improvement there.
-    Pending trials make it worse: they are fantasised at the model's mean, so three
-    running trials on the leading value pull the next one there too.
-  - Five Sobol points cover a 3-way choice badly: a value seen once, with a bad setting of
-    the rest, is judged on that one point.
-  - hypd therefore (1) starts with enough Sobol points that each value of the widest
-    unordered choice is drawn about twice (`initial_trials`), and (2) models unordered
-    choices with Ax's mixed GP (`BO_MIXED`: a categorical kernel, summed with and
-    multiplied by the continuous one), which learns an offset per value and, through the
-    product, a shape per value, instead of one shape for all.
+- **Every value of a choice is tried, twice, before the model decides.** Why Ax gets stuck
+  on a wrong choice value, found by reading what its default does with a choice and
+  measuring it (`bench/search_quality.py --problems mixed`, README "Search quality"):
+  - Initial points: Ax's 5 (the centre, then Sobol) cover a 3-way choice badly. Sobol
+    draws the choice as a number in [0, 1) cut into k slices, and 5 or 6 points are far too
+    few for its balance to show: one run had 4 of 6 on one value, 1 on each other. A value
+    seen once, with a bad learning rate, is judged on that one point.
+  - Encoding: the model (`BOTORCH_MODULAR`) one-hot encodes an unordered choice (three 0/1
+    inputs of one GP, one kernel over all inputs), so what it learns of the other
+    parameters, the best learning rate say, is shared between the choice's values. When
+    the best learning rate depends on the optimiser, a value tried only with another
+    value's good learning rate looks worse everywhere.
+  - The acquisition's optimiser is not the cause: over a one-hot choice Ax enumerates the
+    values (`optimize_acqf_mixed`) or searches them exactly (its alternating variant for
+    integer ranges), never a rounded relaxation; and pending trials enter the acquisition
+    jointly (qLogNEI's `X_pending`), not as made-up results.
+  - Ax's categorical GP (`BO_MIXED`, which learns a shape per value) would answer the
+    encoding, but one ask took 33-68 s on the mixed space (2 busy cores): a GPU would wait
+    on it. Not used.
+  - So hypd's first trials are its own Latin hypercube (hypd/design.py), attached to Ax:
+    every choice value dealt out evenly, twice or more for a choice of up to 8 values
+    (`initial_trials`: at least 5, 2 per value of the widest unordered choice, at most 16),
+    and every range cut into one slice per trial. The model starts from a fair sample of
+    each value.
 
-- **The acquisition looks near the best trials too** (`sample_around_best`): BoTorch's
-  optimiser starts from random points and from perturbations of the best trials so far,
-  so the model's small improvements next to the incumbent are found, not only far ones.
+- **The acquisition looks near the best trials too** (`sample_around_best`, on spaces of
+  continuous ranges, the only ones whose optimiser takes it): BoTorch's optimiser starts
+  from random points and from perturbations of the best trials so far, so the small
+  improvements next to the incumbent are found, not only far ones.
 
 Everything here is Ax's own classes, configured: the strategy is stored in Ax's JSON
 snapshot with the experiment and restored from it.
@@ -60,7 +66,8 @@ def initial_trials(unordered_choice_sizes: Sequence[int]) -> int:
 
 
 def generation_strategy(seed: int | None, unordered_choice_sizes: Sequence[int], continuous: bool) -> Any:
-    """The Ax GenerationStrategy for a study: centre, Sobol, then the GP (see above).
+    """The Ax GenerationStrategy for a study, after hypd's initial design: Sobol while
+    results are awaited, then the GP (see above).
     `continuous`: every searched parameter is a continuous range (Ax then optimises the
     acquisition with `optimize_acqf`, the one optimiser that samples around the best)."""
     from ax.adapter.registry import Generators  # noqa: TID251

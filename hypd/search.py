@@ -720,6 +720,8 @@ class AxSuggester(Suggester):
             ax_params = self._space.to_ax(full)
             if json.dumps(ax_params, sort_keys=True) in seen:  # a small finite space
                 continue
+            if not experiment.search_space.check_membership(ax_params):
+                continue  # outside a parameter constraint: Ax's Sobol, which keeps to them, fills in
             out.append((int(self._client.attach_trial(parameters=ax_params)), full))
         return out
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from hypd.design import initial_design
 from hypd.search import AxSuggester, RandomSearch, SearchError, load_suggester, make_suggester
 from hypd.study import StudySpec, check_value, parse_study
 
@@ -59,8 +60,9 @@ def branin(p: dict) -> float:
 
 
 def node(s: AxSuggester, trial: int) -> str:
-    """The Ax generation node that made a trial ("CenterOfSearchSpace", "Sobol", "MBM")."""
-    return s._client._experiment.trials[trial].generator_runs[0]._generation_node_name
+    """What made a trial: "design" (hypd's initial design, attached to Ax), or the Ax
+    generation node ("Sobol", "MBM")."""
+    return s._client._experiment.trials[trial].generator_runs[0]._generation_node_name or "design"
 
 
 def status(s: AxSuggester, trial: int) -> str:
@@ -108,7 +110,9 @@ def test_branin_runs_past_sobol_into_bo():
     assert seen == list(range(12))  # Ax's indices, distinct, in order
     assert s.ask(4) == []  # the budget is spent
     nodes = [node(s, t) for t in seen]
-    assert nodes[0] == "CenterOfSearchSpace" and "Sobol" in nodes
+    assert nodes[:5] == ["design"] * 5  # hypd's initial design first (hypd/axstrategy.py)
+    assert [p for t, p in zip(seen, (s._client._experiment.trials[t].arm.parameters for t in seen))][:5] \
+        == [dict(p) for p in initial_design(s.spec.searched, 5, 1)]
     assert nodes[-4:] == ["MBM"] * 4  # the last batch came from the model
     best = s.best()
     assert best is not None and best["trial"] in seen
@@ -140,7 +144,9 @@ def test_dump_and_restore_continue_the_same_experiment():
     assert status(r, 3) == "RUNNING" and status(r, 0) == "COMPLETED"
     more = r.ask(2)
     assert [t for t, _ in more] == [4, 5]  # no index reused
-    assert [node(r, t) for t, _ in more] == ["Sobol", "Sobol"]  # no second centre / start
+    # the design goes on where it was (no second start), then the model (3 results in)
+    assert [node(r, t) for t, _ in more] == ["design", "MBM"]
+    assert more[0][1] == initial_design(spec.searched, 5, 1)[4]
     old = {tuple(p.values()) for _, p in first}
     assert all(tuple(p.values()) not in old for _, p in more)
     r.complete(3, {"loss": branin(first[3][1])})  # the pending trial ends after the restart
@@ -404,3 +410,24 @@ def test_a_trial_told_with_its_replicates_sem_gives_ax_that_noise():
     assert df.loc[b, "mean"] == 3.0 and math.isnan(df.loc[b, "sem"])
     restored = load_suggester(s.spec, s.dump())  # kept across a restart
     assert restored._client._experiment.lookup_data().df.set_index("trial_index").loc[a, "sem"] == 0.5
+
+
+def test_the_first_trials_try_every_choice_value_twice_before_the_model():
+    # Ax's own start (centre + Sobol) may leave a value of a choice untried or tried once,
+    # and its model then never goes back there (hypd/axstrategy.py): hypd's design deals
+    # every value out before the first model-made trial.
+    spec = study("""\
+        lr = { type = "float", low = 1e-5, high = 1.0, log = true }
+        opt = { values = ["sgd", "rmsprop", "adam", "lamb"] }
+        layers = { type = "int", low = 1, high = 8 }
+        """, max_trials=30, seed=3)
+    s = make_suggester(spec)
+    first = s.ask(8)  # 2 per value of the 4-way choice: the whole design, no model yet
+    assert [t for t, _ in first] == list(range(8))
+    assert {node(s, t) for t, _ in first} == {"design"}
+    assert sorted(p["opt"] for _, p in first) == sorted(["sgd", "rmsprop", "adam", "lamb"] * 2)
+    assert len({p["layers"] for _, p in first}) == 8  # a range: one trial per slice
+    for trial, p in first[:2]:
+        s.complete(trial, {"loss": p["layers"] + math.log10(p["lr"]) ** 2})
+    after = s.ask(1)  # the design is spent: Ax's own from here
+    assert node(s, after[0][0]) == "MBM"
