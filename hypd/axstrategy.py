@@ -72,6 +72,7 @@ def generation_strategy(seed: int | None, unordered_choice_sizes: Sequence[int],
     acquisition with `optimize_acqf`, the one optimiser that samples around the best)."""
     from ax.adapter.registry import Generators  # noqa: TID251
     from ax.core.trial_status import TrialStatus  # noqa: TID251
+    from ax.generation_strategy.center_generation_node import CenterGenerationNode  # noqa: TID251
     from ax.generation_strategy.generation_node import GenerationNode  # noqa: TID251
     from ax.generation_strategy.generation_strategy import GenerationStrategy  # noqa: TID251
     from ax.generation_strategy.generator_spec import GeneratorSpec  # noqa: TID251
@@ -103,4 +104,7 @@ def generation_strategy(seed: int | None, unordered_choice_sizes: Sequence[int],
         )],
         should_deduplicate=True,
     )
-    return GenerationStrategy(name="hypd:Sobol+MBM", nodes=[sobol, model])
+    if unordered_choice_sizes:  # hypd's design comes first (AxSuggester attaches it)
+        return GenerationStrategy(name="hypd:Design+Sobol+MBM", nodes=[sobol, model])
+    center = CenterGenerationNode(next_node_name="Sobol", use_existing_trials_for_initialization=True)
+    return GenerationStrategy(name="hypd:Center+Sobol+MBM", nodes=[center, sobol, model])

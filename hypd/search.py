@@ -703,14 +703,16 @@ class AxSuggester(Suggester):
             return designed + [(int(i), self._full_params(p)) for i, p in sorted(trials.items())]
 
     def _initial_design(self, k: int) -> list[tuple[int, dict[str, Any]]]:
-        """(algorithm "ax") Up to k of the study's first trials, from hypd's Latin
-        hypercube (hypd/axstrategy.py says why), attached to Ax; none once as many trials
-        as the design has were proposed (abandoned ones aside) or for "sobol"."""
-        if self.spec.algorithm != "ax":
+        """(algorithm "ax", a space with an unordered choice of 3 or more values) Up to k
+        of the study's first trials, from hypd's Latin hypercube (hypd/axstrategy.py says
+        why), attached to Ax; none once as many trials as the design has were proposed
+        (abandoned ones aside)."""
+        sizes = self._space.unordered_choice_sizes()
+        if self.spec.algorithm != "ax" or not sizes:
             return []
         experiment = self._client._experiment
         issued = sum(1 for t in experiment.trials.values() if not t.status.is_abandoned)
-        size = initial_trials(self._space.unordered_choice_sizes())
+        size = initial_trials(sizes)
         if issued >= size:
             return []
         seen = {json.dumps(arm.parameters, sort_keys=True) for arm in experiment.arms_by_name.values()}

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from hypd.design import initial_design
 from hypd.search import AxSuggester, RandomSearch, SearchError, load_suggester, make_suggester
 from hypd.study import StudySpec, check_value, parse_study
 
@@ -110,9 +109,8 @@ def test_branin_runs_past_sobol_into_bo():
     assert seen == list(range(12))  # Ax's indices, distinct, in order
     assert s.ask(4) == []  # the budget is spent
     nodes = [node(s, t) for t in seen]
-    assert nodes[:5] == ["design"] * 5  # hypd's initial design first (hypd/axstrategy.py)
-    assert [p for t, p in zip(seen, (s._client._experiment.trials[t].arm.parameters for t in seen))][:5] \
-        == [dict(p) for p in initial_design(s.spec.searched, 5, 1)]
+    # a continuous space starts as Ax does (hypd/axstrategy.py): the centre, then Sobol
+    assert nodes[0] == "CenterOfSearchSpace" and "Sobol" in nodes
     assert nodes[-4:] == ["MBM"] * 4  # the last batch came from the model
     best = s.best()
     assert best is not None and best["trial"] in seen
@@ -144,9 +142,7 @@ def test_dump_and_restore_continue_the_same_experiment():
     assert status(r, 3) == "RUNNING" and status(r, 0) == "COMPLETED"
     more = r.ask(2)
     assert [t for t, _ in more] == [4, 5]  # no index reused
-    # the design goes on where it was (no second start), then the model (3 results in)
-    assert [node(r, t) for t, _ in more] == ["design", "MBM"]
-    assert more[0][1] == initial_design(spec.searched, 5, 1)[4]
+    assert [node(r, t) for t, _ in more] == ["Sobol", "Sobol"]  # no second centre / start
     old = {tuple(p.values()) for _, p in first}
     assert all(tuple(p.values()) not in old for _, p in more)
     r.complete(3, {"loss": branin(first[3][1])})  # the pending trial ends after the restart
