@@ -48,6 +48,7 @@ EARLY_STOP_EVERY = 2.0  # seconds between early-stopping checks of a study
 # While studies load at start, these ops answer at once (a study still loading is shown
 # as such); the others wait until the daemon has started, up to START_WAIT seconds.
 SERVED_WHILE_STARTING = frozenset({"ping", "ls", "studies", "hosts", "stop"})
+ABOUT_STUDIES = frozenset({"ls", "studies"})  # of those, the ones that wait until the studies are listed
 START_WAIT = 20.0
 LOG_EVENT_SIZE = 256 << 10  # characters of log text in one "log" event (a longer line goes whole)
 
@@ -164,6 +165,7 @@ class Daemon:
         imports Ax: seconds), then adopting the runs that went on meanwhile, then placing."""
         began = time.monotonic()
         assert self.store is not None
+        await self.studies.list_stored()
         self.starting = "building the per-metric summaries of the stored reports (once, for a store made before them)"
         if built := await self.store.build_metric_stats():
             log.info("built the per-metric summaries of %d stored reports (once) in %.1f s", built,
@@ -246,12 +248,15 @@ class Daemon:
                 break
         else:
             raise AttributeError(op)
-        if self.started.is_set() or op in SERVED_WHILE_STARTING:
+        if self.started.is_set() or (op in SERVED_WHILE_STARTING and (
+                op not in ABOUT_STUDIES or self.studies.listed.is_set())):
             return method  # type: ignore[no-any-return]
+        # `ls` and `studies` answer while studies load, once the daemon knows which exist
+        gate = self.studies.listed if op in SERVED_WHILE_STARTING else self.started
 
         async def once_started(**args: Any) -> Any:
             try:
-                await asyncio.wait_for(self.started.wait(), self.start_wait)
+                await asyncio.wait_for(gate.wait(), self.start_wait)
             except TimeoutError:
                 raise Refusal("busy", f"the daemon is still {self._starting_what()}; try again shortly") from None
             return await method(**args)

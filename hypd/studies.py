@@ -62,15 +62,26 @@ class Studies:
         self.all: dict[str, StudyRuntime] = {}
         self.broken: dict[str, str] = {}  # name -> why it cannot be loaded
         self.loading: set[str] = set()  # stored studies not loaded yet (at start)
+        # Set once the stored studies are known (`loading` filled): before that, "no such
+        # study" would be a wrong answer, so ops about studies wait for it.
+        self.listed = asyncio.Event()
+        self._stored: list[StudyRow] = []
 
     def get(self, name: str) -> StudyRuntime | None:
         return self.all.get(name)
 
+    async def list_stored(self) -> None:
+        """Learn which studies the store holds (one query), before they load."""
+        self._stored = await self.store.studies()
+        self.loading = {row.name for row in self._stored}
+        self.listed.set()
+
     async def load(self) -> None:
         """Load the stored studies one by one (the first Ax study imports Ax, seconds);
         `loading` names those still to come."""
-        rows = await self.store.studies()
-        self.loading = {row.name for row in rows}
+        if not self.listed.is_set():
+            await self.list_stored()
+        rows, self._stored = self._stored, []
         for row in rows:
             try:
                 await self._load_one(row)
