@@ -573,9 +573,10 @@ WITHDRAWN = "withdrawn: asked again with more data before it ran"
 
 
 class AxSuggester(Suggester):
-    """Ax (1.x, `ax.Client`): "ax" is Ax's default generation strategy (the centre of the
-    space, then Sobol points, then Bayesian optimisation with a GP, "MBM"); "sobol" stays on
-    scrambled Sobol points for good (no model).
+    """Ax (1.x, `ax.Client`): "ax" is hypd's generation strategy (hypd/axstrategy.py: the
+    centre of the space and Sobol points, or hypd's own design where a choice needs it, then
+    Bayesian optimisation with a GP, "MBM"); "sobol" stays on scrambled Sobol points for
+    good (no model).
 
     Trial numbers are Ax's trial indices. All trials Ax creates, hand-given ones included,
     count against `max_trials`, but those withdrawn (`withdraw`).
@@ -718,13 +719,12 @@ class AxSuggester(Suggester):
         seen = {json.dumps(arm.parameters, sort_keys=True) for arm in experiment.arms_by_name.values()}
         out = []
         for point in initial_design(self.spec.searched, size, _stable_seed(self.spec))[issued:issued + k]:
-            full = self._space.from_ax(self.spec, self._space.to_ax(point))
-            ax_params = self._space.to_ax(full)
+            ax_params = self._space.to_ax(point)
             if json.dumps(ax_params, sort_keys=True) in seen:  # a small finite space
                 continue
             if not experiment.search_space.check_membership(ax_params):
                 continue  # outside a parameter constraint: Ax's Sobol, which keeps to them, fills in
-            out.append((int(self._client.attach_trial(parameters=ax_params)), full))
+            out.append((int(self._client.attach_trial(parameters=ax_params)), self._full_params(ax_params)))
         return out
 
     def attach(self, params: Mapping[str, Any]) -> int:
