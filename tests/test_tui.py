@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -632,6 +633,26 @@ async def test_a_study_no_host_matches_says_so_and_labels_show_on_hosts(daemon: 
     # A labelled host shows its labels in the hosts panel.
     lines = host_lines({"name": "gpu1", "state": "up", "labels": ["a100", "fast"], "cpu_slots": 1, "gpus": []}, 80)
     assert "#a100 #fast" in lines[0].plain
+
+
+async def test_the_study_screen_shows_the_trials_asked_ahead(daemon: DaemonProc) -> None:
+    """An adaptive study keeps its next trial asked ahead (hypd/ahead.py); its screen says
+    how many are ready and how long before its launch the last one was."""
+    text = study("quasi", "python3 -c 'import time; time.sleep(0.3); print(\\\"METRICS: loss={x}\\\")'", parallel=1)
+    text = text.replace('algorithm = "grid"', 'algorithm = "sobol"\nmax_trials = 4').replace(
+        'x = { type = "choice", values = [1] }', 'x = { type = "float", low = 0.0, high = 1.0 }')
+    await submit(daemon, "quasi", text)
+    await asyncio.to_thread(daemon.wait_finished, "quasi")
+    app = app_for(daemon)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: (app.studies.get("quasi") or {}).get("finished"), what="the study")
+        assert app.studies["quasi"]["ahead"]["lead"] > 0
+        app.open_study("quasi")
+        await until(pilot, lambda: isinstance(app.screen, StudyScreen) and app.screen.query("#study-summary"),
+                    what="the study screen")
+        await pilot.pause(0.2)
+        summary = str(app.screen.query_one("#study-summary").render())
+        assert re.search(r"asked ahead: 0 ready, lead \d+\.\ds", summary), summary
 
 
 async def test_an_archived_or_removed_study_leaves_the_dashboard(daemon: DaemonProc) -> None:

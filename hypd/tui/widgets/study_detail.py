@@ -12,7 +12,7 @@ from textual.content import Content
 from textual.widget import Widget
 from textual.widgets import DataTable, Static
 
-from hypd.display import fmt_seconds
+from hypd.display import fmt_ahead, fmt_seconds
 from hypd.tui.model import (
     STATE_STYLE,
     Heatmap,
@@ -70,6 +70,8 @@ class StudySummary(Static):
             parts.append((f"  ·  parallel {s.get('parallel', '?')}  ·  {s.get('gpus', '?')} GPU(s) a run", muted))
             if s.get("hosts") and s["hosts"] != "any host":
                 parts.append((f"  ·  hosts {s['hosts']}", muted))
+        if s.get("ahead"):  # an adaptive study's next trials, ready before a GPU frees
+            parts.append((f"  ·  asked ahead: {fmt_ahead(s['ahead'])}", muted))
         self.update(tight(*parts))
 
 
