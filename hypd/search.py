@@ -531,6 +531,31 @@ def _observed_and_predicted(client: Any, ax_params: Mapping[str, Any],
     return prediction, predicted, observed
 
 
+def _model_best_in_sample(client: Any) -> tuple[int, dict[str, Any]] | None:
+    """For `AxSuggester.best`: the trial whose parameters the model predicts best (its
+    posterior mean at each trial, constraints met), or None without a fitted model.
+
+    Ax's own `get_best_parameterization` first cross-validates the model and, when the
+    fit looks poor, falls back to the best observed value. Under noise the fit looks poor
+    because of the noise (leave-one-out errors are mostly noise), and the best observed
+    value is then the luckiest draw (tests/test_search_ax.py has such a study). The
+    posterior mean is the model's answer either way: it interpolates noiseless results
+    and averages noisy ones."""
+    from ax.adapter.torch import TorchAdapter  # noqa: TID251
+
+    adapter = client._generation_strategy.adapter
+    if not isinstance(adapter, TorchAdapter):
+        return None
+    found = adapter.model_best_point()
+    if found is None:
+        return None
+    arm, _ = found
+    for index, trial in client._experiment.trials.items():
+        if arm in trial.arms:
+            return int(index), dict(arm.parameters)
+    return None
+
+
 def _client_snapshot(client: Any) -> dict[str, Any]:
     """Ax's JSON snapshot of the client: the experiment and the generation strategy."""
     # Ax's snapshot holds the experiment twice: at its top level and inside the
@@ -825,7 +850,11 @@ class AxSuggester(Suggester):
                 if len(self._objective_metrics) > 1:
                     frontier = client.get_pareto_frontier(use_model_predictions=True)
                     return {"pareto": [self._best_entry(p, i) for p, _, i, _ in frontier]}
-                params, _, index, _ = client.get_best_parameterization(use_model_predictions=True)
+                found = _model_best_in_sample(client)
+                if found is None:  # no model yet (initial trials): Ax's raw best
+                    params, _, index, _ = client.get_best_parameterization(use_model_predictions=True)
+                else:
+                    index, params = found
             except (ax.AxError, ValueError, NotImplementedError):
                 return None
             finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import subprocess
 import sys
 import textwrap
@@ -289,6 +290,24 @@ def test_outcome_and_parameter_constraints():
         s.attach({"warmup": 0.9, "decay": 0.9})
     with pytest.raises(SearchError, match="Ax cannot take"):
         make_suggester(study(params, extra='param_constraints = ["warmup + nope <= 1.0"]'))
+
+
+def test_under_noise_best_is_the_models_pick_not_the_luckiest_draw():
+    """A bowl under noise as large as much of its signal: Ax's own best point finds the
+    model's fit poor (its leave-one-out errors are the noise) and falls back to the best
+    observed value, here one lucky draw far from the optimum. best() is the trial the
+    model predicts best."""
+    s = make_suggester(study('x = { type = "float", low = 0.0, high = 1.0 }', max_trials=60))
+    rng = random.Random(0)
+    for i in range(30):
+        x = i / 29
+        s.complete(s.attach({"x": x}), {"loss": (x - 0.6) ** 2 + rng.gauss(0, 0.1)})
+    lucky = s.attach({"x": 0.05})  # truly 0.30 above the optimum
+    s.complete(lucky, {"loss": -0.3})
+    s.ask(1)  # the model, fitted
+    best = s.best()
+    assert best["trial"] != lucky and abs(best["params"]["x"] - 0.6) < 0.1
+    assert best["predicted"] and best["observed"]["loss"] > -0.3
 
 
 def test_multi_objective_best_is_a_pareto_list():
