@@ -89,7 +89,15 @@ class DaemonProc:
         if self.proc is None or self.proc.poll() is not None:
             return
         args = ["stop", "--kill-runs"] if kill_runs else ["stop"]
-        self.cli(*args, check=False, timeout=30)
+        try:
+            self.cli(*args, check=False, timeout=30)
+        except subprocess.TimeoutExpired:
+            # Say where the daemon was: its home (and log) go with the test.
+            self.proc.kill()
+            self.proc.wait(10)
+            log = self.home / "daemon.log"
+            tail = log.read_text(errors="replace").splitlines()[-40:] if log.exists() else ["(no daemon.log)"]
+            raise AssertionError(f"hypd {' '.join(args)} took over 30 s; daemon.log ends:\n" + "\n".join(tail)) from None
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
