@@ -166,9 +166,6 @@ CREATE TABLE IF NOT EXISTS reports (
 """
 
 
-
-
-
 # Columns added after a store was first written (CREATE TABLE IF NOT EXISTS keeps an old
 # table as it is): table -> column -> its declaration. Additive only, so an older hypd
 # still reads the store.
@@ -417,8 +414,6 @@ def _study_row(row: Sequence[Any]) -> StudyRow:
     return StudyRow(*row[:5], bool(row[5]), *row[6:10], bool(row[10]))
 
 
-
-
 class Store(RunWrites, Queries):
     """The daemon's store: reads through Queries' connection, every write through the
     Writer's (the daemon is the only writer)."""
@@ -596,9 +591,6 @@ class Store(RunWrites, Queries):
             return int(n)
 
         return await self.writer.transaction(bump)  # type: ignore[no-any-return]
-
-
-
 
 
 EXPORT_RUN_FIELDS = ("id", "name", "trial", "replicate", "attempt", "state", "host", "gpus", "started", "ended",

@@ -58,7 +58,7 @@ def unavailable_reason(exc: BaseException, path: Path, busy_timeout_ms: int = DE
         return f"database is read-only: {path}"
     if primary == _SQLITE_CANTOPEN or "unable to open database" in text:
         return f"cannot open the database file: {path}"
-    if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or "malformed" in text or "not a database" in text:
+    if primary in DAMAGED_CODES or "malformed" in text or "not a database" in text:
         return f"database file is damaged ({text}): {path}"
     if primary == _SQLITE_NOMEM or "out of memory" in text:
         return f"out of memory writing {path}"
