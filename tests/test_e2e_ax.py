@@ -48,13 +48,18 @@ def trials_of(daemon: DaemonProc, study: str) -> dict[int, list[dict]]:
     return out
 
 
+@pytest.mark.filterwarnings(r"ignore::Warning:(ax|botorch|gpytorch|linear_operator|torch|pandas)(\.|$)")
 def test_branin_runs_end_to_end_with_ax_as_the_default(daemon: DaemonProc) -> None:
     daemon.cli("submit", branin(daemon, trials=10))
     studies = daemon.call("studies")
     assert studies[0]["algorithm"] == "ax"
     daemon.wait_finished("branin", timeout=150)
     trials = trials_of(daemon, "branin")
-    assert sorted(trials) == list(range(10))
+    # A suggestion asked ahead and asked again (with more data) before it ran is withdrawn:
+    # its index is skipped, never reused, and it does not count against max_trials.
+    replaced = {s["name"]: s for s in daemon.call("studies")}["branin"]["ahead"]["replaced"]
+    assert len(trials) == 10 and len(set(range(max(trials) + 1)) - set(trials)) <= replaced
+    assert live_trials(daemon.home, "branin") == (set(trials), set(trials))
     assert all(len(runs) == 1 and runs[0]["state"] == "completed" for runs in trials.values())
     params = [json.dumps(r[0]["params"], sort_keys=True) for r in trials.values()]
     assert len(set(params)) == 10  # never the same trial twice
@@ -92,8 +97,11 @@ def test_hand_given_trial_and_continuing_a_study(daemon: DaemonProc) -> None:
     daemon.cli("submit", path)
     daemon.wait_finished("branin", timeout=120)
     out = daemon.cli("suggest", "branin", "x1=3.14159", "x2=2.275").stdout
-    assert out.startswith("queued branin:4 (trial 4)")  # numbered from 1, as runs are
+    assert out.startswith("queued branin:4 (trial ")
     run = daemon.wait_state("branin:4", "completed", timeout=60)
+    # Trials are shown numbered from 1, as runs are (the fourth, unless a suggestion asked
+    # ahead was withdrawn: its index is skipped).
+    assert out.startswith(f"queued branin:4 (trial {run['trial'] + 1})") and run["trial"] >= 3
     assert run["objective"] == pytest.approx(0.397887, abs=1e-4)  # a known minimum of Branin
     assert daemon.cli_json("leaderboard", "branin")["runs"][0]["name"] == "branin:4"
     bad = daemon.cli("suggest", "branin", "x1=99", "x2=1", check=False)
