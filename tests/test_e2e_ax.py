@@ -97,7 +97,6 @@ def test_hand_given_trial_and_continuing_a_study(daemon: DaemonProc) -> None:
     daemon.cli("submit", path)
     daemon.wait_finished("branin", timeout=120)
     out = daemon.cli("suggest", "branin", "x1=3.14159", "x2=2.275").stdout
-    assert out.startswith("queued branin:4 (trial ")
     run = daemon.wait_state("branin:4", "completed", timeout=60)
     # Trials are shown numbered from 1, as runs are (the fourth, unless a suggestion asked
     # ahead was withdrawn: its index is skipped).
